@@ -1,0 +1,26 @@
+//! The admin listener (`server.admin_listen`, default `127.0.0.1:9091`): `GET /health` for
+//! liveness probes. Metrics and readiness join it with the operations work.
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+pub struct Admin;
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let (status, body) = match path.as_str() {
+            "/health" => (200, crate::builtin::liveness().to_string()),
+            _ => (404, r#"{"error":{"status":404,"code":"not_found","message":"Unknown admin endpoint."}}"#.to_string()),
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(body.into_bytes())
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}

@@ -1,0 +1,52 @@
+//! Endpoints the gateway answers itself: `GET /health` (liveness, the seeds' shape) and
+//! `GET /api/v1/health` (every route and every backend's current health).
+
+use crate::state::Snapshot;
+use serde_json::{json, Value};
+
+/// `{"status":"healthy","service":"gatehouse"}`
+pub fn liveness() -> Value {
+    json!({"status": "healthy", "service": "gatehouse"})
+}
+
+/// Routes and backend health from the live snapshot. `status` is `healthy` when every
+/// pool has at least one healthy backend, `degraded` otherwise.
+pub fn detailed(snap: &Snapshot) -> Value {
+    let routes: Vec<Value> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "prefix": r.prefix,
+                "methods": r.methods.as_ref().map(|ms| ms.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+                "upstream": r.pool.name,
+            })
+        })
+        .collect();
+    let mut all_up = true;
+    let upstreams: serde_json::Map<String, Value> = snap
+        .pools
+        .iter()
+        .map(|(name, pool)| {
+            let backends: Vec<Value> = pool
+                .backends
+                .iter()
+                .map(|b| json!({"url": b.url, "address": b.addr.to_string(), "weight": b.weight, "healthy": pool.is_healthy(&b.addr)}))
+                .collect();
+            let healthy = pool.backends.iter().filter(|b| pool.is_healthy(&b.addr)).count();
+            all_up &= healthy > 0;
+            (
+                name.clone(),
+                json!({"healthy_backends": healthy, "total_backends": pool.backends.len(), "backends": backends}),
+            )
+        })
+        .collect();
+    json!({
+        "status": if all_up { "healthy" } else { "degraded" },
+        "service": "gatehouse",
+        "version": env!("CARGO_PKG_VERSION"),
+        "routes": routes,
+        "upstreams": upstreams,
+    })
+}

@@ -1,0 +1,426 @@
+//! `gateway.yaml`: load → interpolate env → parse (strict) → validate (all problems, with paths).
+//!
+//! This module owns the file format only. It does not build runtime tables (that is
+//! [`crate::state`]) and never touches sockets, so `gatehouse check` can run it anywhere.
+//! Every struct denies unknown fields: a typo is an error, not a silently ignored key.
+
+mod interpolate;
+pub mod units;
+pub mod validate;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use units::{Dur, Size};
+pub use validate::{parse_backend_url, parse_cidr, HashKeySpec};
+
+/// A config that failed to load, with every problem found, each prefixed by its path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    pub fn one(problem: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstream pools by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, matched by longest path prefix on whole segments.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `server:` — listeners, threads, shutdown, limits, trusted proxies, logging.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listen addresses (`host:port`). Default `0.0.0.0:8080`.
+    pub listen: OneOrMany,
+    /// Admin listener (health and, later, metrics). Default `127.0.0.1:9091`.
+    pub admin_listen: Option<String>,
+    /// Worker threads. Default 2.
+    pub threads: usize,
+    /// How long in-flight requests may drain after SIGTERM/SIGINT. Default 5s.
+    pub grace_period: Dur,
+    /// After the grace period, how long the runtimes get to stop. Default 1s.
+    pub shutdown_timeout: Dur,
+    /// Peers (CIDR or plain addresses) whose `X-Forwarded-For`/`-Proto` are believed.
+    pub trusted_proxies: Vec<String>,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: OneOrMany(vec!["0.0.0.0:8080".into()]),
+            admin_listen: Some("127.0.0.1:9091".into()),
+            threads: 2,
+            grace_period: Dur::secs(5),
+            shutdown_timeout: Dur::secs(1),
+            trusted_proxies: Vec::new(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `server.limits:` — what nginx enforces by default, with nginx-like defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request header block (request line + headers). Over it → 431. Default 32KiB.
+    pub max_header_bytes: Size,
+    /// Largest request body unless a route says otherwise. Over it → 413. Default 10MiB.
+    pub max_body_bytes: Size,
+    /// Total time a client has to send the whole header block. Default 10s.
+    pub header_timeout: Dur,
+    /// How long an idle keep-alive connection is kept open. Default 60s.
+    pub keepalive_timeout: Dur,
+    /// Requests served on one keep-alive connection before it is closed. Default 1000.
+    pub keepalive_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: Size(32 * 1024),
+            max_body_bytes: Size(10 * 1024 * 1024),
+            header_timeout: Dur::secs(10),
+            keepalive_timeout: Dur::secs(60),
+            keepalive_requests: 1000,
+        }
+    }
+}
+
+/// `server.log:` — level (overridden by `LOG_LEVEL` through the default file), format.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    pub format: LogFormat,
+    /// One line per request on target `access`. Default true.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A string or a list of strings; a single string may hold a comma-separated list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(OneOrMany(match Raw::deserialize(d)? {
+            Raw::One(s) => split_list(&s),
+            Raw::Many(v) => v,
+        }))
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `upstreams.NAME:` — a pool of backends.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port` URLs (or `host:port`): a comma-separated string, or a list of
+    /// strings or `{url, weight}` entries.
+    pub backends: BackendList,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Key for `consistent_hash`: `client_ip` (default), `header:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// `Host` sent upstream: absent keeps the client's; a value replaces it.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Defaults for routes to this pool.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// How long an idle pooled connection to a backend is kept. Default 60s.
+    #[serde(default = "default_idle")]
+    pub keepalive_idle: Dur,
+}
+
+fn default_idle() -> Dur {
+    Dur::secs(60)
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendList(pub Vec<BackendEntry>);
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendEntry {
+    pub url: String,
+    #[serde(default = "one")]
+    pub weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl<'de> Deserialize<'de> for BackendList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Url(String),
+            Entry(BackendEntry),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<Item>),
+        }
+        let entry = |url: String| BackendEntry { url, weight: 1 };
+        Ok(BackendList(match Raw::deserialize(d)? {
+            Raw::One(s) => split_list(&s).into_iter().map(entry).collect(),
+            Raw::Many(items) => items
+                .into_iter()
+                .flat_map(|i| match i {
+                    Item::Url(s) => split_list(&s).into_iter().map(entry).collect(),
+                    Item::Entry(e) => vec![e],
+                })
+                .collect(),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin (weights default to 1).
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on `hash_key`.
+    ConsistentHash,
+}
+
+/// `upstreams.NAME.health_check:` — active checks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `http` (default) or `tcp`.
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path probed by `http` checks. Default `/health`.
+    pub path: String,
+    /// Statuses counted healthy. Default `[200]`.
+    pub expected_status: Vec<u16>,
+    /// Time between checks. Default 5s.
+    pub interval: Dur,
+    /// Connect and read timeout of one check. Default 1s.
+    pub timeout: Dur,
+    /// Consecutive successes that bring a backend back. Default 2.
+    pub rise: usize,
+    /// Consecutive failures that take a backend out. Default 3.
+    pub fall: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http,
+            path: "/health".into(),
+            expected_status: vec![200],
+            interval: Dur::secs(5),
+            timeout: Dur::secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// Timeouts; every field optional so routes override pool defaults one by one.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect to a backend. Default 2s.
+    pub connect: Option<Dur>,
+    /// Each read from (and write to) a backend. Default 30s.
+    pub read: Option<Dur>,
+    /// The whole exchange with the upstream, from route match to the last byte. Default 60s.
+    pub total: Option<Dur>,
+}
+
+/// `routes[i]:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label for logs and metrics. Default: the upstream name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path prefix, matched on whole segments (`/api/v1/doctors` never matches `/api/v1/doctorsX`).
+    pub prefix: String,
+    pub upstream: String,
+    /// Allowed methods; absent means any (TRACE is always refused).
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Host names (without port) this route answers; absent means any.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    /// Remove the prefix before forwarding (`/api/v1/doctors/7` → `/7`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the prefix with this one before forwarding.
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Body limit for this route; default `server.limits.max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<Size>,
+}
+
+impl Config {
+    /// Reads `path`, expands environment variables and parses and validates it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(format!("{}: cannot read: {e}", path.display())))?;
+        Config::from_yaml_str(&text)
+    }
+
+    /// Same as [`Config::load`] for text already in memory (tests, reload).
+    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_str_with_env(text, |k| std::env::var(k).ok())
+    }
+
+    pub fn from_yaml_str_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let expanded =
+            interpolate::expand(text, env).map_err(|problems| ConfigError { problems })?;
+        let config: Config = if expanded.trim().is_empty() {
+            serde_yaml::from_str("{}")
+        } else {
+            serde_yaml::from_str(&expanded)
+        }
+        .map_err(|e| ConfigError::one(describe_yaml_error(&e)))?;
+        let problems = validate::validate(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// serde_yaml puts the path first (`routes[0]: unknown field ...`); keep it, and make the
+/// location read as a location.
+fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains("at line") => {
+            format!("{msg} (line {}, column {})", loc.line(), loc.column())
+        }
+        _ => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_str_with_env(text, |_| None)
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.server, ServerConfig::default());
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_path() {
+        let err = parse("routes:\n  - prefix: /a\n    upstream: a\n    upstrem: b\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("routes[0]"), "{text}");
+        assert!(text.contains("unknown field `upstrem`"), "{text}");
+    }
+
+    #[test]
+    fn backends_accept_comma_lists_and_weighted_entries() {
+        let c = parse(
+            "upstreams:\n  a:\n    backends: http://127.0.0.1:1, http://127.0.0.1:2\n  b:\n    backends:\n      - http://127.0.0.1:3\n      - {url: http://127.0.0.1:4, weight: 3}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.upstreams["a"].backends.0.len(), 2);
+        assert_eq!(c.upstreams["b"].backends.0[1].weight, 3);
+    }
+
+    #[test]
+    fn units_are_parsed_into_real_types() {
+        let c = parse("server:\n  grace_period: 250ms\n  limits:\n    max_body_bytes: 1MiB\n")
+            .expect("valid");
+        assert_eq!(c.server.grace_period, Dur::millis(250));
+        assert_eq!(c.server.limits.max_body_bytes, Size(1024 * 1024));
+        let err = parse("server:\n  grace_period: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.grace_period") && err.contains("invalid duration"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! Semantic checks of a parsed [`Config`]: every problem is collected, each with its path
+//! (`routes[2].upstream: unknown upstream "billing"`), so one `gatehouse check` run shows all.
+
+use super::{Balance, Config, HealthCheckKind, Timeouts};
+use std::collections::{BTreeSet, HashMap};
+
+pub fn validate(c: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    let s = &c.server;
+    if s.listen.0.is_empty() {
+        p.push("server.listen: at least one address is required".into());
+    }
+    for (i, addr) in s.listen.0.iter().enumerate() {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "server.listen[{i}]: {addr:?} is not an address like 0.0.0.0:8080"
+            ));
+        }
+    }
+    if let Some(admin) = &s.admin_listen {
+        if admin.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "server.admin_listen: {admin:?} is not an address like 127.0.0.1:9091"
+            ));
+        } else if s.listen.0.iter().any(|l| l == admin) {
+            p.push(format!(
+                "server.admin_listen: {admin:?} is also a public listen address"
+            ));
+        }
+    }
+    if s.threads == 0 || s.threads > 1024 {
+        p.push(format!(
+            "server.threads: {} is out of range (1..=1024)",
+            s.threads
+        ));
+    }
+    for (i, t) in s.trusted_proxies.iter().enumerate() {
+        if parse_cidr(t).is_none() {
+            p.push(format!(
+                "server.trusted_proxies[{i}]: {t:?} is not an IP address or CIDR"
+            ));
+        }
+    }
+    let l = &s.limits;
+    if l.max_header_bytes.0 < 1024 || l.max_header_bytes.0 > 1024 * 1024 {
+        p.push("server.limits.max_header_bytes: must be between 1KiB and 1MiB".into());
+    }
+    if l.header_timeout.0.is_zero() {
+        p.push("server.limits.header_timeout: must be greater than 0".into());
+    }
+    if l.keepalive_timeout.0.is_zero() {
+        p.push("server.limits.keepalive_timeout: must be greater than 0".into());
+    }
+    if s.grace_period.0.as_secs() > 3600 {
+        p.push("server.grace_period: must be at most 1h".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log.level) {
+        p.push(format!(
+            "server.log.level: {:?} is not a log level or filter: {e}",
+            s.log.level
+        ));
+    }
+
+    for (name, u) in &c.upstreams {
+        let at = format!("upstreams.{name}");
+        if !valid_label(name) {
+            p.push(format!("{at}: name must be letters, digits, '_' or '-'"));
+        }
+        if u.backends.0.is_empty() {
+            p.push(format!("{at}.backends: at least one backend is required"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, b) in u.backends.0.iter().enumerate() {
+            match parse_backend_url(&b.url) {
+                Ok(hp) => {
+                    if !seen.insert(hp.clone()) {
+                        p.push(format!("{at}.backends[{i}]: {:?} is listed twice", b.url));
+                    }
+                }
+                Err(e) => p.push(format!("{at}.backends[{i}]: {e}")),
+            }
+            if b.weight == 0 || b.weight > 1000 {
+                p.push(format!(
+                    "{at}.backends[{i}].weight: must be between 1 and 1000"
+                ));
+            }
+        }
+        match (u.balance, &u.hash_key) {
+            (Balance::ConsistentHash, Some(k)) if HashKeySpec::parse(k).is_none() => p.push(
+                format!("{at}.hash_key: {k:?} must be client_ip, header:NAME or cookie:NAME"),
+            ),
+            (Balance::RoundRobin | Balance::Random, Some(_)) => p.push(format!(
+                "{at}.hash_key: only used with balance: consistent_hash"
+            )),
+            _ => {}
+        }
+        if let Some(h) = &u.host {
+            if h.is_empty()
+                || h.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                p.push(format!("{at}.host: {h:?} is not a valid Host value"));
+            }
+        }
+        if let Some(hc) = &u.health_check {
+            if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
+                p.push(format!("{at}.health_check.path: must start with '/'"));
+            }
+            if hc.expected_status.is_empty() {
+                p.push(format!(
+                    "{at}.health_check.expected_status: at least one status"
+                ));
+            }
+            for (i, st) in hc.expected_status.iter().enumerate() {
+                if !(100..=599).contains(st) {
+                    p.push(format!(
+                        "{at}.health_check.expected_status[{i}]: {st} is not an HTTP status"
+                    ));
+                }
+            }
+            if hc.interval.0.as_millis() < 100 {
+                p.push(format!(
+                    "{at}.health_check.interval: must be at least 100ms"
+                ));
+            }
+            if hc.timeout.0.is_zero() {
+                p.push(format!("{at}.health_check.timeout: must be greater than 0"));
+            }
+            if hc.rise == 0 || hc.fall == 0 {
+                p.push(format!(
+                    "{at}.health_check: rise and fall must be at least 1"
+                ));
+            }
+        }
+        check_timeouts(&mut p, &format!("{at}.timeouts"), &u.timeouts);
+    }
+
+    let mut keys: HashMap<(String, Vec<String>, Vec<String>), usize> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Err(e) = check_prefix(&r.prefix) {
+            p.push(format!("{at}.prefix: {e}"));
+        }
+        if !c.upstreams.contains_key(&r.upstream) {
+            p.push(format!("{at}.upstream: unknown upstream {:?}", r.upstream));
+        }
+        if let Some(name) = &r.name {
+            if !valid_label(name) {
+                p.push(format!(
+                    "{at}.name: must be letters, digits, '_', '-' or '.'"
+                ));
+            }
+            if let Some(first) = names.insert(name, i) {
+                p.push(format!(
+                    "{at}.name: {name:?} is already used by routes[{first}]"
+                ));
+            }
+        }
+        let mut methods: Vec<String> = Vec::new();
+        if let Some(ms) = &r.methods {
+            if ms.is_empty() {
+                p.push(format!(
+                    "{at}.methods: empty list (omit the key to allow every method)"
+                ));
+            }
+            for (j, m) in ms.iter().enumerate() {
+                let up = m.to_ascii_uppercase();
+                if http::Method::from_bytes(up.as_bytes()).is_err() {
+                    p.push(format!("{at}.methods[{j}]: {m:?} is not an HTTP method"));
+                } else if up == "TRACE" || up == "CONNECT" {
+                    p.push(format!("{at}.methods[{j}]: {up} is never proxied"));
+                }
+                methods.push(up);
+            }
+        }
+        methods.sort();
+        let mut hosts: Vec<String> = Vec::new();
+        if let Some(hs) = &r.hosts {
+            for (j, h) in hs.iter().enumerate() {
+                if h.is_empty() || h.contains([':', '/', ' ']) {
+                    p.push(format!(
+                        "{at}.hosts[{j}]: {h:?} must be a host name without port"
+                    ));
+                }
+                hosts.push(h.to_ascii_lowercase());
+            }
+        }
+        hosts.sort();
+        if let Some(first) = keys.insert((r.prefix.clone(), methods, hosts), i) {
+            p.push(format!(
+                "{at}: same prefix, methods and hosts as routes[{first}]; it could never match"
+            ));
+        }
+        if r.strip_prefix && r.rewrite_prefix.is_some() {
+            p.push(format!(
+                "{at}: strip_prefix and rewrite_prefix are exclusive"
+            ));
+        }
+        if let Some(rw) = &r.rewrite_prefix {
+            if let Err(e) = check_prefix(rw) {
+                p.push(format!("{at}.rewrite_prefix: {e}"));
+            }
+        }
+        if matches!(r.max_body_bytes, Some(s) if s.0 == 0) {
+            p.push(format!("{at}.max_body_bytes: must be greater than 0"));
+        }
+        check_timeouts(&mut p, &format!("{at}.timeouts"), &r.timeouts);
+    }
+    p
+}
+
+fn check_timeouts(p: &mut Vec<String>, at: &str, t: &Timeouts) {
+    for (key, v) in [("connect", t.connect), ("read", t.read), ("total", t.total)] {
+        if matches!(v, Some(d) if d.0.is_zero()) {
+            p.push(format!("{at}.{key}: must be greater than 0"));
+        }
+    }
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// A route prefix must already be in normal form, so what the table holds is what matches.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("{prefix:?} must start with '/'"));
+    }
+    if prefix.contains(['?', '#']) {
+        return Err(format!(
+            "{prefix:?} must be a path only, without '?' or '#'"
+        ));
+    }
+    if prefix.len() > 1 && prefix.ends_with('/') {
+        return Err(format!(
+            "{prefix:?} must not end with '/' (prefixes match whole segments)"
+        ));
+    }
+    match crate::routing::normalize_path(prefix) {
+        Ok(n) if n == prefix => Ok(()),
+        _ => Err(format!(
+            "{prefix:?} is not a normalised path (no '//', '.', '..', '%' escapes or '?')"
+        )),
+    }
+}
+
+/// `client_ip`, `header:NAME` or `cookie:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKeySpec {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl HashKeySpec {
+    pub fn parse(s: &str) -> Option<HashKeySpec> {
+        match s.split_once(':') {
+            None if s == "client_ip" => Some(HashKeySpec::ClientIp),
+            Some(("header", h)) => http::HeaderName::from_bytes(h.trim().as_bytes())
+                .ok()
+                .map(HashKeySpec::Header),
+            Some(("cookie", c)) if !c.trim().is_empty() => {
+                Some(HashKeySpec::Cookie(c.trim().to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `http://host:port[/]` or `host:port` → (host, port). `https` is refused until TLS to
+/// upstreams exists, rather than silently speaking plain HTTP to a TLS port.
+pub fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!("{url:?}: https backends are not supported yet"));
+    } else if url.contains("://") {
+        return Err(format!("{url:?}: only http:// backends are supported"));
+    } else {
+        url
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(format!(
+            "{url:?}: a backend is scheme://host:port, without path or credentials"
+        ));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once("]:")
+            .ok_or_else(|| format!("{url:?}: expected [v6]:port"))?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{url:?}: a port is required"))?;
+        (h.to_string(), p)
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: missing host"));
+    }
+    let port: u16 = port.parse().map_err(|_| format!("{url:?}: invalid port"))?;
+    if port == 0 {
+        return Err(format!("{url:?}: port 0 is not a backend"));
+    }
+    Ok((host, port))
+}
+
+/// `10.0.0.0/8`, `::1/128` or a bare address.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match Config::from_yaml_str_with_env(yaml, |_| None) {
+            Ok(_) => vec![],
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn unknown_upstream_is_reported_with_route_path() {
+        let p = problems(
+            "upstreams:\n  a: {backends: 'http://127.0.0.1:1'}\nroutes:\n  - {prefix: /a, upstream: a}\n  - {prefix: /b, upstream: a}\n  - {prefix: /c, upstream: billing}\n",
+        );
+        assert_eq!(
+            p,
+            vec![r#"routes[2].upstream: unknown upstream "billing""#.to_string()]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let p = problems(
+            "server:\n  listen: nowhere\nupstreams:\n  a: {backends: 'ftp://x:1, 127.0.0.1'}\nroutes:\n  - {prefix: 'api/', upstream: b, methods: [TRACE]}\n",
+        );
+        let joined = p.join("\n");
+        for needle in [
+            "server.listen[0]",
+            "upstreams.a.backends[0]",
+            "upstreams.a.backends[1]: \"127.0.0.1\": a port is required",
+            "routes[0].prefix",
+            "routes[0].upstream: unknown upstream \"b\"",
+            "routes[0].methods[0]: TRACE is never proxied",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn prefixes_must_be_normalised() {
+        for bad in ["/a/", "//a", "/a/../b", "/a/%2e", "/a?x"] {
+            assert!(check_prefix(bad).is_err(), "{bad}");
+        }
+        assert!(check_prefix("/").is_ok());
+        assert!(check_prefix("/api/v1/doctors").is_ok());
+    }
+
+    #[test]
+    fn backend_urls() {
+        assert_eq!(
+            parse_backend_url("http://svc:8000"),
+            Ok(("svc".into(), 8000))
+        );
+        assert_eq!(
+            parse_backend_url("127.0.0.1:80/"),
+            Ok(("127.0.0.1".into(), 80))
+        );
+        assert_eq!(parse_backend_url("http://[::1]:9"), Ok(("::1".into(), 9)));
+        assert!(parse_backend_url("https://svc:443")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(parse_backend_url("http://svc:8000/api").is_err());
+        assert!(parse_backend_url("http://svc").is_err());
+    }
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!(HashKeySpec::parse("client_ip"), Some(HashKeySpec::ClientIp));
+        assert!(matches!(
+            HashKeySpec::parse("header:X-User"),
+            Some(HashKeySpec::Header(_))
+        ));
+        assert_eq!(
+            HashKeySpec::parse("cookie:sid"),
+            Some(HashKeySpec::Cookie("sid".into()))
+        );
+        assert_eq!(HashKeySpec::parse("body"), None);
+    }
+}

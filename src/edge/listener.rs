@@ -1,0 +1,213 @@
+//! Connection-level limits Pingora lacks (PINGORA.md, "Slow clients and idle connections"):
+//! one deadline for the whole request header block, a header-size cap answered with 431,
+//! and an idle timeout between keep-alive requests.
+//!
+//! [`EdgeApp`] wraps the `HttpProxy` as an `HttpServerApp`. For each HTTP/1 request it takes
+//! the raw stream, waits for the first byte (idle timeout, or shutdown), reads the header
+//! block under one deadline and the size cap, then rebuilds the session with the bytes
+//! handed over as a prefix and calls the proxy. Pingora parses the same bytes, so there is
+//! one parser of record; this layer only finds the end of the head. HTTP/2 passes through.
+
+use crate::edge::forwarding::new_request_id;
+use crate::errors::Reject;
+use crate::state::SharedState;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Marker carried across keep-alive requests so the wrapper knows a connection is reused.
+pub struct Reused;
+
+/// See the module docs.
+pub struct EdgeApp<A> {
+    pub inner: Arc<A>,
+    pub state: SharedState,
+}
+
+enum Head {
+    Ready(BytesMut),
+    Closed,
+    Reject(Reject),
+}
+
+#[async_trait]
+impl<A> HttpServerApp for EdgeApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let ServerSession::H1(mut h1) = session else {
+            return self.inner.process_new_http(session, shutdown).await;
+        };
+        let limits = self.state.load().limits;
+        let user_ctx = h1.take_connection_user_context();
+        let reused = user_ctx.as_ref().is_some_and(|c| c.is::<Reused>());
+        let keepalive = h1
+            .get_keepalive_timeout()
+            .map(|_| limits.keepalive_timeout.as_secs().max(1));
+        let reuses = match h1.get_keepalive_reuses_remaining() {
+            None if !reused => Some(limits.keepalive_requests),
+            other => other,
+        };
+        let mut stream = h1.into_inner();
+        match read_head(&mut stream, &limits, reused, shutdown).await {
+            Head::Ready(buf) => {
+                let mut s = ServerSession::new_http1(stream);
+                s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
+                s.set_keepalive_reuses_remaining(reuses);
+                s.set_connection_user_context(user_ctx);
+                s.set_pipelined_prefix(buf);
+                self.inner.process_new_http(s, shutdown).await
+            }
+            Head::Closed => None,
+            Head::Reject(r) => {
+                let id = new_request_id();
+                tracing::info!(target: "access", request_id = %id, status = r.status, reason = r.code, "request head refused");
+                let body = r.body(&id);
+                let head = format!(
+                    "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n",
+                    r.status,
+                    http::StatusCode::from_u16(r.status).ok().and_then(|s| s.canonical_reason()).unwrap_or(""),
+                    body.len()
+                );
+                let write = async {
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(&body).await?;
+                    stream.flush().await?;
+                    stream.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+                None
+            }
+        }
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+/// Reads until the end of the header block. Idle (nothing sent yet) connections close
+/// silently after the idle timeout or on shutdown; a partial head gets 408 at the deadline.
+async fn read_head(
+    stream: &mut Stream,
+    limits: &crate::state::Limits,
+    reused: bool,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    let start = Instant::now();
+    let max = limits.max_header_bytes;
+    let mut buf = BytesMut::with_capacity(2048);
+    let mut shutdown = shutdown.clone();
+    let mut deadline = start
+        + if reused {
+            limits.keepalive_timeout
+        } else {
+            limits.header_timeout
+        };
+    let mut scanned = 0usize;
+    loop {
+        let idle = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
+            _ = shutdown.changed(), if idle => return Head::Closed,
+        };
+        match read {
+            Err(_elapsed) if idle => return Head::Closed,
+            Err(_elapsed) => {
+                return Head::Reject(Reject::new(
+                    408,
+                    "request_timeout",
+                    "The request headers took too long to arrive.",
+                ))
+            }
+            Ok(Err(_)) | Ok(Ok(0)) => return Head::Closed,
+            Ok(Ok(_)) => {}
+        }
+        if idle && reused {
+            // First byte of a new request on a kept-alive connection: its head gets the
+            // full header deadline from now.
+            deadline = Instant::now() + limits.header_timeout;
+        }
+        // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
+        let lead = buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        let from = scanned.max(lead).saturating_sub(3).max(lead);
+        if let Some(end) = find_head_end(&buf[from..]) {
+            if from + end - lead > max {
+                return Head::Reject(too_large());
+            }
+            if lead > 0 {
+                let _ = buf.split_to(lead);
+            }
+            return Head::Ready(buf);
+        }
+        scanned = buf.len();
+        if buf.len() - lead > max {
+            return Head::Reject(too_large());
+        }
+    }
+}
+
+fn too_large() -> Reject {
+    Reject::new(
+        431,
+        "headers_too_large",
+        "The request headers are too large.",
+    )
+}
+
+/// Position just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`).
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\n' {
+            if b.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_head_end;
+
+    #[test]
+    fn head_end_is_found_for_crlf_and_lf() {
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"),
+            Some(27)
+        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nHost: x\n\n"), Some(24));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! gatehouse: a programmable edge gateway on Pingora.
+//!
+//! [`build_server`] turns a [`Config`] into a ready Pingora `Server`; `main` and the
+//! integration tests share it. [`spawn`] runs one on its own thread for tests.
+
+pub mod admin;
+pub mod builtin;
+pub mod config;
+pub mod edge;
+pub mod errors;
+pub mod logging;
+pub mod proxy;
+pub mod routing;
+pub mod state;
+pub mod upstream;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+pub use config::{Config, ConfigError};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use state::{SharedState, Snapshot};
+use std::sync::Arc;
+
+/// Options that come from the command line rather than the file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Take over listening sockets from a running instance (zero-downtime upgrade).
+    pub upgrade: bool,
+}
+
+/// Validates and builds everything `run` would, without binding sockets (`gatehouse check`).
+pub fn check(config: Config) -> Result<Snapshot, ConfigError> {
+    Snapshot::build(config, None)
+}
+
+/// Builds the Pingora server: proxy service (behind the edge wrapper), admin listener,
+/// health checks. Runs a first health check so dead backends are out before traffic.
+pub fn build_server(
+    config: Config,
+    opts: RunOptions,
+) -> Result<(Server, SharedState), ConfigError> {
+    let snapshot = Snapshot::build(config, None)?;
+    prime(&snapshot);
+    let cfg = snapshot.config.clone();
+    let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    let s = &cfg.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.0.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs_f64().ceil() as u64),
+        // Retries are our decision (upstream module); Pingora's default is 16 attempts.
+        max_retries: 1,
+        ..Default::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let gateway = proxy::Gateway {
+        state: state.clone(),
+        access_log: s.log.access_log,
+    };
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let app = edge::listener::EdgeApp {
+        inner: Arc::new(proxy),
+        state: state.clone(),
+    };
+    let mut service = Service::new("gatehouse proxy".to_string(), app);
+    for addr in &s.listen.0 {
+        service.add_tcp(addr);
+    }
+    server.add_service(service);
+
+    if let Some(admin_addr) = &s.admin_listen {
+        let mut admin = Service::new(
+            "gatehouse admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(admin::Admin),
+        );
+        admin.add_tcp(admin_addr);
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "health checks",
+        upstream::HealthService {
+            state: state.clone(),
+        },
+    ));
+    Ok((server, state))
+}
+
+fn prime(snapshot: &Snapshot) {
+    if !snapshot.pools.values().any(|p| p.has_health_check()) {
+        return;
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(snapshot.prime_health()),
+        Err(e) => tracing::warn!(error = %e, "could not run the first health check"),
+    }
+}
+
+/// SIGTERM and SIGINT drain (within `server.grace_period`); SIGQUIT hands the listeners to
+/// a new process started with `--upgrade`, then drains.
+pub struct SignalWatch;
+
+#[async_trait]
+impl ShutdownSignalWatch for SignalWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); ShutdownSignal::GracefulTerminate }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); ShutdownSignal::GracefulTerminate }
+            _ = quit.recv() => { tracing::info!("SIGQUIT: handing over listeners"); ShutdownSignal::GracefulUpgrade }
+        }
+    }
+}
+
+/// Runs until a signal stops the server (used by `gatehouse run`).
+pub fn run(config: Config, opts: RunOptions) -> Result<(), ConfigError> {
+    let (server, _state) = build_server(config, opts)?;
+    server.run(RunArgs {
+        shutdown_signal: Box::new(SignalWatch),
+    });
+    Ok(())
+}
+
+/// A gateway running on its own thread; stopped (fast) when dropped. For tests and embedding.
+pub struct RunningGateway {
+    pub state: SharedState,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct NotifyWatch(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifyWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// Builds and starts a gateway on a new thread. Listening starts shortly after return;
+/// callers poll the port.
+pub fn spawn(config: Config) -> Result<RunningGateway, ConfigError> {
+    let (server, state) = build_server(config, RunOptions::default())?;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let watch = NotifyWatch(stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("gatehouse".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(watch),
+            })
+        })
+        .map_err(|e| ConfigError::one(format!("cannot start the server thread: {e}")))?;
+    Ok(RunningGateway {
+        state,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+impl RunningGateway {
+    /// Stops the server and waits for its thread.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.notify_one();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,474 @@
+//! `impl ProxyHttp` — thin on purpose: each phase calls the module that owns the decision.
+//!
+//! request_filter: request id, client ip, hygiene, path normalisation, built-in endpoints,
+//! route lookup, body limit → upstream_peer: backend from the route's pool, timeouts →
+//! upstream_request_filter: path rewrite, Host, forwarding headers → response filters →
+//! fail_to_proxy: our JSON error (504 for timeouts) → logging: the access log line.
+
+use crate::builtin;
+use crate::edge::{forwarding, hygiene, listener::Reused};
+use crate::errors::Reject;
+use crate::routing::{self, Lookup};
+use crate::state::{Route, SharedState, Snapshot};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The gateway's proxy logic; long-lived handles only. Per-request state is [`Ctx`].
+pub struct Gateway {
+    pub state: SharedState,
+    pub access_log: bool,
+}
+
+/// Per-request context. The snapshot is loaded once, so retries and logging see the
+/// version the request started with, even across a reload.
+pub struct Ctx {
+    start: Instant,
+    snapshot: Arc<Snapshot>,
+    request_id: String,
+    peer_ip: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    /// Normalised request path (no query).
+    path: Option<String>,
+    route: Option<Arc<Route>>,
+    backend: Option<SocketAddr>,
+    deadline: Option<Instant>,
+    body_bytes: u64,
+    /// What we answered (or will answer) ourselves, for fail_to_proxy and the access log.
+    reject: Option<Reject>,
+    status: u16,
+}
+
+impl Gateway {
+    async fn send_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: Bytes,
+        headers: &[(&'static str, String)],
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if status >= 400 {
+            resp.insert_header("cache-control", "no-store")?;
+        }
+        for (k, v) in headers {
+            resp.insert_header(*k, v.as_str())?;
+        }
+        ctx.status = status;
+        let head_only = session.req_header().method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    async fn reject(&self, session: &mut Session, ctx: &mut Ctx, r: Reject) -> Result<bool> {
+        let body = r.body(&ctx.request_id);
+        let headers = r.headers.clone();
+        ctx.reject = Some(r);
+        let status = ctx.reject.as_ref().map_or(500, |r| r.status);
+        self.send_json(session, ctx, status, body, &headers).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            snapshot: self.state.load_full(),
+            request_id: String::new(),
+            peer_ip: None,
+            client_ip: None,
+            path: None,
+            route: None,
+            backend: None,
+            deadline: None,
+            body_bytes: 0,
+            reject: None,
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) if forwarding::valid_request_id(id) => id.to_string(),
+            _ => forwarding::new_request_id(),
+        };
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip =
+            forwarding::client_ip(ctx.peer_ip, &req.headers, &ctx.snapshot.trusted_proxies);
+
+        let raw = || (!session.is_http2()).then(|| session.as_downstream().to_h1_raw());
+        if let Err(r) = hygiene::check(req, raw) {
+            session.set_keepalive(None);
+            return self.reject(session, ctx, r).await;
+        }
+        let path = match routing::normalize_path(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %e, "path refused");
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        Reject::bad_request("The request path is not valid."),
+                    )
+                    .await;
+            }
+        };
+        let method = req.method.clone();
+        let snapshot = ctx.snapshot.clone();
+
+        if path == "/health" || path == "/api/v1/health" {
+            if method != Method::GET && method != Method::HEAD {
+                let r = crate::errors::from_status(405).with_header("Allow", "GET, HEAD");
+                ctx.path = Some(path);
+                return self.reject(session, ctx, r).await;
+            }
+            let body = if path == "/health" {
+                builtin::liveness()
+            } else {
+                builtin::detailed(&snapshot)
+            };
+            ctx.path = Some(path);
+            self.send_json(session, ctx, 200, Bytes::from(body.to_string()), &[])
+                .await?;
+            return Ok(true);
+        }
+
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        let lookup = snapshot.table.lookup(host, &method, &path);
+        let content_length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        ctx.path = Some(path);
+        let route = match lookup {
+            Lookup::Found(i) => snapshot.routes[i].clone(),
+            Lookup::NotFound => return self.reject(session, ctx, Reject::not_found()).await,
+            Lookup::MethodNotAllowed(allowed) => {
+                let allow = allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let r = crate::errors::from_status(405).with_header("Allow", allow);
+                return self.reject(session, ctx, r).await;
+            }
+        };
+        if content_length.is_some_and(|n| n > route.max_body_bytes) {
+            session.set_keepalive(None);
+            ctx.route = Some(route);
+            return self
+                .reject(session, ctx, crate::errors::from_status(413))
+                .await;
+        }
+        ctx.deadline = Some(ctx.start + route.total_timeout);
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > route.max_body_bytes {
+                ctx.reject = Some(crate::errors::from_status(413));
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route in context");
+        };
+        let remaining = ctx.deadline.map_or(route.total_timeout, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        if remaining.is_zero() {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "total timeout exhausted before connect",
+            );
+            e.as_up();
+            return Err(e);
+        }
+        let key = hash_key(&route, session, ctx);
+        let Some(addr) = route.pool.select(&key, |_| true) else {
+            ctx.reject = Some(Reject::no_backend());
+            tracing::warn!(request_id = %ctx.request_id, upstream = %route.pool.name, "no healthy backend");
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend");
+        };
+        ctx.backend = Some(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let opts = &mut peer.options;
+        opts.connection_timeout = Some(route.connect_timeout.min(remaining));
+        opts.total_connection_timeout = Some(route.connect_timeout.min(remaining));
+        opts.read_timeout = Some(route.read_timeout.min(remaining));
+        opts.write_timeout = Some(route.read_timeout.min(remaining));
+        opts.idle_timeout = Some(route.pool.config.keepalive_idle.0);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(route), Some(path)) = (ctx.route.as_ref(), ctx.path.as_ref()) else {
+            return Error::e_explain(ErrorType::InternalError, "no route in context");
+        };
+        let mut target = routing::rewrite_path(
+            path,
+            &route.prefix,
+            route.strip_prefix,
+            route.rewrite_prefix.as_deref(),
+        );
+        if let Some(q) = session.req_header().uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let uri = target
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
+        up.set_uri(uri);
+
+        for name in forwarding::connection_listed(&up.headers) {
+            up.remove_header(name.as_str());
+        }
+        for name in forwarding::HOP_BY_HOP {
+            up.remove_header(*name);
+        }
+        let orig_host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()));
+        if let Some(host) = &route.pool.config.host {
+            up.insert_header(http::header::HOST, host.as_str())?;
+        } else if !up.headers.contains_key(http::header::HOST) {
+            if let Some(h) = &orig_host {
+                up.insert_header(http::header::HOST, h.as_str())?;
+            }
+        }
+
+        let trusted_peer = ctx
+            .peer_ip
+            .is_some_and(|ip| forwarding::is_trusted(ip, &ctx.snapshot.trusted_proxies));
+        if let Some(peer) = ctx.peer_ip {
+            let prior: Vec<String> = up
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            let mut xff = prior.join(", ");
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            xff.push_str(&peer.to_string());
+            up.insert_header("x-forwarded-for", xff)?;
+        }
+        if let Some(client) = ctx.client_ip {
+            up.insert_header("x-real-ip", client.to_string())?;
+        }
+        if !(trusted_peer && up.headers.contains_key("x-forwarded-proto")) {
+            up.insert_header("x-forwarded-proto", "http")?;
+        }
+        if !(trusted_peer && up.headers.contains_key("x-forwarded-host")) {
+            match &orig_host {
+                Some(h) => up.insert_header("x-forwarded-host", h.as_str())?,
+                None => {
+                    up.remove_header("x-forwarded-host");
+                }
+            }
+        }
+        up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in forwarding::connection_listed(&resp.headers) {
+            resp.remove_header(name.as_str());
+        }
+        for name in ["keep-alive", "proxy-connection", "proxy-authenticate"] {
+            resp.remove_header(name);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        ctx.status = resp.status.as_u16();
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "total timeout of the route exceeded",
+            );
+            e.as_up();
+            return Err(e);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let downstream_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        let r = ctx.reject.take().unwrap_or_else(|| Reject::from_pingora(e));
+        let status = r.status;
+        if downstream_gone {
+            ctx.status = 499;
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            let body = r.body(&ctx.request_id);
+            let headers = r.headers.clone();
+            if let Err(err) = self.send_json(session, ctx, status, body, &headers).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %err, "could not send error response");
+            }
+        }
+        ctx.reject = Some(r);
+        ctx.status = status;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // Statuses we raise ourselves are logged once, in the access log.
+        matches!(e.etype(), ErrorType::HTTPStatus(_))
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if !self.access_log {
+            return;
+        }
+        let status = session
+            .response_written()
+            .map_or(ctx.status, |r| r.status.as_u16());
+        let req = session.req_header();
+        let path = ctx.path.as_deref().unwrap_or_else(|| req.uri.path());
+        let route = ctx.route.as_ref();
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            method = %req.method,
+            path = %path,
+            route = route.map_or("-", |r| r.name.as_str()),
+            upstream = route.map_or("-", |r| r.pool.name.as_str()),
+            backend = %ctx.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            status,
+            bytes = session.body_bytes_sent(),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(Reused))
+    }
+}
+
+/// The consistent-hash key of this request: client ip, a header or a cookie.
+fn hash_key(route: &Route, session: &Session, ctx: &Ctx) -> Vec<u8> {
+    use crate::config::HashKeySpec;
+    match &route.pool.hash_key {
+        None => Vec::new(),
+        Some(HashKeySpec::ClientIp) => ctx
+            .client_ip
+            .map(|i| i.to_string().into_bytes())
+            .unwrap_or_default(),
+        Some(HashKeySpec::Header(h)) => session
+            .req_header()
+            .headers
+            .get(h)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        Some(HashKeySpec::Cookie(name)) => session
+            .req_header()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,174 @@
+//! The runtime tables built from one config: a [`Snapshot`]. Immutable once built; a
+//! reload builds a new one and swaps it in ([`SharedState`]), carrying over pools whose
+//! config is unchanged so their health state survives.
+
+use crate::config::{parse_cidr, Config, ConfigError, Timeouts};
+use crate::routing::{RouteKey, RouteTable};
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use http::Method;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The snapshot every request loads once, in `new_ctx`.
+pub type SharedState = Arc<ArcSwap<Snapshot>>;
+
+/// Default connect timeout to a backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default per-read (and per-write) timeout with a backend.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on a whole upstream exchange.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `server.limits` as plain values.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+}
+
+/// A route, resolved: its pool, effective timeouts and body limit.
+pub struct Route {
+    pub index: usize,
+    pub name: String,
+    pub prefix: String,
+    pub methods: Option<Vec<Method>>,
+    pub pool: Arc<Pool>,
+    pub strip_prefix: bool,
+    pub rewrite_prefix: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub total_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub table: RouteTable,
+    pub routes: Vec<Arc<Route>>,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
+}
+
+impl Snapshot {
+    /// Builds every table from `config`. Pools whose config equals one in `previous` are
+    /// reused as they are. All problems are reported together, with their config paths.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+        let mut problems = Vec::new();
+        let mut pools = BTreeMap::new();
+        for (name, ucfg) in &config.upstreams {
+            if let Some(old) = previous.and_then(|p| p.pools.get(name)) {
+                if &old.config == ucfg {
+                    pools.insert(name.clone(), old.clone());
+                    continue;
+                }
+            }
+            match Pool::build(name, ucfg) {
+                Ok(p) => {
+                    pools.insert(name.clone(), Arc::new(p));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let limits = &config.server.limits;
+        let mut routes = Vec::new();
+        let mut keys = Vec::new();
+        for (index, r) in config.routes.iter().enumerate() {
+            let Some(pool) = pools.get(&r.upstream) else {
+                if config.upstreams.contains_key(&r.upstream) {
+                    continue; // pool failed to build; already reported
+                }
+                problems.push(format!(
+                    "routes[{index}].upstream: unknown upstream {:?}",
+                    r.upstream
+                ));
+                continue;
+            };
+            let pool_t = &config.upstreams[&r.upstream].timeouts;
+            let pick = |f: fn(&Timeouts) -> Option<crate::config::Dur>, d: Duration| {
+                f(&r.timeouts).or(f(pool_t)).map_or(d, |v| v.0)
+            };
+            let methods = r.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                    .collect::<Vec<_>>()
+            });
+            keys.push(RouteKey {
+                prefix: r.prefix.clone(),
+                methods: methods.clone(),
+                hosts: r
+                    .hosts
+                    .as_ref()
+                    .map(|hs| hs.iter().map(|h| h.to_ascii_lowercase()).collect()),
+            });
+            routes.push(Arc::new(Route {
+                index,
+                name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
+                prefix: r.prefix.clone(),
+                methods,
+                pool: pool.clone(),
+                strip_prefix: r.strip_prefix,
+                rewrite_prefix: r.rewrite_prefix.clone(),
+                connect_timeout: pick(|t| t.connect, DEFAULT_CONNECT_TIMEOUT),
+                read_timeout: pick(|t| t.read, DEFAULT_READ_TIMEOUT),
+                total_timeout: pick(|t| t.total, DEFAULT_TOTAL_TIMEOUT),
+                max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes.0, |s| s.0),
+            }));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|t| parse_cidr(t))
+            .collect();
+        Ok(Snapshot {
+            table: RouteTable::new(keys),
+            routes,
+            pools,
+            trusted_proxies,
+            limits: Limits {
+                max_header_bytes: limits.max_header_bytes.0 as usize,
+                max_body_bytes: limits.max_body_bytes.0,
+                header_timeout: limits.header_timeout.0,
+                keepalive_timeout: limits.keepalive_timeout.0,
+                keepalive_requests: limits.keepalive_requests,
+            },
+            config: Arc::new(config),
+        })
+    }
+
+    /// Runs a first health check on every pool that has one, so dead backends are out
+    /// before traffic arrives (pingora starts every backend as healthy).
+    pub async fn prime_health(&self) {
+        let checks = self
+            .pools
+            .values()
+            .filter(|p| p.has_health_check())
+            .map(|p| p.run_check());
+        futures_join_all(checks).await;
+    }
+}
+
+/// Polls every future on this task until all are done (they borrow the snapshot, so they
+/// cannot be spawned).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut pending: Vec<_> = futs.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

@@ -1,0 +1,300 @@
+//! One upstream pool: resolved backends behind a pingora `LoadBalancer`, with its
+//! health-check settings and per-pool timeout defaults.
+
+use crate::config::{parse_backend_url, HashKeySpec};
+use crate::config::{Balance, HealthCheckKind, UpstreamConfig};
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::RequestHeader;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a pool could not be built (beyond what config validation already caught).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("upstreams.{pool}.backends[{index}]: cannot resolve {url:?}: {reason}")]
+    Resolve {
+        pool: String,
+        index: usize,
+        url: String,
+        reason: String,
+    },
+    #[error("upstreams.{pool}.backends[{index}]: {reason}")]
+    Invalid {
+        pool: String,
+        index: usize,
+        reason: String,
+    },
+    #[error("upstreams.{pool}.health_check: {reason}")]
+    HealthCheck { pool: String, reason: String },
+}
+
+/// A backend as configured and as resolved.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub weight: usize,
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+macro_rules! with_lb {
+    ($b:expr, $lb:ident => $e:expr) => {
+        match $b {
+            Balancer::RoundRobin($lb) => $e,
+            Balancer::Random($lb) => $e,
+            Balancer::Consistent($lb) => $e,
+        }
+    };
+}
+
+/// A pool of backends. Shared (`Arc`) by routes and kept across reloads when its config
+/// is unchanged, so health state survives.
+pub struct Pool {
+    pub name: String,
+    pub config: UpstreamConfig,
+    pub backends: Vec<BackendInfo>,
+    pub hash_key: Option<HashKeySpec>,
+    balancer: Balancer,
+    health_interval: Option<Duration>,
+    next_check: Mutex<Instant>,
+    checking: AtomicBool,
+    /// While set, one failed or passed check flips a backend: used for the first pass so
+    /// that a dead backend is out before the first request, not after `fall` intervals.
+    priming: Arc<AtomicBool>,
+}
+
+impl Pool {
+    /// Resolves the backends (blocking DNS, once) and builds the balancer and health check.
+    pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Pool, PoolError> {
+        let mut backends = Vec::new();
+        for (index, entry) in cfg.backends.0.iter().enumerate() {
+            let (host, port) =
+                parse_backend_url(&entry.url).map_err(|reason| PoolError::Invalid {
+                    pool: name.into(),
+                    index,
+                    reason,
+                })?;
+            let addr = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| PoolError::Resolve {
+                    pool: name.into(),
+                    index,
+                    url: entry.url.clone(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| PoolError::Resolve {
+                    pool: name.into(),
+                    index,
+                    url: entry.url.clone(),
+                    reason: "no address".into(),
+                })?;
+            backends.push(BackendInfo {
+                url: entry.url.clone(),
+                addr,
+                weight: entry.weight.max(1),
+            });
+        }
+        let set: BTreeSet<Backend> = backends
+            .iter()
+            .map(|b| {
+                let mut be = Backend::new_with_weight("0.0.0.0:0", b.weight).map_err(|e| {
+                    PoolError::Invalid {
+                        pool: name.into(),
+                        index: 0,
+                        reason: e.to_string(),
+                    }
+                })?;
+                be.addr = pingora::protocols::l4::socket::SocketAddr::Inet(b.addr);
+                Ok(be)
+            })
+            .collect::<Result<_, PoolError>>()?;
+
+        let priming = Arc::new(AtomicBool::new(true));
+        let check = match &cfg.health_check {
+            None => None,
+            Some(hc) => Some(build_check(name, cfg, hc, priming.clone())?),
+        };
+        let balancer = match cfg.balance {
+            Balance::RoundRobin => Balancer::RoundRobin(make_lb(set, check)),
+            Balance::Random => Balancer::Random(make_lb(set, check)),
+            Balance::ConsistentHash => Balancer::Consistent(make_lb(set, check)),
+        };
+        let hash_key = match cfg.balance {
+            Balance::ConsistentHash => Some(
+                cfg.hash_key
+                    .as_deref()
+                    .and_then(HashKeySpec::parse)
+                    .unwrap_or(HashKeySpec::ClientIp),
+            ),
+            _ => None,
+        };
+        Ok(Pool {
+            name: name.into(),
+            config: cfg.clone(),
+            backends,
+            hash_key,
+            balancer,
+            health_interval: cfg.health_check.as_ref().map(|h| h.interval.0),
+            next_check: Mutex::new(Instant::now()),
+            checking: AtomicBool::new(false),
+            priming,
+        })
+    }
+
+    /// Picks a healthy backend; `key` matters only for consistent hashing. `accept` may
+    /// veto a backend (e.g. one that already failed this request). `None`: nobody can.
+    pub fn select(&self, key: &[u8], accept: impl Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
+        let max = self.backends.len().max(1) * 4 + 16;
+        let pick = with_lb!(&self.balancer, lb => lb.select_with(key, max, |b, ready| {
+            ready && b.addr.as_inet().is_some_and(|a| accept(a))
+        }));
+        pick.and_then(|b| b.addr.as_inet().copied())
+    }
+
+    /// Whether the balancer currently counts `addr` as ready (enabled and healthy).
+    pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
+        let b = Backend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),
+            weight: self
+                .backends
+                .iter()
+                .find(|b| &b.addr == addr)
+                .map_or(1, |b| b.weight),
+            ext: Default::default(),
+        };
+        with_lb!(&self.balancer, lb => lb.backends().ready(&b))
+    }
+
+    pub fn has_health_check(&self) -> bool {
+        self.health_interval.is_some()
+    }
+
+    /// Claims the next health-check pass if one is due and none is running. Cheap.
+    pub fn claim_check(&self, now: Instant) -> bool {
+        let Some(interval) = self.health_interval else {
+            return false;
+        };
+        {
+            let mut next = self.next_check.lock().unwrap_or_else(|p| p.into_inner());
+            if *next > now {
+                return false;
+            }
+            *next = now + interval;
+        }
+        !self.checking.swap(true, Ordering::AcqRel)
+    }
+
+    /// Runs a pass claimed with [`Pool::claim_check`].
+    pub async fn run_claimed_check(&self) {
+        self.run_check().await;
+        self.checking.store(false, Ordering::Release);
+    }
+
+    /// One pass over every backend, all in parallel.
+    pub async fn run_check(&self) {
+        with_lb!(&self.balancer, lb => lb.backends().run_health_check(true).await);
+        self.priming.store(false, Ordering::Release);
+    }
+}
+
+fn make_lb<S>(
+    set: BTreeSet<Backend>,
+    check: Option<Box<dyn HealthCheck + Send + Sync>>,
+) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let mut backends = Backends::new(Static::new(set));
+    if let Some(c) = check {
+        backends.set_health_check(c);
+    }
+    let lb = LoadBalancer::from_backends(backends);
+    // Static discovery never blocks; this publishes the membership to the selector.
+    let fut = lb.update();
+    futures_now(fut);
+    lb
+}
+
+/// Polls a future that is known to complete without waiting (static discovery).
+fn futures_now<F: std::future::Future>(fut: F) {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut fut = std::pin::pin!(fut);
+    // Static discovery is ready on the first poll; anything else is a programming error
+    // we surface as an empty pool rather than a panic.
+    let _ = fut.as_mut().poll(&mut cx);
+}
+
+fn build_check(
+    pool: &str,
+    cfg: &UpstreamConfig,
+    hc: &crate::config::HealthCheckConfig,
+    priming: Arc<AtomicBool>,
+) -> Result<Box<dyn HealthCheck + Send + Sync>, PoolError> {
+    let timeout = hc.timeout.0;
+    let inner: Box<dyn HealthCheck + Send + Sync> = match hc.kind {
+        HealthCheckKind::Tcp => {
+            let mut c = TcpHealthCheck::new();
+            c.peer_template.options.connection_timeout = Some(timeout);
+            c.peer_template.options.total_connection_timeout = Some(timeout);
+            c
+        }
+        HealthCheckKind::Http => {
+            let host = cfg.host.clone().unwrap_or_else(|| "localhost".into());
+            let mut c = HttpHealthCheck::new(&host, false);
+            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(|e| {
+                PoolError::HealthCheck {
+                    pool: pool.into(),
+                    reason: e.to_string(),
+                }
+            })?;
+            req.insert_header("Host", host.as_str())
+                .map_err(|e| PoolError::HealthCheck {
+                    pool: pool.into(),
+                    reason: e.to_string(),
+                })?;
+            req.insert_header("User-Agent", "gatehouse-health-check")
+                .map_err(|e| PoolError::HealthCheck {
+                    pool: pool.into(),
+                    reason: e.to_string(),
+                })?;
+            c.req = req;
+            c.peer_template.options.connection_timeout = Some(timeout);
+            c.peer_template.options.total_connection_timeout = Some(timeout);
+            c.peer_template.options.read_timeout = Some(timeout);
+            c.peer_template.options.write_timeout = Some(timeout);
+            let expected = hc.expected_status.clone();
+            c.validator = Some(Box::new(move |resp| {
+                if expected.contains(&resp.status.as_u16()) {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::CustomCode("unexpected status", resp.status.as_u16()),
+                        "during http health check",
+                    )
+                }
+            }));
+            Box::new(c)
+        }
+    };
+    Ok(Box::new(super::health::Check {
+        inner,
+        pool: pool.into(),
+        rise: hc.rise,
+        fall: hc.fall,
+        priming,
+    }))
+}
