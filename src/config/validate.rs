@@ -54,10 +54,15 @@ pub fn validate(c: &Config) -> Vec<String> {
     if s.grace_period.0.as_secs() > 3600 {
         p.push("server.grace_period: must be at most 1h".into());
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log.level) {
+    let level = s.log.level.trim();
+    let known = ["off", "error", "warn", "info", "debug", "trace"];
+    if !level.contains(['=', ',']) && !known.iter().any(|k| k.eq_ignore_ascii_case(level)) {
         p.push(format!(
-            "server.log.level: {:?} is not a log level or filter: {e}",
-            s.log.level
+            "server.log.level: {level:?} is not one of off, error, warn, info, debug, trace (or a filter such as info,gatehouse=debug)"
+        ));
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+        p.push(format!(
+            "server.log.level: {level:?} is not a log level or filter: {e}"
         ));
     }
 
@@ -384,6 +389,13 @@ mod tests {
             .contains("not supported"));
         assert!(parse_backend_url("http://svc:8000/api").is_err());
         assert!(parse_backend_url("http://svc").is_err());
+    }
+
+    #[test]
+    fn log_level_must_be_a_level_or_a_filter() {
+        assert!(problems("server: {log: {level: DEBUG}}").is_empty());
+        assert!(problems("server: {log: {level: 'info,gatehouse=debug'}}").is_empty());
+        assert!(problems("server: {log: {level: verbose}}")[0].starts_with("server.log.level"));
     }
 
     #[test]

@@ -1,0 +1,331 @@
+//! The `gatehouse` binary: `--version`, `check`, `run` on the default gateway.yaml with the
+//! seeds' environment variables, access log lines, and shutdown on SIGTERM/SIGINT.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn repo_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+fn temp_config(tag: &str, text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("gatehouse-test-{}-{tag}.yaml", std::process::id()));
+    std::fs::write(&p, text).expect("write temp config");
+    p
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("gatehouse {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_accepts_the_default_config() {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(repo_file("gateway.yaml"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 routes, 4 upstreams)"));
+}
+
+#[test]
+fn check_lists_every_problem_with_its_path_and_exits_1() {
+    let cfg = temp_config(
+        "broken",
+        "upstreams:\n  doctors: {backends: 'http://127.0.0.1:1'}\nroutes:\n  - {prefix: /a, upstream: doctors}\n  - {prefix: /b, upstream: doctors}\n  - {prefix: /c, upstream: billing}\n  - {prefix: d, upstream: doctors}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"routes[2].upstream: unknown upstream "billing""#),
+        "{err}"
+    );
+    assert!(err.contains("routes[3].prefix"), "{err}");
+}
+
+#[test]
+fn check_rejects_unknown_keys() {
+    let cfg = temp_config(
+        "typo",
+        "server:\n  listen: 127.0.0.1:1\n  grace_priod: 5s\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `grace_priod`"), "{err}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = Command::new(BIN)
+        .args(["check", "-c", "/nonexistent/gateway.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn environment_variables_fill_the_default_config() {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(repo_file("gateway.yaml"))
+        .env("DOCTOR_SERVICE_URL", "ftp://nope:1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstreams.doctors.backends[0]") && err.contains("ftp://nope:1"),
+        "{err}"
+    );
+}
+
+/// A `gatehouse` process on the default gateway.yaml, with free ports; stderr is collected.
+struct Proc {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(args: &[&str], env: &[(&str, String)]) -> Proc {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "GATEHOUSE_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for var in [
+            "DOCTOR_SERVICE_URL",
+            "PATIENT_SERVICE_URL",
+            "INSTITUTION_SERVICE_URL",
+            "ADMIN_SERVICE_URL",
+        ] {
+            cmd.env(var, format!("http://127.0.0.1:{}", free_port()));
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gatehouse");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        let up = wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up,
+            "gatehouse did not listen; log:\n{}",
+            log.lock().expect("log").join("\n")
+        );
+        Proc { child, port, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; returns how long it took, or None after `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_is_the_default_and_dead_upstreams_answer_503() {
+    let p = Proc::start(&[], &[]);
+    for path in [
+        "/api/v1/doctors",
+        "/api/v1/patients/3",
+        "/api/v1/institutions",
+        "/api/v1/admins/x",
+    ] {
+        let r = get(p.port, path, &[]).expect("request");
+        assert_eq!(r.status, 503, "{path}: {}", r.text());
+        assert!(r.header("retry-after").is_some(), "{path}");
+        assert_eq!(json(&r)["error"]["code"], "upstream_unavailable");
+    }
+}
+
+#[test]
+fn service_url_variables_are_comma_separated_backend_lists() {
+    let a = FakeUpstream::start(Behavior::Echo);
+    let b = FakeUpstream::start(Behavior::Echo);
+    let p = Proc::start(
+        &["run", "-c", "gateway.yaml"],
+        &[("DOCTOR_SERVICE_URL", format!("{}, {}", a.url(), b.url()))],
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            get(p.port, "/api/v1/doctors/1", &[])
+                .expect("request")
+                .status,
+            200
+        );
+    }
+    assert!(
+        a.request_count() >= 1 && b.request_count() >= 1,
+        "{} {}",
+        a.request_count(),
+        b.request_count()
+    );
+}
+
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    let up = FakeUpstream::start(Behavior::Echo);
+    let p = Proc::start(
+        &[],
+        &[
+            ("GATEHOUSE_LOG_FORMAT", "json".into()),
+            ("PATIENT_SERVICE_URL", up.url()),
+        ],
+    );
+    let r = get(
+        p.port,
+        "/api/v1/patients/9?secret=1",
+        &[("X-Request-Id", "req-abc")],
+    )
+    .expect("request");
+    assert_eq!(r.status, 200);
+    let found = wait_until(Duration::from_secs(5), || {
+        p.log_lines().iter().any(|l| l.contains("req-abc"))
+    });
+    assert!(found, "no access line:\n{}", p.log_lines().join("\n"));
+    let lines = p.log_lines();
+    let line = lines.iter().find(|l| l.contains("req-abc")).expect("line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+    assert_eq!(v["target"], "access");
+    assert_eq!(v["request_id"], "req-abc");
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(
+        v["path"], "/api/v1/patients/9",
+        "path is logged without the query"
+    );
+    assert_eq!(v["route"], "patients");
+    assert_eq!(v["upstream"], "patients");
+    assert_eq!(v["backend"], up.addr());
+    assert_eq!(v["status"], 200);
+    assert!(v["bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(v["duration_ms"].as_f64().is_some());
+    assert_eq!(lines.iter().filter(|l| l.contains("req-abc")).count(), 1);
+}
+
+#[test]
+fn log_level_comes_from_log_level() {
+    let p = Proc::start(&[], &[("LOG_LEVEL", "warn".into())]);
+    assert_eq!(get(p.port, "/health", &[]).expect("request").status, 200);
+    std::thread::sleep(Duration::from_millis(200)); // let stderr flush; absence is what we check
+    assert!(
+        !p.log_lines().iter().any(|l| l.contains(" INFO ")),
+        "{}",
+        p.log_lines().join("\n")
+    );
+}
+
+fn drains_in_flight_then_exits(sig: &str) {
+    let slow = FakeUpstream::start(Behavior::Delay {
+        delay: Duration::from_millis(800),
+        status: 200,
+        body: "done".into(),
+    });
+    let cfg = temp_config(
+        &format!("drain{sig}"),
+        &format!(
+            "server:\n  listen: ${{GATEHOUSE_LISTEN}}\n  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}\n  grace_period: 2s\n  shutdown_timeout: 1s\nupstreams:\n  slow: {{backends: '{}'}}\nroutes:\n  - {{prefix: /slow, upstream: slow}}\n",
+            slow.url()
+        ),
+    );
+    let mut p = Proc::start(&["run", "-c", cfg.to_str().expect("path")], &[]);
+    let port = p.port;
+    let in_flight = std::thread::spawn(move || get(port, "/slow", &[]));
+    assert!(
+        wait_until(Duration::from_secs(5), || slow.request_count() == 1),
+        "request did not reach upstream"
+    );
+    p.signal(sig);
+    let refused = wait_until(Duration::from_secs(3), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    assert!(refused, "the listener must stop accepting after {sig}");
+    let r = in_flight
+        .join()
+        .expect("thread")
+        .expect("in-flight request must complete");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "done");
+    // grace_period 2s + shutdown_timeout 1s, with slack for a loaded machine; never Pingora's 300 s.
+    let took = p.wait_exit(Duration::from_secs(15));
+    assert!(took.is_some(), "gatehouse still running 15 s after {sig}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_within_the_grace_period() {
+    drains_in_flight_then_exits("-TERM");
+}
+
+#[test]
+fn sigint_drains_and_exits_within_the_grace_period() {
+    drains_in_flight_then_exits("-INT");
+}
