@@ -158,7 +158,7 @@ impl Pool {
     pub fn select(&self, key: &[u8], accept: impl Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
         let max = self.backends.len().max(1) * 4 + 16;
         let pick = with_lb!(&self.balancer, lb => lb.select_with(key, max, |b, ready| {
-            ready && b.addr.as_inet().is_some_and(|a| accept(a))
+            ready && b.addr.as_inet().is_some_and(&accept)
         }));
         pick.and_then(|b| b.addr.as_inet().copied())
     }
