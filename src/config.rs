@@ -42,6 +42,120 @@ pub struct Config {
     /// Routes, matched by longest path prefix on whole segments.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Settings every pool and route inherits unless it sets its own.
+    #[serde(default)]
+    pub defaults: Defaults,
+}
+
+/// `defaults:` — global defaults, overridden per pool, then per route.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `retry:` (in `defaults`, a pool or a route). Unset fields inherit.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first attempt (0–10). Default 2.
+    pub retries: Option<u32>,
+    /// First backoff; each retry doubles it, full jitter. Default 50ms.
+    pub backoff_base: Option<Dur>,
+    /// Largest backoff. Default 1s.
+    pub backoff_cap: Option<Dur>,
+    /// Failures that may be retried: connect_error, timeout, reset, 502, 503, 504. Default all.
+    pub retry_on: Option<Vec<String>>,
+    /// `idempotent` (default: GET, HEAD, OPTIONS, PUT, DELETE) or `all`.
+    pub methods: Option<RetryMethods>,
+    /// Also retry non-idempotent requests that carry `Idempotency-Key`. Default false.
+    pub idempotency_key: Option<bool>,
+    /// Request bodies up to this size are kept for replay (at most 64KiB). Default 64KiB.
+    pub retry_buffer: Option<Size>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryMethods {
+    Idempotent,
+    All,
+}
+
+/// `upstreams.NAME.circuit_breaker:` — per-backend breaker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    pub enabled: bool,
+    /// Consecutive failures that open it. Default 5.
+    pub consecutive_failures: u32,
+    /// Failure rate (percent) over `window` that opens it. Default 50.
+    pub failure_rate: u32,
+    pub window: Dur,
+    /// Requests in the window before the rate counts. Default 20.
+    pub min_requests: u32,
+    /// First open period; doubles on each failed probe. Default 5s.
+    pub cooldown: Dur,
+    /// Longest open period. Default 60s.
+    pub max_cooldown: Dur,
+    /// Requests let through at once while half-open. Default 1.
+    pub half_open_probes: u32,
+    /// Upstream statuses counted as failures. Default 500 and 502–599.
+    pub failure_statuses: Vec<u16>,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_rate: 50,
+            window: Dur::secs(10),
+            min_requests: 20,
+            cooldown: Dur::secs(5),
+            max_cooldown: Dur::secs(60),
+            half_open_probes: 1,
+            failure_statuses: std::iter::once(500).chain(502..=599).collect(),
+        }
+    }
+}
+
+/// `upstreams.NAME.retry_budget:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetConfig {
+    /// Retries as a fraction of requests over `window`. Default 0.2.
+    pub ratio: f64,
+    /// Retries always allowed per second. Default 3.
+    pub min_per_second: u32,
+    pub window: Dur,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            ratio: 0.2,
+            min_per_second: 3,
+            window: Dur::secs(10),
+        }
+    }
+}
+
+/// `routes[i].fallback:` — the answer when no backend can take a request.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body. Default: the standard error body.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+fn default_fallback_status() -> u16 {
+    503
 }
 
 /// `server:` — listeners, threads, shutdown, limits, trusted proxies, logging.
@@ -185,6 +299,13 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection to a backend is kept. Default 60s.
     #[serde(default = "default_idle")]
     pub keepalive_idle: Dur,
+    /// Retry defaults for routes to this pool.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 fn default_idle() -> Dur {
@@ -328,6 +449,11 @@ pub struct RouteConfig {
     /// Body limit for this route; default `server.limits.max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<Size>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Answer when no backend can take the request; default 503 with `Retry-After`.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
 }
 
 impl Config {

@@ -15,7 +15,9 @@ pub struct Reject {
     pub code: &'static str,
     pub message: &'static str,
     /// Extra response headers (e.g. `Allow`, `Retry-After`).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
+    /// A configured body (route fallbacks) instead of the standard error body.
+    pub custom_body: Option<bytes::Bytes>,
 }
 
 impl Reject {
@@ -25,11 +27,12 @@ impl Reject {
             code,
             message,
             headers: Vec::new(),
+            custom_body: None,
         }
     }
 
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reject {
-        self.headers.push((name, value.into()));
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reject {
+        self.headers.push((name.to_string(), value.into()));
         self
     }
 
@@ -50,8 +53,27 @@ impl Reject {
         .with_header("Retry-After", "5")
     }
 
+    /// What a route answers when no backend can take a request: its configured fallback,
+    /// else 503 with `Retry-After`. Either way marked `X-Gatehouse-Fallback: 1`.
+    pub fn fallback(f: Option<&crate::state::Fallback>) -> Reject {
+        let mut r = match f {
+            None => Reject::no_backend(),
+            Some(f) => {
+                let mut r = from_status(f.status);
+                r.headers = f.headers.clone();
+                r.custom_body = f.body.clone();
+                r
+            }
+        };
+        r.headers.push(("X-Gatehouse-Fallback".into(), "1".into()));
+        r
+    }
+
     /// JSON body for this error.
     pub fn body(&self, request_id: &str) -> bytes::Bytes {
+        if let Some(b) = &self.custom_body {
+            return b.clone();
+        }
         let v = json!({"error": {
             "status": self.status,
             "code": self.code,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod edge;
 pub mod errors;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod state;
@@ -52,8 +53,9 @@ pub fn build_server(
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period.0.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs_f64().ceil() as u64),
-        // Retries are our decision (upstream module); Pingora's default is 16 attempts.
-        max_retries: 1,
+        // Attempts allowed by Pingora's loop; whether to retry is decided per failure by the
+        // route's policy (at most 10 retries), so this only has to be large enough.
+        max_retries: 11,
         ..Default::default()
     };
     let opt = Opt {
@@ -63,8 +65,10 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let metrics = Arc::new(metrics::Metrics::new());
     let gateway = proxy::Gateway {
         state: state.clone(),
+        metrics: metrics.clone(),
         access_log: s.log.access_log,
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
@@ -81,7 +85,10 @@ pub fn build_server(
     if let Some(admin_addr) = &s.admin_listen {
         let mut admin = Service::new(
             "gatehouse admin".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(admin::Admin),
+            pingora::apps::http_app::HttpServer::new_app(admin::Admin {
+                state: state.clone(),
+                metrics,
+            }),
         );
         admin.add_tcp(admin_addr);
         server.add_service(admin);

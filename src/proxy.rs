@@ -8,8 +8,11 @@
 use crate::builtin;
 use crate::edge::{forwarding, hygiene, listener::Reused};
 use crate::errors::Reject;
+use crate::metrics::{method_label, Metrics};
 use crate::routing::{self, Lookup};
 use crate::state::{Route, SharedState, Snapshot};
+use crate::upstream::breaker::Transition;
+use crate::upstream::retry::{parse_retry_after, AttemptFacts, Failure, NoRetry};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
@@ -17,7 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{ErrorSource, ErrorType};
+use pingora::{ErrorSource, ErrorType, RetryType};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 /// The gateway's proxy logic; long-lived handles only. Per-request state is [`Ctx`].
 pub struct Gateway {
     pub state: SharedState,
+    pub metrics: Arc<Metrics>,
     pub access_log: bool,
 }
 
@@ -45,6 +49,16 @@ pub struct Ctx {
     /// What we answered (or will answer) ourselves, for fail_to_proxy and the access log.
     reject: Option<Reject>,
     status: u16,
+    /// Attempts sent (or tried) to backends, and the backends they went to.
+    attempts: u32,
+    tried: Vec<SocketAddr>,
+    attempt_start: Option<Instant>,
+    /// Wait before the next attempt (backoff or the upstream's Retry-After).
+    next_delay: Option<Duration>,
+    /// A retry on an upstream status may go back to the same backend; others may not.
+    same_backend_ok: bool,
+    /// Set by upstream_response_filter when it turns a 502/503/504 into a retry.
+    status_retry: Option<Failure>,
 }
 
 impl Gateway {
@@ -54,17 +68,18 @@ impl Gateway {
         ctx: &mut Ctx,
         status: u16,
         body: Bytes,
-        headers: &[(&'static str, String)],
+        headers: &[(String, String)],
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
         resp.insert_header("content-type", "application/json")?;
+        // Custom fallback headers may override the content type below.
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if status >= 400 {
             resp.insert_header("cache-control", "no-store")?;
         }
         for (k, v) in headers {
-            resp.insert_header(*k, v.as_str())?;
+            resp.insert_header(k.clone(), v.as_str())?;
         }
         ctx.status = status;
         let head_only = session.req_header().method == Method::HEAD;
@@ -75,6 +90,112 @@ impl Gateway {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
+    }
+
+    /// Closes the current attempt: breaker outcome, metrics.
+    fn finish_attempt(&self, ctx: &mut Ctx, success: bool, outcome: &str) {
+        let (Some(route), Some(addr), Some(start)) =
+            (ctx.route.as_ref(), ctx.backend, ctx.attempt_start.take())
+        else {
+            return;
+        };
+        let pool = &route.pool;
+        let backend = addr.to_string();
+        self.metrics
+            .upstream_requests_total
+            .with_label_values(&[pool.name.as_str(), backend.as_str(), outcome])
+            .inc();
+        self.metrics
+            .upstream_duration_seconds
+            .with_label_values(&[pool.name.as_str()])
+            .observe(start.elapsed().as_secs_f64());
+        if let Some(t) = pool.record(&addr, success, Instant::now()) {
+            self.breaker_transition(&pool.name, &addr, t, &ctx.request_id);
+        }
+    }
+
+    fn breaker_transition(
+        &self,
+        upstream: &str,
+        addr: &SocketAddr,
+        t: Transition,
+        request_id: &str,
+    ) {
+        let backend = addr.to_string();
+        self.metrics
+            .circuit_breaker_transitions_total
+            .with_label_values(&[upstream, backend.as_str(), t.to.as_str()])
+            .inc();
+        tracing::warn!(request_id, upstream, backend = %backend, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+    }
+
+    /// Decides whether the failed attempt is retried; on yes, sets the delay and counts it.
+    fn decide_retry(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        failure: Failure,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        let Some(route) = ctx.route.clone() else {
+            return false;
+        };
+        let req = session.req_header();
+        let facts = AttemptFacts {
+            failure,
+            method: &req.method,
+            has_idempotency_key: req.headers.contains_key("idempotency-key"),
+            attempts: ctx.attempts,
+            body_bytes: ctx.body_bytes,
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+        };
+        let now = Instant::now();
+        let decision = route.retry.allows(&facts).and_then(|()| {
+            if session.response_written().is_some() {
+                return Err(NoRetry::ResponseStarted);
+            }
+            let delay = match (failure, retry_after) {
+                (Failure::Status(503), Some(ra)) => ra,
+                _ => route.retry.backoff(ctx.attempts, rand::random::<f64>()),
+            };
+            let remaining = ctx
+                .deadline
+                .map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+            if delay >= remaining {
+                return Err(NoRetry::Deadline);
+            }
+            let same_ok = matches!(failure, Failure::Status(_));
+            if !same_ok && !route.pool.has_candidate(&ctx.tried, now) {
+                return Err(NoRetry::NoOtherBackend);
+            }
+            if !route.pool.budget.try_spend(now) {
+                self.metrics
+                    .retry_budget_exhausted_total
+                    .with_label_values(&[route.pool.name.as_str()])
+                    .inc();
+                return Err(NoRetry::Budget);
+            }
+            Ok((delay, same_ok))
+        });
+        match decision {
+            Ok((delay, same_ok)) => {
+                ctx.next_delay = Some(delay);
+                ctx.same_backend_ok = same_ok;
+                self.metrics
+                    .retries_total
+                    .with_label_values(&[route.name.as_str(), failure.reason()])
+                    .inc();
+                tracing::info!(
+                    request_id = %ctx.request_id, route = %route.name, backend = %ctx.backend.map(|b| b.to_string()).unwrap_or_default(),
+                    reason = failure.reason(), attempt = ctx.attempts, delay_ms = delay.as_millis() as u64, "retrying"
+                );
+                true
+            }
+            Err(why) => {
+                tracing::debug!(request_id = %ctx.request_id, reason = failure.reason(), why = why.as_str(), "not retried");
+                false
+            }
+        }
     }
 
     async fn reject(&self, session: &mut Session, ctx: &mut Ctx, r: Reject) -> Result<bool> {
@@ -105,6 +226,12 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             reject: None,
             status: 0,
+            attempts: 0,
+            tried: Vec::new(),
+            attempt_start: None,
+            next_delay: None,
+            same_backend_ok: false,
+            status_retry: None,
         }
     }
 
@@ -217,13 +344,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
-        let remaining = ctx.deadline.map_or(route.total_timeout, |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+        if let Some(delay) = ctx.next_delay.take() {
+            let left = ctx
+                .deadline
+                .map_or(delay, |d| d.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(delay.min(left)).await;
+        }
+        let now = Instant::now();
+        let remaining = ctx
+            .deadline
+            .map_or(route.total_timeout, |d| d.saturating_duration_since(now));
         if remaining.is_zero() {
             let mut e = Error::explain(
                 ErrorType::ReadTimedout,
@@ -232,13 +366,33 @@ impl ProxyHttp for Gateway {
             e.as_up();
             return Err(e);
         }
-        let key = hash_key(&route, session, ctx);
-        let Some(addr) = route.pool.select(&key, |_| true) else {
-            ctx.reject = Some(Reject::no_backend());
-            tracing::warn!(request_id = %ctx.request_id, upstream = %route.pool.name, "no healthy backend");
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend");
+        if ctx.attempts == 0 {
+            route.pool.budget.record_request(now);
+        }
+        let key = hash_key(&route, _session, ctx);
+        let mut pick = route.pool.select(&key, now, &ctx.tried);
+        if pick.is_none() && ctx.same_backend_ok && !ctx.tried.is_empty() {
+            pick = route.pool.select(&key, now, &[]);
+        }
+        let Some((addr, transition)) = pick else {
+            self.metrics
+                .fallbacks_total
+                .with_label_values(&[route.name.as_str()])
+                .inc();
+            tracing::warn!(request_id = %ctx.request_id, route = %route.name, upstream = %route.pool.name, attempts = ctx.attempts, "no backend can take the request; fallback");
+            let r = Reject::fallback(route.fallback.as_ref());
+            let status = r.status;
+            ctx.reject = Some(r);
+            return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
         };
+        if let Some(t) = transition {
+            self.breaker_transition(&route.pool.name, &addr, t, &ctx.request_id);
+        }
+        ctx.attempts += 1;
+        ctx.tried.push(addr);
         ctx.backend = Some(addr);
+        ctx.attempt_start = Some(now);
+        ctx.status_retry = None;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let opts = &mut peer.options;
         opts.connection_timeout = Some(route.connect_timeout.min(remaining));
@@ -247,6 +401,49 @@ impl ProxyHttp for Gateway {
         opts.write_timeout = Some(route.read_timeout.min(remaining));
         opts.idle_timeout = Some(route.pool.config.keepalive_idle.0);
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.finish_attempt(ctx, false, "connect_error");
+        let retry = self.decide_retry(session, ctx, Failure::Connect, None);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.status_retry.take().is_some() {
+            // Recorded and decided in upstream_response_filter.
+            e.set_retry(true);
+            return e;
+        }
+        let failure = Failure::of(&e);
+        if e.retry == RetryType::ReusedOnly && client_reused && session.response_written().is_none()
+        {
+            // A pooled connection the upstream had already closed: nothing was processed,
+            // so this is as safe to retry as a connect failure, and not the backend's fault.
+            ctx.attempt_start = None;
+            let retry = self.decide_retry(session, ctx, Failure::Connect, None);
+            e.set_retry(retry);
+            return e;
+        }
+        self.finish_attempt(ctx, false, failure.reason());
+        let retry = self.decide_retry(session, ctx, failure, None);
+        e.set_retry(retry);
+        e
     }
 
     async fn upstream_request_filter(
@@ -331,10 +528,30 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if let Some(route) = ctx.route.clone() {
+            let failed = route.pool.is_failure_status(status);
+            self.finish_attempt(ctx, !failed, if failed { "failure_status" } else { "ok" });
+            if matches!(status, 502..=504) {
+                let retry_after = resp
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                let failure = Failure::Status(status);
+                if self.decide_retry(session, ctx, failure, retry_after) {
+                    ctx.status_retry = Some(failure);
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(status),
+                        "retrying an upstream error status",
+                    );
+                }
+            }
+        }
         for name in forwarding::connection_listed(&resp.headers) {
             resp.remove_header(name.as_str());
         }
@@ -410,13 +627,27 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if !self.access_log {
-            return;
-        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
         let req = session.req_header();
+        let route_label = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        let status_label = status.to_string();
+        self.metrics
+            .requests_total
+            .with_label_values(&[
+                route_label,
+                method_label(&req.method),
+                status_label.as_str(),
+            ])
+            .inc();
+        self.metrics
+            .request_duration_seconds
+            .with_label_values(&[route_label])
+            .observe(ctx.start.elapsed().as_secs_f64());
+        if !self.access_log {
+            return;
+        }
         let path = ctx.path.as_deref().unwrap_or_else(|| req.uri.path());
         let route = ctx.route.as_ref();
         tracing::info!(
@@ -431,6 +662,7 @@ impl ProxyHttp for Gateway {
             status,
             bytes = session.body_bytes_sent(),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            attempts = ctx.attempts,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
     }

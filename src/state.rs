@@ -2,8 +2,9 @@
 //! reload builds a new one and swaps it in ([`SharedState`]), carrying over pools whose
 //! config is unchanged so their health state survives.
 
-use crate::config::{parse_cidr, Config, ConfigError, Timeouts};
+use crate::config::{parse_cidr, Config, ConfigError, RetryConfig, RetryMethods, Timeouts};
 use crate::routing::{RouteKey, RouteTable};
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use http::Method;
@@ -45,6 +46,43 @@ pub struct Route {
     pub read_timeout: Duration,
     pub total_timeout: Duration,
     pub max_body_bytes: u64,
+    pub retry: RetryPolicy,
+    pub fallback: Option<Fallback>,
+}
+
+/// A route's configured fallback answer.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<bytes::Bytes>,
+}
+
+/// Route settings over pool settings over `defaults` over the built-in policy.
+fn resolve_retry(layers: [&RetryConfig; 3]) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    let first = |f: &dyn Fn(&RetryConfig) -> Option<Duration>| layers.iter().find_map(|l| f(l));
+    RetryPolicy {
+        retries: layers.iter().find_map(|l| l.retries).unwrap_or(d.retries),
+        backoff_base: first(&|l| l.backoff_base.map(|v| v.0)).unwrap_or(d.backoff_base),
+        backoff_cap: first(&|l| l.backoff_cap.map(|v| v.0)).unwrap_or(d.backoff_cap),
+        retry_on: layers
+            .iter()
+            .find_map(|l| l.retry_on.clone())
+            .unwrap_or(d.retry_on),
+        all_methods: layers
+            .iter()
+            .find_map(|l| l.methods)
+            .map_or(d.all_methods, |m| m == RetryMethods::All),
+        idempotency_key: layers
+            .iter()
+            .find_map(|l| l.idempotency_key)
+            .unwrap_or(d.idempotency_key),
+        retry_buffer: layers
+            .iter()
+            .find_map(|l| l.retry_buffer)
+            .map_or(d.retry_buffer, |s| s.0),
+    }
 }
 
 pub struct Snapshot {
@@ -119,6 +157,20 @@ impl Snapshot {
                 read_timeout: pick(|t| t.read, DEFAULT_READ_TIMEOUT),
                 total_timeout: pick(|t| t.total, DEFAULT_TOTAL_TIMEOUT),
                 max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes.0, |s| s.0),
+                retry: resolve_retry([
+                    &r.retry,
+                    &config.upstreams[&r.upstream].retry,
+                    &config.defaults.retry,
+                ]),
+                fallback: r.fallback.as_ref().map(|f| Fallback {
+                    status: f.status,
+                    headers: f
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    body: f.body.as_ref().map(|b| bytes::Bytes::from(b.to_string())),
+                }),
             }));
         }
         if !problems.is_empty() {

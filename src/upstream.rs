@@ -3,8 +3,10 @@
 //!
 //! This module owns "which backend may take this request"; it knows nothing of routes.
 
+pub mod breaker;
 mod health;
 mod pool;
+pub mod retry;
 
 pub use health::HealthService;
 pub use pool::{BackendInfo, Pool, PoolError};

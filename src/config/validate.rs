@@ -1,7 +1,7 @@
 //! Semantic checks of a parsed [`Config`]: every problem is collected, each with its path
 //! (`routes[2].upstream: unknown upstream "billing"`), so one `gatehouse check` run shows all.
 
-use super::{Balance, Config, HealthCheckKind, Timeouts};
+use super::{Balance, Config, HealthCheckKind, RetryConfig, Timeouts};
 use std::collections::{BTreeSet, HashMap};
 
 pub fn validate(c: &Config) -> Vec<String> {
@@ -138,7 +138,42 @@ pub fn validate(c: &Config) -> Vec<String> {
             }
         }
         check_timeouts(&mut p, &format!("{at}.timeouts"), &u.timeouts);
+        check_retry(&mut p, &format!("{at}.retry"), &u.retry);
+        let b = &u.retry_budget;
+        if !(0.0..=10.0).contains(&b.ratio) {
+            p.push(format!("{at}.retry_budget.ratio: must be between 0 and 10"));
+        }
+        if b.window.0.as_secs() < 1 {
+            p.push(format!("{at}.retry_budget.window: must be at least 1s"));
+        }
+        let cb = &u.circuit_breaker;
+        if cb.consecutive_failures == 0 || cb.min_requests == 0 || cb.half_open_probes == 0 {
+            p.push(format!(
+                "{at}.circuit_breaker: consecutive_failures, min_requests and half_open_probes must be at least 1"
+            ));
+        }
+        if !(1..=100).contains(&cb.failure_rate) {
+            p.push(format!(
+                "{at}.circuit_breaker.failure_rate: a percentage from 1 to 100"
+            ));
+        }
+        if cb.window.0.as_millis() < 100
+            || cb.cooldown.0.is_zero()
+            || cb.max_cooldown.0 < cb.cooldown.0
+        {
+            p.push(format!(
+                "{at}.circuit_breaker: window ≥ 100ms, cooldown > 0 and max_cooldown ≥ cooldown are required"
+            ));
+        }
+        for (i, st) in cb.failure_statuses.iter().enumerate() {
+            if !(100..=599).contains(st) {
+                p.push(format!(
+                    "{at}.circuit_breaker.failure_statuses[{i}]: {st} is not an HTTP status"
+                ));
+            }
+        }
     }
+    check_retry(&mut p, "defaults.retry", &c.defaults.retry);
 
     let mut keys: HashMap<(String, Vec<String>, Vec<String>), usize> = HashMap::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -211,8 +246,57 @@ pub fn validate(c: &Config) -> Vec<String> {
             p.push(format!("{at}.max_body_bytes: must be greater than 0"));
         }
         check_timeouts(&mut p, &format!("{at}.timeouts"), &r.timeouts);
+        check_retry(&mut p, &format!("{at}.retry"), &r.retry);
+        if let Some(f) = &r.fallback {
+            if !(200..=599).contains(&f.status) {
+                p.push(format!(
+                    "{at}.fallback.status: {} is not a response status",
+                    f.status
+                ));
+            }
+            for name in f.headers.keys() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    p.push(format!(
+                        "{at}.fallback.headers: {name:?} is not a header name"
+                    ));
+                }
+            }
+            for (name, value) in &f.headers {
+                if http::HeaderValue::from_str(value).is_err() {
+                    p.push(format!(
+                        "{at}.fallback.headers.{name}: not a valid header value"
+                    ));
+                }
+            }
+        }
     }
     p
+}
+
+const RETRY_ON: [&str; 6] = ["connect_error", "timeout", "reset", "502", "503", "504"];
+
+fn check_retry(p: &mut Vec<String>, at: &str, r: &RetryConfig) {
+    if r.retries.is_some_and(|n| n > 10) {
+        p.push(format!("{at}.retries: at most 10"));
+    }
+    for (i, v) in r.retry_on.iter().flatten().enumerate() {
+        if !RETRY_ON.contains(&v.as_str()) {
+            p.push(format!(
+                "{at}.retry_on[{i}]: {v:?} is not one of {}",
+                RETRY_ON.join(", ")
+            ));
+        }
+    }
+    if r.retry_buffer.is_some_and(|s| s.0 > 64 * 1024) {
+        p.push(format!(
+            "{at}.retry_buffer: at most 64KiB (the size Pingora replays)"
+        ));
+    }
+    if let (Some(b), Some(c)) = (r.backoff_base, r.backoff_cap) {
+        if c.0 < b.0 {
+            p.push(format!("{at}.backoff_cap: must not be below backoff_base"));
+        }
+    }
 }
 
 fn check_timeouts(p: &mut Vec<String>, at: &str, t: &Timeouts) {

@@ -1,6 +1,8 @@
 //! One upstream pool: resolved backends behind a pingora `LoadBalancer`, with its
 //! health-check settings and per-pool timeout defaults.
 
+use super::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
+use super::retry::{BudgetConfig, RetryBudget};
 use crate::config::{parse_backend_url, HashKeySpec};
 use crate::config::{Balance, HealthCheckKind, UpstreamConfig};
 use pingora::lb::discovery::Static;
@@ -8,7 +10,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::RequestHeader;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,6 +74,10 @@ pub struct Pool {
     /// While set, one failed or passed check flips a backend: used for the first pass so
     /// that a dead backend is out before the first request, not after `fall` intervals.
     priming: Arc<AtomicBool>,
+    /// One breaker per backend; empty when `circuit_breaker.enabled` is false.
+    breakers: HashMap<SocketAddr, Breaker>,
+    failure_statuses: Vec<u16>,
+    pub budget: RetryBudget,
 }
 
 impl Pool {
@@ -140,7 +146,38 @@ impl Pool {
             ),
             _ => None,
         };
+        let now = Instant::now();
+        let cb = &cfg.circuit_breaker;
+        let breaker_cfg = BreakerConfig {
+            consecutive_failures: cb.consecutive_failures,
+            failure_rate: cb.failure_rate,
+            window: cb.window.0,
+            min_requests: cb.min_requests,
+            cooldown: cb.cooldown.0,
+            max_cooldown: cb.max_cooldown.0,
+            half_open_probes: cb.half_open_probes,
+        };
+        let breakers = if cb.enabled {
+            backends
+                .iter()
+                .map(|b| (b.addr, Breaker::new(breaker_cfg.clone(), now)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let rb = &cfg.retry_budget;
+        let budget = RetryBudget::new(
+            BudgetConfig {
+                ratio: rb.ratio,
+                min_per_second: rb.min_per_second,
+                window: rb.window.0,
+            },
+            now,
+        );
         Ok(Pool {
+            breakers,
+            failure_statuses: cb.failure_statuses.clone(),
+            budget,
             name: name.into(),
             config: cfg.clone(),
             backends,
@@ -153,14 +190,52 @@ impl Pool {
         })
     }
 
-    /// Picks a healthy backend; `key` matters only for consistent hashing. `accept` may
-    /// veto a backend (e.g. one that already failed this request). `None`: nobody can.
-    pub fn select(&self, key: &[u8], accept: impl Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
+    /// Picks a backend that is healthy, not in `exclude` and allowed by its breaker (which,
+    /// half-open, hands out a probe slot). `key` matters only for consistent hashing.
+    /// `None`: nobody can take the request.
+    pub fn select(
+        &self,
+        key: &[u8],
+        now: Instant,
+        exclude: &[SocketAddr],
+    ) -> Option<(SocketAddr, Option<Transition>)> {
         let max = self.backends.len().max(1) * 4 + 16;
+        let transition = std::cell::Cell::new(None);
         let pick = with_lb!(&self.balancer, lb => lb.select_with(key, max, |b, ready| {
-            ready && b.addr.as_inet().is_some_and(&accept)
+            let Some(addr) = b.addr.as_inet() else { return false };
+            ready && !exclude.contains(addr) && self.breakers.get(addr).is_none_or(|br| {
+                let (ok, t) = br.try_acquire(now);
+                transition.set(t);
+                ok
+            })
         }));
         pick.and_then(|b| b.addr.as_inet().copied())
+            .map(|a| (a, transition.get()))
+    }
+
+    /// Whether some backend outside `exclude` could take a request now (no probe taken).
+    pub fn has_candidate(&self, exclude: &[SocketAddr], now: Instant) -> bool {
+        self.backends.iter().any(|b| {
+            !exclude.contains(&b.addr)
+                && self.is_healthy(&b.addr)
+                && self.breaker_state(&b.addr, now) != BreakerState::Open
+        })
+    }
+
+    /// Feeds one attempt's outcome to the backend's breaker.
+    pub fn record(&self, addr: &SocketAddr, success: bool, now: Instant) -> Option<Transition> {
+        self.breakers.get(addr).and_then(|b| b.record(success, now))
+    }
+
+    pub fn breaker_state(&self, addr: &SocketAddr, now: Instant) -> BreakerState {
+        self.breakers
+            .get(addr)
+            .map_or(BreakerState::Closed, |b| b.state(now))
+    }
+
+    /// Whether an upstream status counts as a breaker failure.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.failure_statuses.contains(&status)
     }
 
     /// Whether the balancer currently counts `addr` as ready (enabled and healthy).
