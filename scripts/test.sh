@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this script).
 #
-# Installs missing system packages (apt-get), then: cargo fmt --check, cargo clippy with
-# -D warnings, `gatehouse check gateway.yaml`, and cargo test. Exits non-zero on any failure.
+# Installs missing system packages (apt-get), starts a throwaway Redis and PostgreSQL on free
+# loopback ports (never the machine's own services), then: cargo fmt --check, cargo clippy
+# with -D warnings, `gatehouse check gateway.yaml`, and cargo test with REDIS_URL and
+# DATABASE_URL pointing at the throwaway instances. Everything started is stopped on exit.
+# Exits non-zero on any failure.
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/gatehouse/target, outside the clone, so
 # fresh clones on the same machine reuse the compiled dependencies).
 set -euo pipefail
@@ -20,6 +23,8 @@ install_packages() {
   command -v g++ >/dev/null 2>&1 || missing+=(g++)
   command -v make >/dev/null 2>&1 || missing+=(make)
   command -v kill >/dev/null 2>&1 || missing+=(procps)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   if ((${#missing[@]} == 0)); then return; fi
   step "installing ${missing[*]}"
   local sudo=""
@@ -35,6 +40,51 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+SERVICES_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-services.XXXXXX")
+cleanup() {
+  if [ -f "$SERVICES_DIR/redis.pid" ]; then kill "$(cat "$SERVICES_DIR/redis.pid")" 2>/dev/null || true; fi
+  if [ -d "$SERVICES_DIR/pg" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SERVICES_DIR/pg" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$SERVICES_DIR"
+}
+trap cleanup EXIT
+
+start_redis() {
+  local port
+  port=$(free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$SERVICES_DIR" \
+    --daemonize yes --pidfile "$SERVICES_DIR/redis.pid" --logfile "$SERVICES_DIR/redis.log"
+  for _ in $(seq 1 100); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  export REDIS_URL="redis://127.0.0.1:$port/0"
+  echo "throwaway Redis: $REDIS_URL"
+}
+
+start_postgres() {
+  local port
+  port=$(free_port)
+  PG_BIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+  mkdir -p "$SERVICES_DIR/pg" "$SERVICES_DIR/pgsock"
+  chown postgres "$SERVICES_DIR" "$SERVICES_DIR/pg" "$SERVICES_DIR/pgsock"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$SERVICES_DIR/pg" -U postgres --auth=trust >/dev/null
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SERVICES_DIR/pg" -l "$SERVICES_DIR/pg.log" -w \
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $SERVICES_DIR/pgsock -c fsync=off" start >/dev/null
+  runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$port" -U postgres gatehouse_test
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/gatehouse_test"
+  echo "throwaway PostgreSQL: $DATABASE_URL"
+}
+
+step "starting throwaway Redis and PostgreSQL"
+start_redis
+start_postgres
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
