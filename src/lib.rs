@@ -4,6 +4,7 @@
 //! integration tests share it. [`spawn`] runs one on its own thread for tests.
 
 pub mod admin;
+pub mod auth;
 pub mod builtin;
 pub mod config;
 pub mod edge;
@@ -34,7 +35,17 @@ pub struct RunOptions {
 
 /// Validates and builds everything `run` would, without binding sockets (`gatehouse check`).
 pub fn check(config: Config) -> Result<Snapshot, ConfigError> {
-    Snapshot::build(config, None)
+    let auth_cfg = config.auth.clone();
+    let snapshot = Snapshot::build(config, None);
+    let keys = auth::build_jwt(&auth_cfg);
+    match (snapshot, keys) {
+        (Ok(s), Ok(_)) => Ok(s),
+        (Err(mut a), Err(b)) => {
+            a.problems.extend(b.problems);
+            Err(a)
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }
 
 /// Builds the Pingora server: proxy service (behind the edge wrapper), admin listener,
@@ -66,9 +77,11 @@ pub fn build_server(
     server.bootstrap();
 
     let metrics = Arc::new(metrics::Metrics::new());
+    let auth = Arc::new(auth::Auth::build(&cfg.auth)?);
     let gateway = proxy::Gateway {
         state: state.clone(),
         metrics: metrics.clone(),
+        auth,
         access_log: s.log.access_log,
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);

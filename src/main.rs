@@ -35,6 +35,173 @@ enum Command {
     },
     /// Load, validate and build the config without binding sockets; exit 1 listing every problem.
     Check,
+    /// Apply pending database migrations (database from DATABASE_URL, else the config).
+    Migrate,
+    /// Manage users (database from DATABASE_URL, else the config).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; the password is read from standard input (first line).
+    Add {
+        #[arg(long)]
+        email: String,
+        /// patient, doctor, institution or admin.
+        #[arg(long)]
+        role: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List users.
+    List,
+    /// Disable a user (they can no longer sign in).
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Set a user's password, read from standard input (first line).
+    SetPassword {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("gatehouse: {msg}");
+    ExitCode::FAILURE
+}
+
+fn read_password() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err(
+            "no password on stdin (pipe it in: echo \"$PW\" | gatehouse user add ...)".into(),
+        );
+    }
+    Ok(pw)
+}
+
+/// The database URL for CLI commands: DATABASE_URL wins, else the config's.
+fn database_url(config: &std::path::Path) -> Result<Option<String>, String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.trim().is_empty() {
+            return Ok(Some(url));
+        }
+    }
+    if config.exists() {
+        let c = Config::load(config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let url = c.auth.database_url.trim().to_string();
+        return Ok((!url.is_empty()).then_some(url));
+    }
+    Ok(None)
+}
+
+fn db_command(
+    config: &std::path::Path,
+    f: impl AsyncFnOnce(gatehouse::auth::users::UserDb) -> Result<String, String>,
+) -> ExitCode {
+    let url = match database_url(config) {
+        Ok(u) => u,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let result = rt.block_on(async {
+        let db = gatehouse::auth::users::UserDb::connect(url.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        db.migrate()
+            .await
+            .map_err(|e| format!("migrations failed: {e}"))?;
+        f(db).await
+    });
+    match result {
+        Ok(msg) => {
+            if !msg.is_empty() {
+                println!("{msg}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
+    use gatehouse::auth::users::Role;
+    match action {
+        UserAction::Add { email, role, name } => {
+            let role: Role = match role.parse() {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let pw = match read_password() {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            db_command(config, async move |db| {
+                let u = db
+                    .add_user(&email, &pw, role, &name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "added user {} ({}, id {})",
+                    u.email,
+                    u.role.as_str(),
+                    u.id
+                ))
+            })
+        }
+        UserAction::List => db_command(config, async |db| {
+            let users = db.list_users().await.map_err(|e| e.to_string())?;
+            let mut out = format!(
+                "{:<6} {:<32} {:<12} {:<8} NAME",
+                "ID", "EMAIL", "ROLE", "STATUS"
+            );
+            for u in users {
+                out.push_str(&format!(
+                    "\n{:<6} {:<32} {:<12} {:<8} {}",
+                    u.id,
+                    u.email,
+                    u.role.as_str(),
+                    if u.disabled { "disabled" } else { "active" },
+                    u.display_name
+                ));
+            }
+            Ok(out)
+        }),
+        UserAction::Disable { email } => db_command(config, async move |db| {
+            db.set_disabled(&email, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!("disabled {email}"))
+        }),
+        UserAction::SetPassword { email } => {
+            let pw = match read_password() {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            db_command(config, async move |db| {
+                db.set_password(&email, &pw)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("password set for {email}"))
+            })
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -58,6 +225,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Migrate => db_command(&cli.config, async |db| {
+            Ok(format!("migrations applied ({})", db.backend()))
+        }),
+        Command::User { action } => user_command(&cli.config, action),
         Command::Run { upgrade } => {
             let config = match Config::load(&cli.config) {
                 Ok(c) => c,

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub retry_budget_exhausted_total: IntCounterVec,
     pub fallbacks_total: IntCounterVec,
     pub circuit_breaker_transitions_total: IntCounterVec,
+    pub auth_decisions_total: IntCounterVec,
     upstream_backend_healthy: IntGaugeVec,
     circuit_breaker_state: IntGaugeVec,
 }
@@ -115,6 +116,12 @@ impl Metrics {
                 "circuit_breaker_transitions_total",
                 "Circuit breaker state changes, by the state entered.",
                 &["upstream", "backend", "to"],
+            ),
+            auth_decisions_total: counter(
+                &r,
+                "auth_decisions_total",
+                "Authentication decisions: allow, deny, redirect or error, by reason.",
+                &["result", "reason"],
             ),
             upstream_backend_healthy: gauge(
                 &r,

@@ -5,6 +5,8 @@
 //! upstream_request_filter: path rewrite, Host, forwarding headers → response filters →
 //! fail_to_proxy: our JSON error (504 for timeouts) → logging: the access log line.
 
+use crate::auth::guard::{self, Decision, Identity};
+use crate::auth::{endpoints, Auth};
 use crate::builtin;
 use crate::edge::{forwarding, hygiene, listener::Reused};
 use crate::errors::Reject;
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 pub struct Gateway {
     pub state: SharedState,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
     pub access_log: bool,
 }
 
@@ -59,6 +62,11 @@ pub struct Ctx {
     same_backend_ok: bool,
     /// Set by upstream_response_filter when it turns a 502/503/504 into a retry.
     status_retry: Option<Failure>,
+    /// The signed-in user, when the route checked one.
+    identity: Option<Identity>,
+    /// TLS in front of us (a trusted proxy said `X-Forwarded-Proto: https`).
+    tls: bool,
+    api_client: bool,
 }
 
 impl Gateway {
@@ -79,7 +87,18 @@ impl Gateway {
             resp.insert_header("cache-control", "no-store")?;
         }
         for (k, v) in headers {
-            resp.insert_header(k.clone(), v.as_str())?;
+            if k.eq_ignore_ascii_case("set-cookie") {
+                resp.append_header(k.clone(), v.as_str())?;
+            } else {
+                resp.insert_header(k.clone(), v.as_str())?;
+            }
+        }
+        if body.is_empty()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            resp.remove_header("content-type");
         }
         ctx.status = status;
         let head_only = session.req_header().method == Method::HEAD;
@@ -90,6 +109,62 @@ impl Gateway {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
+    }
+
+    fn count_auth(&self, result: &str, reason: &str) {
+        self.metrics
+            .auth_decisions_total
+            .with_label_values(&[result, reason])
+            .inc();
+    }
+
+    /// Reads a small request body whole (auth endpoints); `None` when it is over `limit`.
+    async fn read_small_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > limit {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Some(buf.freeze()))
+    }
+
+    /// Answers one of the auth endpoints (login, validate, refresh, logout).
+    async fn auth_endpoint(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        ep: Result<endpoints::Endpoint, &'static str>,
+    ) -> Result<bool> {
+        let ep = match ep {
+            Ok(ep) => ep,
+            Err(allow) => {
+                let r = crate::errors::from_status(405).with_header("Allow", allow);
+                return self.reject(session, ctx, r).await;
+            }
+        };
+        let Some(body) = Self::read_small_body(session, 16 * 1024).await? else {
+            session.set_keepalive(None);
+            return self
+                .reject(session, ctx, crate::errors::from_status(413))
+                .await;
+        };
+        let req = session.req_header();
+        let ereq = endpoints::Request {
+            query: req.uri.query(),
+            headers: &req.headers,
+            body,
+            client_ip: ctx.client_ip,
+            tls: ctx.tls,
+            api_client: ctx.api_client,
+            request_id: &ctx.request_id,
+        };
+        let reply = self.auth.handle(ep, &ereq).await;
+        self.count_auth(reply.decision.0, reply.decision.1);
+        self.send_json(session, ctx, reply.status, reply.body, &reply.headers)
+            .await?;
+        Ok(true)
     }
 
     /// Closes the current attempt: breaker outcome, metrics.
@@ -232,6 +307,9 @@ impl ProxyHttp for Gateway {
             next_delay: None,
             same_backend_ok: false,
             status_retry: None,
+            identity: None,
+            tls: false,
+            api_client: true,
         }
     }
 
@@ -290,11 +368,27 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
+        ctx.api_client = crate::edge::client::is_api_client(&path, &req.headers);
+        ctx.path = Some(path.clone());
+        ctx.tls = ctx
+            .peer_ip
+            .is_some_and(|ip| forwarding::is_trusted(ip, &snapshot.trusted_proxies))
+            && req
+                .headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+        if let Some(ep) = endpoints::route(&method, &path) {
+            return self.auth_endpoint(session, ctx, ep).await;
+        }
+
+        let req = session.req_header();
         let host = req
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host());
+        let path = ctx.path.clone().unwrap_or_default();
         let lookup = snapshot.table.lookup(host, &method, &path);
         let content_length = req
             .headers
@@ -323,8 +417,47 @@ impl ProxyHttp for Gateway {
                 .await;
         }
         ctx.deadline = Some(ctx.start + route.total_timeout);
+        let decision = {
+            let req = session.req_header();
+            let greq = guard::Request {
+                method: &req.method,
+                path: ctx.path.as_deref().unwrap_or("/"),
+                query: req.uri.query(),
+                headers: &req.headers,
+                api_client: ctx.api_client,
+            };
+            guard::protect(
+                &self.auth,
+                route.auth,
+                route.roles.as_deref(),
+                route.on_store_error,
+                &greq,
+            )
+            .await
+        };
         ctx.route = Some(route);
-        Ok(false)
+        match decision {
+            Decision::Anonymous => Ok(false),
+            Decision::Allow(identity) => {
+                self.count_auth("allow", "token");
+                ctx.identity = Some(identity);
+                Ok(false)
+            }
+            Decision::Deny { reject, reason } => {
+                self.count_auth("deny", reason);
+                self.reject(session, ctx, reject).await
+            }
+            Decision::Redirect { location, reason } => {
+                self.count_auth("redirect", reason);
+                let headers = [
+                    ("Location".to_string(), location),
+                    ("Cache-Control".to_string(), "no-store".to_string()),
+                ];
+                self.send_json(session, ctx, 303, Bytes::new(), &headers)
+                    .await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn request_body_filter(
@@ -523,6 +656,16 @@ impl ProxyHttp for Gateway {
             }
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // Identity headers come only from the gateway, on every route.
+        for name in ["authorization", "x-user-id", "x-user-role", "x-session-id"] {
+            up.remove_header(name);
+        }
+        if let Some(id) = &ctx.identity {
+            up.insert_header("authorization", format!("Bearer {}", id.token))?;
+            up.insert_header("x-user-id", id.claims.sub.as_str())?;
+            up.insert_header("x-user-role", id.claims.role.as_str())?;
+            up.insert_header("x-session-id", id.claims.sid.as_str())?;
+        }
         Ok(())
     }
 
@@ -568,6 +711,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(token) = ctx
+            .identity
+            .as_ref()
+            .and_then(|i| i.renewed_cookie.as_ref())
+        {
+            let c = &self.auth.config.cookies;
+            let ttl = self.auth.sessions.settings.access_ttl.as_secs();
+            resp.append_header(
+                "set-cookie",
+                crate::auth::cookies::set(c, &c.name, token, "/", ttl, ctx.tls),
+            )?;
+        }
         ctx.status = resp.status.as_u16();
         Ok(())
     }

@@ -48,6 +48,9 @@ pub struct Route {
     pub max_body_bytes: u64,
     pub retry: RetryPolicy,
     pub fallback: Option<Fallback>,
+    pub auth: crate::config::AuthMode,
+    pub roles: Option<Vec<String>>,
+    pub on_store_error: crate::config::StoreFailure,
 }
 
 /// A route's configured fallback answer.
@@ -171,6 +174,9 @@ impl Snapshot {
                         .collect(),
                     body: f.body.as_ref().map(|b| bytes::Bytes::from(b.to_string())),
                 }),
+                auth: r.auth,
+                roles: r.roles.clone(),
+                on_store_error: r.on_store_error,
             }));
         }
         if !problems.is_empty() {

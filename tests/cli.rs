@@ -126,6 +126,8 @@ impl Proc {
                 "GATEHOUSE_ADMIN_LISTEN",
                 format!("127.0.0.1:{}", free_port()),
             )
+            .env("DATABASE_URL", temp_sqlite_url(port))
+            .env("REDIS_URL", "")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for var in [
@@ -191,16 +193,76 @@ impl Drop for Proc {
     }
 }
 
+/// Adds a user through the CLI, password on stdin.
+fn add_user(database_url: &str, email: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args([
+            "user",
+            "add",
+            "--email",
+            email,
+            "--role",
+            role,
+            "--name",
+            "Test User",
+        ])
+        .env("DATABASE_URL", database_url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("user add");
+    assert!(
+        out.status.success(),
+        "user add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn login(port: u16, email: &str, password: &str) -> String {
+    let body = serde_json::json!({"email": email, "password": password}).to_string();
+    let r = request(
+        port,
+        "POST",
+        "/api/v1/auth/login",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .expect("login");
+    assert_eq!(r.status, 200, "{}", r.text());
+    json(&r)["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
 #[test]
 fn run_is_the_default_and_dead_upstreams_answer_503() {
-    let p = Proc::start(&[], &[]);
+    let db = temp_sqlite_url(free_port());
+    add_user(&db, "root@example.test", "admin", "correct horse battery");
+    let p = Proc::start(&[], &[("DATABASE_URL", db)]);
+    let token = login(p.port, "root@example.test", "correct horse battery");
+    let bearer = format!("Bearer {token}");
     for path in [
         "/api/v1/doctors",
         "/api/v1/patients/3",
         "/api/v1/institutions",
         "/api/v1/admins/x",
     ] {
-        let r = get(p.port, path, &[]).expect("request");
+        let anonymous = get(p.port, path, &[]).expect("request");
+        assert_eq!(
+            anonymous.status, 401,
+            "{path}: the default routes require a signed-in user"
+        );
+        let r = get(p.port, path, &[("Authorization", bearer.as_str())]).expect("request");
         assert_eq!(r.status, 503, "{path}: {}", r.text());
         assert!(r.header("retry-after").is_some(), "{path}");
         assert_eq!(json(&r)["error"]["code"], "upstream_unavailable");
@@ -211,17 +273,27 @@ fn run_is_the_default_and_dead_upstreams_answer_503() {
 fn service_url_variables_are_comma_separated_backend_lists() {
     let a = FakeUpstream::start(Behavior::Echo);
     let b = FakeUpstream::start(Behavior::Echo);
+    let db = temp_sqlite_url(free_port());
+    add_user(&db, "doc@example.test", "doctor", "correct horse battery");
     let p = Proc::start(
         &["run", "-c", "gateway.yaml"],
-        &[("DOCTOR_SERVICE_URL", format!("{}, {}", a.url(), b.url()))],
+        &[
+            ("DOCTOR_SERVICE_URL", format!("{}, {}", a.url(), b.url())),
+            ("DATABASE_URL", db),
+        ],
+    );
+    let bearer = format!(
+        "Bearer {}",
+        login(p.port, "doc@example.test", "correct horse battery")
     );
     for _ in 0..4 {
-        assert_eq!(
-            get(p.port, "/api/v1/doctors/1", &[])
-                .expect("request")
-                .status,
-            200
-        );
+        let r = get(
+            p.port,
+            "/api/v1/doctors/1",
+            &[("Authorization", bearer.as_str())],
+        )
+        .expect("request");
+        assert_eq!(r.status, 200);
     }
     assert!(
         a.request_count() >= 1 && b.request_count() >= 1,
@@ -234,17 +306,27 @@ fn service_url_variables_are_comma_separated_backend_lists() {
 #[test]
 fn access_log_has_one_json_line_per_request() {
     let up = FakeUpstream::start(Behavior::Echo);
+    let db = temp_sqlite_url(free_port());
+    add_user(&db, "pat@example.test", "patient", "correct horse battery");
     let p = Proc::start(
         &[],
         &[
             ("GATEHOUSE_LOG_FORMAT", "json".into()),
             ("PATIENT_SERVICE_URL", up.url()),
+            ("DATABASE_URL", db),
         ],
+    );
+    let bearer = format!(
+        "Bearer {}",
+        login(p.port, "pat@example.test", "correct horse battery")
     );
     let r = get(
         p.port,
         "/api/v1/patients/9?secret=1",
-        &[("X-Request-Id", "req-abc")],
+        &[
+            ("X-Request-Id", "req-abc"),
+            ("Authorization", bearer.as_str()),
+        ],
     )
     .expect("request");
     assert_eq!(r.status, 200);
@@ -293,7 +375,7 @@ fn drains_in_flight_then_exits(sig: &str) {
     let cfg = temp_config(
         &format!("drain{sig}"),
         &format!(
-            "server:\n  listen: ${{GATEHOUSE_LISTEN}}\n  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}\n  grace_period: 2s\n  shutdown_timeout: 1s\nupstreams:\n  slow: {{backends: '{}'}}\nroutes:\n  - {{prefix: /slow, upstream: slow}}\n",
+            "server:\n  listen: ${{GATEHOUSE_LISTEN}}\n  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}\n  grace_period: 2s\n  shutdown_timeout: 1s\nupstreams:\n  slow: {{backends: '{}'}}\nroutes:\n  - {{prefix: /slow, upstream: slow}}\nauth: {{database_url: \"${{DATABASE_URL}}\"}}\n",
             slow.url()
         ),
     );

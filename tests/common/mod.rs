@@ -34,7 +34,13 @@ impl Gw {
     pub fn start_with_server(server_extra: &str, rest: &str) -> Gw {
         let port = free_port();
         let admin_port = free_port();
-        let yaml = format!("{}{}", server_block(port, admin_port, server_extra), rest);
+        let mut yaml = format!("{}{}", server_block(port, admin_port, server_extra), rest);
+        if !rest.starts_with("auth:") && !rest.contains("\nauth:") {
+            yaml.push_str(&format!(
+                "\nauth:\n  database_url: \"{}\"\n",
+                temp_sqlite_url(port)
+            ));
+        }
         let config = Config::from_yaml_str(&yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
         let running =
@@ -57,6 +63,13 @@ impl Gw {
     pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         get(self.port, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
+}
+
+/// A fresh SQLite database file for one test gateway.
+pub fn temp_sqlite_url(tag: u16) -> String {
+    let path = std::env::temp_dir().join(format!("gatehouse-test-{}-{tag}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    format!("sqlite://{}", path.display())
 }
 
 /// YAML for one upstream pool named `name` with these backend URLs and extra indented lines.

@@ -1,0 +1,207 @@
+//! Identity: users in a database, JWTs, live sessions in a store, and what the request
+//! filter does with them. [`Auth`] holds the long-lived handles; it is built once at start
+//! (a database or store URL change needs a restart).
+//!
+//! Submodules: `jwt` (tokens), `store` (Redis or in-process key-value), `sessions` (live
+//! sessions on top of both), `users` (sqlx), `cookies`, `guard` (route protection) and
+//! `endpoints` (login, validate, refresh, logout).
+
+pub mod cookies;
+pub mod endpoints;
+pub mod guard;
+pub mod jwt;
+pub mod sessions;
+pub mod store;
+pub mod users;
+
+use crate::config::{AuthConfig, ConfigError};
+use jwt::{Alg, Jwt, JwtSettings, KeyMaterial, KeySource};
+use sessions::{SessionSettings, Sessions};
+use std::sync::Arc;
+use store::{MemoryStore, RedisStore, SessionStore};
+use users::UserDb;
+
+/// A tokio runtime for the database pool and the Redis client, alive as long as the
+/// gateway. Pingora runs its own runtimes per service; connections made here are driven
+/// by this one. Dropped with `shutdown_background`, which is legal inside async contexts.
+pub struct AuthRuntime(Option<tokio::runtime::Runtime>);
+
+impl AuthRuntime {
+    pub fn new() -> std::io::Result<AuthRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gatehouse-auth")
+            .enable_all()
+            .build()?;
+        Ok(AuthRuntime(Some(rt)))
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        self.0.as_ref().map(|rt| rt.block_on(f))
+    }
+}
+
+impl Drop for AuthRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Everything identity needs at request time.
+pub struct Auth {
+    pub users: UserDb,
+    pub sessions: Sessions,
+    pub config: AuthConfig,
+    _runtime: Arc<AuthRuntime>,
+}
+
+/// Reads a key file named in the config, with the config path in the error.
+fn read_key(path: &str, at: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::one(format!("{at}: cannot read {path:?}: {e}")))
+}
+
+/// Builds the JWT signer/verifier from `auth.jwt`. An empty HS256 secret gets a random
+/// per-process one (single-instance development): tokens then die on restart.
+pub fn build_jwt(cfg: &AuthConfig) -> Result<Jwt, ConfigError> {
+    let j = &cfg.jwt;
+    let alg: Alg = j
+        .algorithm
+        .parse()
+        .map_err(|e: String| ConfigError::one(format!("auth.jwt.algorithm: {e}")))?;
+    let signing = match alg {
+        Alg::HS256 => {
+            let secret = if j.secret.is_empty() {
+                tracing::warn!("JWT_SECRET_KEY is not set: using a random secret; tokens end when the process does");
+                (0..4)
+                    .flat_map(|_| rand::random::<u128>().to_le_bytes())
+                    .collect()
+            } else {
+                j.secret.as_bytes().to_vec()
+            };
+            KeySource {
+                kid: j.kid.clone(),
+                material: KeyMaterial::Secret(secret),
+            }
+        }
+        _ => {
+            let path = j
+                .private_key
+                .as_deref()
+                .ok_or_else(|| ConfigError::one("auth.jwt.private_key: required"))?;
+            KeySource {
+                kid: j.kid.clone(),
+                material: KeyMaterial::PrivatePem(read_key(path, "auth.jwt.private_key")?),
+            }
+        }
+    };
+    let mut verify_only = Vec::new();
+    if let (Some(path), false) = (&j.public_key, alg == Alg::HS256) {
+        verify_only.push(KeySource {
+            kid: j.kid.clone(),
+            material: KeyMaterial::PublicPem(read_key(path, "auth.jwt.public_key")?),
+        });
+    }
+    for (i, k) in j.verify_keys.iter().enumerate() {
+        let at = format!("auth.jwt.verify_keys[{i}]");
+        let material = match (alg, &k.secret, &k.public_key) {
+            (Alg::HS256, Some(s), _) => KeyMaterial::Secret(s.as_bytes().to_vec()),
+            (Alg::HS256, None, _) => {
+                return Err(ConfigError::one(format!("{at}.secret: required for HS256")))
+            }
+            (_, _, Some(p)) => KeyMaterial::PublicPem(read_key(p, &format!("{at}.public_key"))?),
+            (_, _, None) => {
+                return Err(ConfigError::one(format!(
+                    "{at}.public_key: required for {alg:?}"
+                )))
+            }
+        };
+        verify_only.push(KeySource {
+            kid: Some(k.kid.clone()),
+            material,
+        });
+    }
+    Jwt::new(JwtSettings {
+        alg,
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone(),
+        access_ttl: cfg.sessions.access_ttl.0,
+        refresh_ttl: cfg.sessions.refresh_ttl.0,
+        leeway: j.leeway.0,
+        signing,
+        verify_only,
+    })
+    .map_err(|e| ConfigError::one(format!("auth.jwt: {e}")))
+}
+
+impl Auth {
+    /// Connects the database (migrating it when configured) and the session store.
+    /// A database that cannot be reached is an error; a Redis that is down is not (the
+    /// gateway starts, public routes work, protected ones fail closed until it returns).
+    pub fn build(cfg: &AuthConfig) -> Result<Auth, ConfigError> {
+        let jwt = build_jwt(cfg)?;
+        let runtime = Arc::new(
+            AuthRuntime::new().map_err(|e| ConfigError::one(format!("auth: runtime: {e}")))?,
+        );
+        let url = cfg.database_url.trim();
+        let (users, store) = runtime
+            .block_on(async {
+                let users = UserDb::connect((!url.is_empty()).then_some(url))
+                    .await
+                    .map_err(|e| ConfigError::one(format!("auth.database_url: {e}")))?;
+                if cfg.migrate_on_start {
+                    users
+                        .migrate()
+                        .await
+                        .map_err(|e| ConfigError::one(format!("auth: migrations failed: {e}")))?;
+                }
+                let store: Arc<dyn SessionStore> = if cfg.redis_url.trim().is_empty() {
+                    Arc::new(MemoryStore::new())
+                } else {
+                    Arc::new(
+                        RedisStore::connect(cfg.redis_url.trim(), cfg.store_timeout.0)
+                            .await
+                            .map_err(|e| ConfigError::one(format!("auth.redis_url: {e}")))?,
+                    )
+                };
+                Ok::<_, ConfigError>((users, store))
+            })
+            .ok_or_else(|| ConfigError::one("auth: runtime unavailable"))??;
+        tracing::info!(
+            database = users.backend(),
+            store = store.kind(),
+            "identity ready"
+        );
+        let s = &cfg.sessions;
+        let sessions = Sessions {
+            store,
+            jwt,
+            settings: SessionSettings {
+                access_prefix: s.access_prefix.clone(),
+                refresh_prefix: s.refresh_prefix.clone(),
+                access_ttl: s.access_ttl.0,
+                refresh_ttl: s.refresh_ttl.0,
+                absolute_lifetime: s.absolute_lifetime.0,
+            },
+        };
+        Ok(Auth {
+            users,
+            sessions,
+            config: cfg.clone(),
+            _runtime: runtime,
+        })
+    }
+
+    /// Runs `f` on the auth runtime and waits for it (CLI commands).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        self._runtime.block_on(f)
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

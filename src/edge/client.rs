@@ -1,0 +1,64 @@
+//! Client detection (the seeds' `client_detector`): does this request come from a browser
+//! navigating pages, or from an API client? Browsers get HTML error pages and login
+//! redirects; API clients get JSON and `WWW-Authenticate`.
+
+use http::HeaderMap;
+
+/// True for API clients: paths under `/api/`, `Accept` preferring JSON, or
+/// `X-Requested-With` (XHR). Otherwise a request that accepts `text/html` or navigates
+/// (`Sec-Fetch-Mode: navigate`) is a browser. Anything else is treated as an API client.
+pub fn is_api_client(path: &str, headers: &HeaderMap) -> bool {
+    if path == "/api" || path.starts_with("/api/") || headers.contains_key("x-requested-with") {
+        return true;
+    }
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let navigates = headers
+        .get("sec-fetch-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("navigate"));
+    let wants_html = accept.contains("text/html");
+    let wants_json = accept.contains("application/json") && !wants_html;
+    !(navigates || wants_html) || wants_json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, v.parse().expect("value"));
+        }
+        m
+    }
+
+    #[test]
+    fn api_paths_and_json_clients_are_api() {
+        assert!(is_api_client(
+            "/api/v1/doctors",
+            &h(&[("accept", "text/html")])
+        ));
+        assert!(is_api_client(
+            "/patient/dashboard",
+            &h(&[("accept", "application/json")])
+        ));
+        assert!(is_api_client(
+            "/patient/dashboard",
+            &h(&[("x-requested-with", "XMLHttpRequest")])
+        ));
+        assert!(is_api_client("/patient/dashboard", &h(&[])));
+    }
+
+    #[test]
+    fn navigating_browsers_are_not_api() {
+        assert!(!is_api_client(
+            "/patient/dashboard",
+            &h(&[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")])
+        ));
+        assert!(!is_api_client("/", &h(&[("sec-fetch-mode", "navigate")])));
+    }
+}
