@@ -50,3 +50,26 @@ pub fn detailed(snap: &Snapshot) -> Value {
         "upstreams": upstreams,
     })
 }
+
+/// Every route for the docs page: name, prefix, methods, upstream, auth, roles.
+pub fn route_docs(snap: &Snapshot) -> Value {
+    Value::Array(
+        snap.routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "prefix": r.prefix,
+                    "methods": r.methods.as_ref().map(|ms| ms.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+                    "upstream": r.pool.name,
+                    "auth": match r.auth {
+                        crate::config::AuthMode::None => "none",
+                        crate::config::AuthMode::Optional => "optional",
+                        crate::config::AuthMode::Required => "required",
+                    },
+                    "roles": r.roles,
+                })
+            })
+            .collect(),
+    )
+}

@@ -11,6 +11,7 @@ pub mod edge;
 pub mod errors;
 pub mod logging;
 pub mod metrics;
+pub mod pages;
 pub mod proxy;
 pub mod routing;
 pub mod state;

@@ -16,6 +16,9 @@ use crate::state::{Route, SharedState, Snapshot};
 use crate::upstream::breaker::Transition;
 use crate::upstream::retry::{parse_retry_after, AttemptFacts, Failure, NoRetry};
 use async_trait::async_trait;
+
+mod web;
+
 use bytes::Bytes;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -26,6 +29,7 @@ use pingora::{ErrorSource, ErrorType, RetryType};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use web::{CSRF_COOKIE, FLASH_COOKIE};
 
 /// The gateway's proxy logic; long-lived handles only. Per-request state is [`Ctx`].
 pub struct Gateway {
@@ -70,6 +74,8 @@ pub struct Ctx {
 }
 
 impl Gateway {
+    /// Writes a whole answer; `Content-Type: application/json` unless `headers` set one
+    /// (or the body is empty). `Set-Cookie` headers are appended, others replace.
     async fn send_json(
         &self,
         session: &mut Session,
@@ -78,10 +84,34 @@ impl Gateway {
         body: Bytes,
         headers: &[(String, String)],
     ) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
-        resp.insert_header("content-type", "application/json")?;
-        // Custom fallback headers may override the content type below.
-        resp.insert_header("content-length", body.len().to_string())?;
+        let has_type = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if has_type || body.is_empty() {
+            return self.send_raw(session, ctx, status, body, headers).await;
+        }
+        let mut all = Vec::with_capacity(headers.len() + 1);
+        all.push(("Content-Type".to_string(), "application/json".to_string()));
+        all.extend_from_slice(headers);
+        self.send_raw(session, ctx, status, body, &all).await
+    }
+
+    /// Writes a whole answer with exactly these headers (plus length and request id).
+    async fn send_raw(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: Bytes,
+        headers: &[(String, String)],
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+        let has_length = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+        if !has_length {
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if status >= 400 {
             resp.insert_header("cache-control", "no-store")?;
@@ -93,15 +123,8 @@ impl Gateway {
                 resp.insert_header(k.clone(), v.as_str())?;
             }
         }
-        if body.is_empty()
-            && !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
-            resp.remove_header("content-type");
-        }
         ctx.status = status;
-        let head_only = session.req_header().method == Method::HEAD;
+        let head_only = session.req_header().method == Method::HEAD || body.is_empty();
         session
             .write_response_header(Box::new(resp), head_only)
             .await?;
@@ -151,6 +174,10 @@ impl Gateway {
                 .await;
         };
         let req = session.req_header();
+        if matches!(ep, endpoints::Endpoint::WebLogin(_)) {
+            // The portals' forms post under /api/web/: the Accept header decides.
+            ctx.api_client = !crate::edge::client::wants_html(&req.headers);
+        }
         let ereq = endpoints::Request {
             query: req.uri.query(),
             headers: &req.headers,
@@ -274,11 +301,8 @@ impl Gateway {
     }
 
     async fn reject(&self, session: &mut Session, ctx: &mut Ctx, r: Reject) -> Result<bool> {
-        let body = r.body(&ctx.request_id);
-        let headers = r.headers.clone();
+        self.send_reject(session, ctx, &r).await?;
         ctx.reject = Some(r);
-        let status = ctx.reject.as_ref().map_or(500, |r| r.status);
-        self.send_json(session, ctx, status, body, &headers).await?;
         Ok(true)
     }
 }
@@ -380,6 +404,19 @@ impl ProxyHttp for Gateway {
                 .is_some_and(|v| v.eq_ignore_ascii_case("https"));
         if let Some(ep) = endpoints::route(&method, &path) {
             return self.auth_endpoint(session, ctx, ep).await;
+        }
+
+        let pages = snapshot.pages.clone();
+        if let Some(assets) = &pages.assets {
+            let req = session.req_header();
+            if let Some(answer) =
+                assets.serve(&method, ctx.path.as_deref().unwrap_or("/"), &req.headers)
+            {
+                return self.send_asset(session, ctx, answer).await;
+            }
+        }
+        if let Some(page) = pages.find(ctx.path.as_deref().unwrap_or("/")) {
+            return self.serve_page(session, ctx, pages, page).await;
         }
 
         let req = session.req_header();
@@ -762,9 +799,7 @@ impl ProxyHttp for Gateway {
         }
         if session.response_written().is_none() {
             session.set_keepalive(None);
-            let body = r.body(&ctx.request_id);
-            let headers = r.headers.clone();
-            if let Err(err) = self.send_json(session, ctx, status, body, &headers).await {
+            if let Err(err) = self.send_reject(session, ctx, &r).await {
                 tracing::debug!(request_id = %ctx.request_id, error = %err, "could not send error response");
             }
         }

@@ -95,6 +95,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
     pub limits: Limits,
+    /// Templates, pages and assets.
+    pub pages: Arc<crate::pages::Pages>,
 }
 
 impl Snapshot {
@@ -179,9 +181,16 @@ impl Snapshot {
                 on_store_error: r.on_store_error,
             }));
         }
-        if !problems.is_empty() {
+        let pages = match crate::pages::Pages::build(&config, &pools) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                problems.extend(e.problems);
+                None
+            }
+        };
+        let (Some(pages), true) = (pages, problems.is_empty()) else {
             return Err(ConfigError { problems });
-        }
+        };
         let trusted_proxies = config
             .server
             .trusted_proxies
@@ -200,6 +209,7 @@ impl Snapshot {
                 keepalive_timeout: limits.keepalive_timeout.0,
                 keepalive_requests: limits.keepalive_requests,
             },
+            pages,
             config: Arc::new(config),
         })
     }

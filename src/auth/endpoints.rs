@@ -454,6 +454,30 @@ impl Auth {
     }
 
     async fn web_login(&self, role: Role, req: &Request<'_>) -> Reply {
+        // Forms (browsers) carry the double-submit CSRF token of the login page.
+        let is_form = req.header("content-type").is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+        if is_form {
+            let sent = req.fields().and_then(|f| {
+                f.get("csrf_token")
+                    .and_then(|v| v.as_str())
+                    .map(String::from)
+            });
+            let cookie = cookies::get(req.headers, crate::proxy::CSRF_COOKIE);
+            if sent.is_none() || sent.as_deref() != cookie {
+                return if req.api_client {
+                    Reply::error(
+                        Reject::new(403, "csrf", "Cross-site request refused."),
+                        req.request_id,
+                        ("deny", "csrf"),
+                    )
+                } else {
+                    Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
+                };
+            }
+        }
         let next = req
             .fields()
             .and_then(|f| f.get("next").and_then(|v| v.as_str()).map(String::from))
@@ -559,7 +583,16 @@ impl Auth {
                 self.event(EventKind::Logout, claims.sub.parse().ok(), None, req)
                     .await;
                 let r = if browser {
+                    let flash = cookies::set(
+                        &self.config.cookies,
+                        crate::proxy::FLASH_COOKIE,
+                        "success:logged_out",
+                        "/",
+                        60,
+                        req.tls,
+                    );
                     Reply::redirect("/login", ("allow", "logout"))
+                        .with_headers(vec![("Set-Cookie".into(), flash)])
                 } else {
                     Reply::json(
                         200,

@@ -24,6 +24,23 @@ pub fn is_api_client(path: &str, headers: &HeaderMap) -> bool {
     !(navigates || wants_html) || wants_json
 }
 
+/// True when the request is a browser navigation or form post expecting HTML (used where
+/// the path says nothing, e.g. the web login endpoints under `/api/web/`).
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    if headers.contains_key("x-requested-with") {
+        return false;
+    }
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let navigates = headers
+        .get("sec-fetch-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("navigate"));
+    navigates || accept.contains("text/html")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +68,16 @@ mod tests {
             &h(&[("x-requested-with", "XMLHttpRequest")])
         ));
         assert!(is_api_client("/patient/dashboard", &h(&[])));
+    }
+
+    #[test]
+    fn form_posts_from_browsers_want_html() {
+        assert!(wants_html(&h(&[("accept", "text/html,*/*")])));
+        assert!(!wants_html(&h(&[("accept", "application/json")])));
+        assert!(!wants_html(&h(&[
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest")
+        ])));
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! Page data sources: GETs to upstream pools on behalf of the signed-in user, fetched
+//! concurrently through the same pools (health checks and breakers) with a timeout. A
+//! failed source becomes `{"unavailable": true}`: the page still renders.
+
+use crate::auth::guard::Identity;
+use crate::upstream::Pool;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest JSON body a data source may return.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// One source to fetch: its name in the template, the pool and the path (placeholders
+/// already filled in).
+pub struct Fetch {
+    pub name: String,
+    pub pool: Arc<Pool>,
+    pub path: String,
+}
+
+/// `{user_id}`, `{role}` and `{session_id}` from the identity, percent-encoded.
+pub fn fill_path(template: &str, who: &Identity) -> String {
+    let enc = |s: &str| crate::auth::guard::percent_encode(s).replace('/', "%2F");
+    template
+        .replace("{user_id}", &enc(&who.claims.sub))
+        .replace("{role}", &enc(&who.claims.role))
+        .replace("{session_id}", &enc(&who.claims.sid))
+}
+
+/// Fetches every source concurrently; returns `name → JSON or {"unavailable": true}`.
+pub async fn fetch_all(
+    connector: &Arc<Connector>,
+    fetches: Vec<Fetch>,
+    who: &Identity,
+    request_id: &str,
+    timeout: Duration,
+) -> serde_json::Map<String, Value> {
+    let mut set = tokio::task::JoinSet::new();
+    for f in fetches {
+        let connector = connector.clone();
+        let headers = identity_headers(who, request_id);
+        set.spawn(async move {
+            let result = tokio::time::timeout(timeout, fetch_one(&connector, &f.pool, &f.path, &headers)).await;
+            let value = match result {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::warn!(source = %f.name, upstream = %f.pool.name, error = %e, "page data source failed");
+                    json!({"unavailable": true})
+                }
+                Err(_) => {
+                    tracing::warn!(source = %f.name, upstream = %f.pool.name, "page data source timed out");
+                    json!({"unavailable": true})
+                }
+            };
+            (f.name, value)
+        });
+    }
+    let mut out = serde_json::Map::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((name, value)) = joined {
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+fn identity_headers(who: &Identity, request_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("authorization", format!("Bearer {}", who.token)),
+        ("x-user-id", who.claims.sub.clone()),
+        ("x-user-role", who.claims.role.clone()),
+        ("x-session-id", who.claims.sid.clone()),
+        ("x-request-id", request_id.to_string()),
+        ("accept", "application/json".to_string()),
+    ]
+}
+
+async fn fetch_one(
+    connector: &Connector,
+    pool: &Pool,
+    path: &str,
+    headers: &[(&'static str, String)],
+) -> Result<Value, String> {
+    let now = Instant::now();
+    let (addr, _) = pool
+        .select(b"", now, &[])
+        .ok_or("no backend can take the request")?;
+    let result = exchange(connector, pool, addr, path, headers).await;
+    let ok = matches!(&result, Ok((status, _)) if !pool.is_failure_status(*status));
+    pool.record(&addr, ok, Instant::now());
+    let (status, body) = result?;
+    if !(200..300).contains(&status) {
+        return Err(format!("status {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
+}
+
+async fn exchange(
+    connector: &Connector,
+    pool: &Pool,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&'static str, String)],
+) -> Result<(u16, Vec<u8>), String> {
+    let timeouts = &pool.config.timeouts;
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout =
+        Some(timeouts.connect.map_or(Duration::from_secs(2), |d| d.0));
+    peer.options.read_timeout = Some(timeouts.read.map_or(Duration::from_secs(5), |d| d.0));
+    peer.options.idle_timeout = Some(pool.config.keepalive_idle.0);
+    let (mut session, _reused) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 1))
+        .map_err(|e| e.to_string())?;
+    let host = pool.config.host.clone().unwrap_or_else(|| addr.to_string());
+    req.insert_header("host", host).map_err(|e| e.to_string())?;
+    for (k, v) in headers {
+        req.insert_header(*k, v.as_str())
+            .map_err(|e| e.to_string())?;
+    }
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = session.response_header().map_or(0, |r| r.status.as_u16());
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err("response too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    connector
+        .release_http_session(session, &peer, peer.options.idle_timeout)
+        .await;
+    Ok((status, body))
+}

@@ -1,0 +1,286 @@
+//! The browser side of the request filter: static assets, rendered pages (with their data
+//! sources), and the choice between an HTML error page and a JSON error body.
+
+use super::{Ctx, Gateway};
+use crate::auth::cookies;
+use crate::auth::guard::{self, Decision};
+use crate::errors::Reject;
+use crate::pages::assets::AssetResponse;
+use crate::pages::data::{self, Fetch};
+use crate::pages::{html_headers, PageDef, Pages, RequestView};
+use bytes::Bytes;
+use http::Method;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Cookie carrying the double-submit CSRF token of forms.
+pub const CSRF_COOKIE: &str = "predicthealth_csrf";
+/// Cookie carrying one flash message across a redirect (`kind:code`).
+pub const FLASH_COOKIE: &str = "predicthealth_flash";
+
+/// The Spanish text of a flash code.
+fn flash_message(code: &str) -> Option<&'static str> {
+    match code {
+        "logged_out" => Some("Has cerrado sesión correctamente."),
+        "session_expired" => Some("Tu sesión ha terminado. Inicia sesión de nuevo."),
+        _ => None,
+    }
+}
+
+/// The auth endpoints, for the docs page.
+fn endpoint_docs() -> Value {
+    json!([
+        {"method": "POST", "path": "/api/v1/auth/login", "description": "Inicia sesión con email y contraseña; devuelve tokens de acceso y de refresco."},
+        {"method": "POST", "path": "/api/web/auth/{patient|doctor|institution}/login", "description": "Inicio de sesión desde el portal de cada tipo de usuario."},
+        {"method": "GET", "path": "/api/v1/auth/validate", "description": "Comprueba un token y devuelve sus datos."},
+        {"method": "POST", "path": "/api/v1/auth/refresh", "description": "Cambia un token de refresco por un par nuevo."},
+        {"method": "POST", "path": "/api/v1/auth/logout", "description": "Cierra la sesión (?all=true: todas las sesiones)."},
+        {"method": "GET", "path": "/health", "description": "Estado del gateway."},
+        {"method": "GET", "path": "/api/v1/health", "description": "Rutas y salud de cada servicio."},
+    ])
+}
+
+impl Gateway {
+    /// A request view for templates, from the context (no database lookups).
+    fn view<'a>(&self, session: &'a Session, ctx: &'a Ctx, csrf: &'a str) -> RequestView<'a> {
+        let user = ctx
+            .identity
+            .as_ref()
+            .map(|i| json!({"id": i.claims.sub, "role": i.claims.role, "name": "", "email": ""}));
+        RequestView {
+            path: ctx.path.as_deref().unwrap_or("/"),
+            query: session.req_header().uri.query(),
+            request_id: &ctx.request_id,
+            user,
+            csrf_token: csrf,
+            flash: Vec::new(),
+        }
+    }
+
+    /// Answers `r` as an HTML page for browsers, as JSON for API clients.
+    pub(super) async fn send_reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        r: &Reject,
+    ) -> Result<()> {
+        let pages = ctx.snapshot.pages.clone();
+        let (body, mut headers) = if ctx.api_client || !pages.has_template("error.html") {
+            (r.body(&ctx.request_id), r.headers.clone())
+        } else {
+            let html = pages.render_error(r.status, &self.view(session, ctx, ""));
+            let mut headers = html_headers();
+            // Keep the protocol headers (Allow, Retry-After, WWW-Authenticate, Location …),
+            // not a fallback's JSON content type.
+            headers.extend(
+                r.headers
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+                    .cloned(),
+            );
+            (Bytes::from(html), headers)
+        };
+        headers.push(("Vary".into(), "Accept".into()));
+        self.send_json(session, ctx, r.status, body, &headers).await
+    }
+
+    /// Serves a static asset answer; 404/405 become the usual error answers.
+    pub(super) async fn send_asset(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        a: AssetResponse,
+    ) -> Result<bool> {
+        match a.status {
+            404 => self.reject(session, ctx, Reject::not_found()).await,
+            405 => {
+                let r = crate::errors::from_status(405).with_header("Allow", "GET, HEAD");
+                self.reject(session, ctx, r).await
+            }
+            status => {
+                let headers: Vec<(String, String)> = a
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                self.send_raw(session, ctx, status, a.body, &headers)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Renders a page: access rules, data sources, context, security headers, cookies.
+    pub(super) async fn serve_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        pages: Arc<Pages>,
+        page: Arc<PageDef>,
+    ) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        if method != Method::GET && method != Method::HEAD {
+            let r = crate::errors::from_status(405).with_header("Allow", "GET, HEAD");
+            return self.reject(session, ctx, r).await;
+        }
+        let decision = {
+            let req = session.req_header();
+            let greq = guard::Request {
+                method: &req.method,
+                path: ctx.path.as_deref().unwrap_or("/"),
+                query: req.uri.query(),
+                headers: &req.headers,
+                api_client: ctx.api_client,
+            };
+            guard::protect(
+                &self.auth,
+                page.auth,
+                page.roles.as_deref(),
+                crate::config::StoreFailure::FailClosed,
+                &greq,
+            )
+            .await
+        };
+        match decision {
+            Decision::Anonymous => {}
+            Decision::Allow(identity) => {
+                self.count_auth("allow", "token");
+                ctx.identity = Some(identity);
+            }
+            Decision::Deny { reject, reason } => {
+                self.count_auth("deny", reason);
+                return self.reject(session, ctx, reject).await;
+            }
+            Decision::Redirect { location, reason } => {
+                self.count_auth("redirect", reason);
+                let headers = [
+                    ("Location".to_string(), location),
+                    ("Cache-Control".to_string(), "no-store".to_string()),
+                ];
+                self.send_json(session, ctx, 303, Bytes::new(), &headers)
+                    .await?;
+                return Ok(true);
+            }
+        }
+
+        let mut set_cookies = Vec::new();
+        let headers = &session.req_header().headers;
+        let c = &self.auth.config.cookies;
+        let csrf = match cookies::get(headers, CSRF_COOKIE)
+            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            Some(v) => v.to_string(),
+            None => {
+                let v = format!("{:032x}", rand::random::<u128>());
+                set_cookies.push(cookies::set(c, CSRF_COOKIE, &v, "/", 86_400, ctx.tls));
+                v
+            }
+        };
+        let mut flash = Vec::new();
+        if let Some(f) = cookies::get(headers, FLASH_COOKIE) {
+            if let Some((kind, code)) = f.split_once(':') {
+                if let Some(message) = flash_message(code) {
+                    let kind = if ["info", "success", "error"].contains(&kind) {
+                        kind
+                    } else {
+                        "info"
+                    };
+                    flash.push(json!({"kind": kind, "message": message}));
+                }
+            }
+            set_cookies.push(cookies::clear(c, FLASH_COOKIE, "/", ctx.tls));
+        }
+
+        // The signed-in user's profile from the database; identity alone if it is down.
+        let user = match &ctx.identity {
+            None => None,
+            Some(id) => {
+                let by_db = match id.claims.sub.parse::<i64>() {
+                    Ok(uid) => self.auth.users.find_by_id(uid).await.ok().flatten(),
+                    Err(_) => None,
+                };
+                Some(match by_db {
+                    Some(u) => {
+                        json!({"id": u.id, "email": u.email, "name": u.display_name, "role": u.role.as_str()})
+                    }
+                    None => {
+                        json!({"id": id.claims.sub, "email": "", "name": "", "role": id.claims.role})
+                    }
+                })
+            }
+        };
+
+        let data = match (&ctx.identity, page.data.is_empty()) {
+            (Some(who), false) => {
+                let fetches = page
+                    .data
+                    .iter()
+                    .map(|(name, pool, path)| Fetch {
+                        name: name.clone(),
+                        pool: pool.clone(),
+                        path: data::fill_path(path, who),
+                    })
+                    .collect();
+                data::fetch_all(
+                    &pages.connector,
+                    fetches,
+                    who,
+                    &ctx.request_id,
+                    pages.data_timeout,
+                )
+                .await
+            }
+            // Sources need a user; anonymous renders mark them unavailable.
+            (None, false) => page
+                .data
+                .iter()
+                .map(|(n, _, _)| (n.clone(), json!({"unavailable": true})))
+                .collect(),
+            (_, true) => serde_json::Map::new(),
+        };
+
+        let snapshot = ctx.snapshot.clone();
+        let mut extra = serde_json::Map::new();
+        extra.insert("data".into(), Value::Object(data));
+        extra.insert("routes".into(), crate::builtin::route_docs(&snapshot));
+        extra.insert(
+            "upstreams".into(),
+            crate::builtin::detailed(&snapshot)["upstreams"].clone(),
+        );
+        extra.insert("endpoints".into(), endpoint_docs());
+        let view = RequestView {
+            path: ctx.path.as_deref().unwrap_or("/"),
+            query: session.req_header().uri.query(),
+            request_id: &ctx.request_id,
+            user,
+            csrf_token: &csrf,
+            flash,
+        };
+        let context = pages.context(&view, &page.title, extra);
+        let (status, html) = match pages.render(&page.template, &context) {
+            Ok(html) => (200, html),
+            Err(e) => {
+                tracing::error!(request_id = %ctx.request_id, template = %page.template, error = %e, "page failed to render");
+                (500, pages.render_error(500, &view))
+            }
+        };
+        let mut headers = html_headers();
+        headers.extend(
+            set_cookies
+                .into_iter()
+                .map(|v| ("Set-Cookie".to_string(), v)),
+        );
+        if let Some(token) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
+            let ttl = self.auth.sessions.settings.access_ttl.as_secs();
+            headers.push((
+                "Set-Cookie".into(),
+                cookies::set(c, &c.name, &token, "/", ttl, ctx.tls),
+            ));
+        }
+        self.send_raw(session, ctx, status, Bytes::from(html), &headers)
+            .await?;
+        Ok(true)
+    }
+}
