@@ -1,6 +1,6 @@
 //! The admin listener (`server.admin_listen`, default `127.0.0.1:9091`): `GET /health` for
-//! liveness probes and `GET /metrics` in the Prometheus text format. Readiness joins it with
-//! the operations work.
+//! liveness probes, `GET /ready` (configuration loaded; session store and database reachable)
+//! and `GET /metrics` in the Prometheus text format.
 
 use async_trait::async_trait;
 use http::Response;
@@ -10,6 +10,28 @@ use pingora::protocols::http::ServerSession;
 pub struct Admin {
     pub state: crate::state::SharedState,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub auth: std::sync::Arc<crate::auth::Auth>,
+}
+
+impl Admin {
+    /// Ready when the configuration is loaded and the session store and database answer.
+    async fn ready(&self) -> (u16, String) {
+        let timeout = std::time::Duration::from_secs(2);
+        let store = tokio::time::timeout(timeout, self.auth.sessions.store.ping()).await;
+        let db = tokio::time::timeout(timeout, self.auth.users.ping()).await;
+        let store_ok = matches!(store, Ok(Ok(())));
+        let db_ok = matches!(db, Ok(Ok(())));
+        let ok = store_ok && db_ok;
+        let body = serde_json::json!({
+            "status": if ok { "ready" } else { "not_ready" },
+            "checks": {
+                "config": "ok",
+                "session_store": {"kind": self.auth.sessions.store.kind(), "ok": store_ok},
+                "database": {"kind": self.auth.users.backend(), "ok": db_ok},
+            },
+        });
+        (if ok { 200 } else { 503 }, body.to_string())
+    }
 }
 
 #[async_trait]
@@ -19,6 +41,7 @@ impl ServeHttp for Admin {
         let mut content_type = "application/json";
         let (status, body) = match path.as_str() {
             "/health" => (200, crate::builtin::liveness().to_string()),
+            "/ready" => self.ready().await,
             "/metrics" => {
                 content_type = "text/plain; version=0.0.4; charset=utf-8";
                 (200, self.metrics.render(&self.state.load()))

@@ -139,7 +139,10 @@ impl Auth {
     /// Connects the database (migrating it when configured) and the session store.
     /// A database that cannot be reached is an error; a Redis that is down is not (the
     /// gateway starts, public routes work, protected ones fail closed until it returns).
-    pub fn build(cfg: &AuthConfig) -> Result<Auth, ConfigError> {
+    pub fn build(
+        cfg: &AuthConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Auth, ConfigError> {
         let jwt = build_jwt(cfg)?;
         let runtime = Arc::new(
             AuthRuntime::new().map_err(|e| ConfigError::one(format!("auth: runtime: {e}")))?,
@@ -165,6 +168,10 @@ impl Auth {
                             .map_err(|e| ConfigError::one(format!("auth.redis_url: {e}")))?,
                     )
                 };
+                let store: Arc<dyn SessionStore> = Arc::new(Instrumented {
+                    inner: store,
+                    metrics,
+                });
                 Ok::<_, ConfigError>((users, store))
             })
             .ok_or_else(|| ConfigError::one("auth: runtime unavailable"))??;
@@ -196,6 +203,83 @@ impl Auth {
     /// Runs `f` on the auth runtime and waits for it (CLI commands).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
         self._runtime.block_on(f)
+    }
+}
+
+/// A session store that times every call and counts failures.
+struct Instrumented {
+    inner: Arc<dyn SessionStore>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Instrumented {
+    async fn timed<T>(
+        &self,
+        op: &str,
+        f: impl std::future::Future<Output = Result<T, store::StoreError>>,
+    ) -> Result<T, store::StoreError> {
+        let start = std::time::Instant::now();
+        let r = f.await;
+        self.metrics
+            .session_store_duration_seconds
+            .with_label_values(&[op])
+            .observe(start.elapsed().as_secs_f64());
+        if r.is_err() {
+            self.metrics.session_store_errors_total.inc();
+        }
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Instrumented {
+    async fn set(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), store::StoreError> {
+        self.timed("set", self.inner.set(key, value, ttl)).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<String>, store::StoreError> {
+        self.timed("get", self.inner.get(key)).await
+    }
+    async fn ttl(&self, key: &str) -> Result<Option<std::time::Duration>, store::StoreError> {
+        self.timed("ttl", self.inner.ttl(key)).await
+    }
+    async fn expire(&self, key: &str, ttl: std::time::Duration) -> Result<bool, store::StoreError> {
+        self.timed("expire", self.inner.expire(key, ttl)).await
+    }
+    async fn delete(&self, keys: &[String]) -> Result<u64, store::StoreError> {
+        self.timed("delete", self.inner.delete(keys)).await
+    }
+    async fn take(&self, key: &str) -> Result<Option<String>, store::StoreError> {
+        self.timed("take", self.inner.take(key)).await
+    }
+    async fn set_add(
+        &self,
+        key: &str,
+        member: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), store::StoreError> {
+        self.timed("set_add", self.inner.set_add(key, member, ttl))
+            .await
+    }
+    async fn set_remove(&self, key: &str, member: &str) -> Result<(), store::StoreError> {
+        self.timed("set_remove", self.inner.set_remove(key, member))
+            .await
+    }
+    async fn set_members(&self, key: &str) -> Result<Vec<String>, store::StoreError> {
+        self.timed("set_members", self.inner.set_members(key)).await
+    }
+    async fn incr(&self, key: &str, ttl: std::time::Duration) -> Result<u64, store::StoreError> {
+        self.timed("incr", self.inner.incr(key, ttl)).await
+    }
+    async fn ping(&self) -> Result<(), store::StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
     }
 }
 

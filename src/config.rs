@@ -457,6 +457,12 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     pub limits: Limits,
     pub log: LogConfig,
+    /// Reload when the config file's modification time changes (besides SIGHUP). Default false.
+    pub watch_config: bool,
+    /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
+    pub upgrade_sock: String,
+    /// Where the process id is written.
+    pub pid_file: String,
 }
 
 impl Default for ServerConfig {
@@ -470,6 +476,9 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
             log: LogConfig::default(),
+            watch_config: false,
+            upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
+            pid_file: "/tmp/gatehouse.pid".into(),
         }
     }
 }

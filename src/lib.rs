@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod state;
 pub mod upstream;
@@ -32,6 +33,8 @@ use std::sync::Arc;
 pub struct RunOptions {
     /// Take over listening sockets from a running instance (zero-downtime upgrade).
     pub upgrade: bool,
+    /// The file the config came from, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Validates and builds everything `run` would, without binding sockets (`gatehouse check`).
@@ -51,10 +54,14 @@ pub fn check(config: Config) -> Result<Snapshot, ConfigError> {
 
 /// Builds the Pingora server: proxy service (behind the edge wrapper), admin listener,
 /// health checks. Runs a first health check so dead backends are out before traffic.
-pub fn build_server(
-    config: Config,
-    opts: RunOptions,
-) -> Result<(Server, SharedState), ConfigError> {
+/// What [`build_server`] hands back besides the server.
+pub struct Handles {
+    pub state: SharedState,
+    pub metrics: Arc<metrics::Metrics>,
+    pub reloader: Arc<reload::Reloader>,
+}
+
+pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles), ConfigError> {
     let snapshot = Snapshot::build(config, None)?;
     prime(&snapshot);
     let cfg = snapshot.config.clone();
@@ -68,6 +75,8 @@ pub fn build_server(
         // Attempts allowed by Pingora's loop; whether to retry is decided per failure by the
         // route's policy (at most 10 retries), so this only has to be large enough.
         max_retries: 11,
+        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file.clone(),
         ..Default::default()
     };
     let opt = Opt {
@@ -78,7 +87,13 @@ pub fn build_server(
     server.bootstrap();
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let auth = Arc::new(auth::Auth::build(&cfg.auth)?);
+    metrics.config_last_reload_success.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    let auth = Arc::new(auth::Auth::build(&cfg.auth, metrics.clone())?);
+    let auth_for_admin = auth.clone();
     let gateway = proxy::Gateway {
         state: state.clone(),
         metrics: metrics.clone(),
@@ -89,6 +104,7 @@ pub fn build_server(
     let app = edge::listener::EdgeApp {
         inner: Arc::new(proxy),
         state: state.clone(),
+        metrics: metrics.clone(),
     };
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {
@@ -101,7 +117,8 @@ pub fn build_server(
             "gatehouse admin".to_string(),
             pingora::apps::http_app::HttpServer::new_app(admin::Admin {
                 state: state.clone(),
-                metrics,
+                metrics: metrics.clone(),
+                auth: auth_for_admin.clone(),
             }),
         );
         admin.add_tcp(admin_addr);
@@ -113,7 +130,26 @@ pub fn build_server(
             state: state.clone(),
         },
     ));
-    Ok((server, state))
+    let reloader = Arc::new(reload::Reloader {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        path: opts.config_path.clone(),
+    });
+    server.add_service(background_service(
+        "config reload",
+        reload::ReloadService {
+            reloader: reloader.clone(),
+            watch: s.watch_config.then_some(std::time::Duration::from_secs(1)),
+        },
+    ));
+    Ok((
+        server,
+        Handles {
+            state,
+            metrics,
+            reloader,
+        },
+    ))
 }
 
 fn prime(snapshot: &Snapshot) {
@@ -155,7 +191,7 @@ impl ShutdownSignalWatch for SignalWatch {
 
 /// Runs until a signal stops the server (used by `gatehouse run`).
 pub fn run(config: Config, opts: RunOptions) -> Result<(), ConfigError> {
-    let (server, _state) = build_server(config, opts)?;
+    let (server, _handles) = build_server(config, opts)?;
     server.run(RunArgs {
         shutdown_signal: Box::new(SignalWatch),
     });
@@ -165,6 +201,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ConfigError> {
 /// A gateway running on its own thread; stopped (fast) when dropped. For tests and embedding.
 pub struct RunningGateway {
     pub state: SharedState,
+    pub metrics: Arc<metrics::Metrics>,
+    pub reloader: Arc<reload::Reloader>,
     stop: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -182,7 +220,12 @@ impl ShutdownSignalWatch for NotifyWatch {
 /// Builds and starts a gateway on a new thread. Listening starts shortly after return;
 /// callers poll the port.
 pub fn spawn(config: Config) -> Result<RunningGateway, ConfigError> {
-    let (server, state) = build_server(config, RunOptions::default())?;
+    let (server, handles) = build_server(config, RunOptions::default())?;
+    let Handles {
+        state,
+        metrics,
+        reloader,
+    } = handles;
     let stop = Arc::new(tokio::sync::Notify::new());
     let watch = NotifyWatch(stop.clone());
     let thread = std::thread::Builder::new()
@@ -195,12 +238,23 @@ pub fn spawn(config: Config) -> Result<RunningGateway, ConfigError> {
         .map_err(|e| ConfigError::one(format!("cannot start the server thread: {e}")))?;
     Ok(RunningGateway {
         state,
+        metrics,
+        reloader,
         stop,
         thread: Some(thread),
     })
 }
 
 impl RunningGateway {
+    /// Applies a new configuration the way SIGHUP does (tests and embedding).
+    pub fn reload(&self, config: Config) -> Result<reload::NeedsRestart, ConfigError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ConfigError::one(format!("reload runtime: {e}")))?;
+        rt.block_on(self.reloader.apply(config))
+    }
+
     /// Stops the server and waits for its thread.
     pub fn stop(&mut self) {
         if let Some(t) = self.thread.take() {

@@ -242,7 +242,11 @@ fn main() -> ExitCode {
             };
             gatehouse::logging::init(&config.server.log);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %cli.config.display(), "starting gatehouse");
-            match gatehouse::run(config, RunOptions { upgrade }) {
+            let opts = RunOptions {
+                upgrade,
+                config_path: Some(cli.config.clone()),
+            };
+            match gatehouse::run(config, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     for p in &e.problems {

@@ -7,7 +7,8 @@
 
 use crate::state::Snapshot;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
 
@@ -22,6 +23,15 @@ pub struct Metrics {
     pub fallbacks_total: IntCounterVec,
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub auth_decisions_total: IntCounterVec,
+    pub session_store_duration_seconds: HistogramVec,
+    pub session_store_errors_total: IntCounter,
+    pub rate_limited_total: IntCounterVec,
+    pub config_reloads_total: IntCounterVec,
+    pub config_last_reload_success: Gauge,
+    pub connections_active: IntGauge,
+    process_cpu_seconds: prometheus::Counter,
+    process_resident_memory_bytes: IntGauge,
+    process_open_fds: IntGauge,
     upstream_backend_healthy: IntGaugeVec,
     circuit_breaker_state: IntGaugeVec,
 }
@@ -55,6 +65,46 @@ fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogr
     reg.register(Box::new(h.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
     h
+}
+
+fn single_counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(format!("gatehouse_{name}"), help)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    c
+}
+
+fn single_gauge(reg: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(format!("gatehouse_{name}"), help)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+fn single_int_gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(format!("gatehouse_{name}"), help)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+/// (cpu seconds, resident bytes, open fds) from /proc; zeros where unavailable.
+fn process_stats() -> (f64, i64, i64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let page = 4096i64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After ')': state(0) ppid(1) … utime(11) stime(12) … rss(21)
+    let cpu = (num(11) + num(12)) / ticks;
+    let rss = num(21) as i64 * page;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+    (cpu, rss, fds)
 }
 
 impl Metrics {
@@ -123,6 +173,70 @@ impl Metrics {
                 "Authentication decisions: allow, deny, redirect or error, by reason.",
                 &["result", "reason"],
             ),
+            session_store_duration_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "gatehouse_session_store_duration_seconds",
+                        "Session store call latency, by operation.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0,
+                    ]),
+                    &["op"],
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("register: {e}"));
+                h
+            },
+            session_store_errors_total: single_counter(
+                &r,
+                "session_store_errors_total",
+                "Session store calls that failed or timed out.",
+            ),
+            rate_limited_total: counter(
+                &r,
+                "rate_limited_total",
+                "Requests refused by a rate limit, by route.",
+                &["route"],
+            ),
+            config_reloads_total: counter(
+                &r,
+                "config_reloads_total",
+                "Configuration reloads, by result (success, failure).",
+                &["result"],
+            ),
+            config_last_reload_success: single_gauge(
+                &r,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful configuration load.",
+            ),
+            connections_active: single_int_gauge(
+                &r,
+                "connections_active",
+                "Client connections currently open (HTTP/1).",
+            ),
+            process_cpu_seconds: {
+                let c = prometheus::Counter::new(
+                    "gatehouse_process_cpu_seconds_total",
+                    "CPU time used by the process (user + system), in seconds.",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("register: {e}"));
+                c
+            },
+            process_resident_memory_bytes: single_int_gauge(
+                &r,
+                "process_resident_memory_bytes",
+                "Resident memory of the process.",
+            ),
+            process_open_fds: single_int_gauge(
+                &r,
+                "process_open_fds",
+                "Open file descriptors of the process.",
+            ),
             upstream_backend_healthy: gauge(
                 &r,
                 "upstream_backend_healthy",
@@ -142,6 +256,14 @@ impl Metrics {
     /// The text exposition, with state gauges refreshed from `snap`.
     pub fn render(&self, snap: &Snapshot) -> String {
         let now = Instant::now();
+        let (cpu, rss, fds) = process_stats();
+        // A counter: advance it to the kernel's figure (CPU time only grows).
+        let seen = self.process_cpu_seconds.get();
+        if cpu > seen {
+            self.process_cpu_seconds.inc_by(cpu - seen);
+        }
+        self.process_resident_memory_bytes.set(rss);
+        self.process_open_fds.set(fds);
         self.upstream_backend_healthy.reset();
         self.circuit_breaker_state.reset();
         for (name, pool) in &snap.pools {

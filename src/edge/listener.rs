@@ -28,6 +28,7 @@ pub struct Reused;
 pub struct EdgeApp<A> {
     pub inner: Arc<A>,
     pub state: SharedState,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 enum Head {
@@ -59,8 +60,52 @@ where
             None if !reused => Some(limits.keepalive_requests),
             other => other,
         };
-        let mut stream = h1.into_inner();
-        match read_head(&mut stream, &limits, reused, shutdown).await {
+        let stream = h1.into_inner();
+        // One gauge count per connection: up on its first request, down when a request's
+        // call returns None (the connection is not kept for another one).
+        if !reused {
+            self.metrics.connections_active.inc();
+        }
+        let next = self
+            .serve_head(
+                stream, &limits, reused, keepalive, reuses, user_ctx, shutdown,
+            )
+            .await;
+        if next.is_none() {
+            self.metrics.connections_active.dec();
+        }
+        next
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+impl<A> EdgeApp<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_head(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        limits: &crate::state::Limits,
+        reused: bool,
+        keepalive: Option<u64>,
+        reuses: Option<u32>,
+        user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match read_head(&mut stream, limits, reused, shutdown).await {
             Head::Ready(buf) => {
                 let mut s = ServerSession::new_http1(stream);
                 s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
@@ -90,18 +135,6 @@ where
                 None
             }
         }
-    }
-
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.inner.http_cleanup().await
     }
 }
 
