@@ -45,7 +45,6 @@
     btn.className = "password-toggle";
     btn.id = "password-toggle";
     btn.setAttribute("aria-controls", "password");
-    btn.setAttribute("aria-pressed", "false");
     btn.textContent = "Mostrar";
     btn.setAttribute("aria-label", "Mostrar contraseña");
     btn.addEventListener("click", function () {
@@ -53,7 +52,6 @@
       input.type = show ? "text" : "password";
       btn.textContent = show ? "Ocultar" : "Mostrar";
       btn.setAttribute("aria-label", show ? "Ocultar contraseña" : "Mostrar contraseña");
-      btn.setAttribute("aria-pressed", show ? "true" : "false");
       input.focus();
     });
     wrap.classList.add("has-toggle");
