@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this script).
 #
-# Installs missing system packages (apt-get), starts a throwaway Redis and PostgreSQL on free
-# loopback ports (never the machine's own services), then: cargo fmt --check, cargo clippy
-# with -D warnings, `gatehouse check gateway.yaml`, and cargo test with REDIS_URL and
-# DATABASE_URL pointing at the throwaway instances. Everything started is stopped on exit.
+# Installs missing system packages (apt-get: build tools, Redis, PostgreSQL, and Debian's
+# chromium and nodejs/npm for the browser test) and the browser test's playwright-core
+# (`npm ci` in tests/browser), starts a throwaway Redis and PostgreSQL on free loopback ports
+# (never the machine's own services), then: cargo fmt --check, cargo clippy with -D warnings,
+# `gatehouse check gateway.yaml`, and cargo test with REDIS_URL and DATABASE_URL pointing at
+# the throwaway instances. Everything started is stopped on exit. The browser test's
+# screenshots are left in test-artifacts/browser/ (git-ignored).
 # Exits non-zero on any failure.
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/gatehouse/target, outside the clone, so
 # fresh clones on the same machine reuse the compiled dependencies).
@@ -25,6 +28,10 @@ install_packages() {
   command -v kill >/dev/null 2>&1 || missing+=(procps)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  # The browser test (tests/browser.rs): Debian's Chromium, driven by playwright-core on Node.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   if ((${#missing[@]} == 0)); then return; fi
   step "installing ${missing[*]}"
   local sudo=""
@@ -40,6 +47,13 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# playwright-core for the browser test, at the version pinned in tests/browser/package-lock.json.
+# It drives the system Chromium, so no browser is downloaded.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  step "npm ci --prefix tests/browser"
+  npm ci --prefix tests/browser --no-audit --no-fund
+fi
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -487,7 +487,8 @@ impl Auth {
             Ok(u) => u,
             Err(r) if !req.api_client && matches!(r.status, 401 | 429) => {
                 let mut loc = format!(
-                    "/login?error={}",
+                    "/login?portal={}&error={}",
+                    role.as_str(),
                     if r.status == 429 { "locked" } else { "invalid" }
                 );
                 if let Some(n) = &next {
@@ -499,6 +500,10 @@ impl Auth {
             Err(r) => return r,
         };
         if user.role != role {
+            if !req.api_client {
+                let loc = format!("/login?portal={}&error=forbidden", role.as_str());
+                return Reply::redirect(&loc, ("deny", "wrong_role"));
+            }
             return Reply::error(
                 Reject::new(403, "wrong_portal", "This account cannot sign in here."),
                 req.request_id,
