@@ -1,0 +1,272 @@
+//! The pages in a real browser: headless Debian Chromium, driven by playwright-core
+//! (`tests/browser/login_flow.mjs`), opens `/`, follows the patient link to the login page,
+//! signs in as a seeded patient, sees the dashboard with the patient's name and the data of a
+//! fake patients upstream, logs out, and is sent to `/login?next=…` when it opens the
+//! dashboard again. Console errors and CSP violations fail it.
+//!
+//! Screenshots go to `test-artifacts/browser/` (git-ignored). Needs `node`,
+//! `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core` (scripts/test.sh
+//! installs all three); without them the test is skipped, except under CI (`CI` set), where
+//! it fails.
+
+mod common;
+use common::*;
+
+use gatehouse::auth::users::{Role, UserDb};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const PATIENT_EMAIL: &str = "ana.perez@predicthealth.test";
+const PATIENT_PASSWORD: &str = "correct-horse-battery-staple";
+const PATIENT_NAME: &str = "Ana Pérez";
+/// What the fake patients service answers on every path (profile and appointments alike).
+const PATIENT_JSON: &str = r#"{"nombre":"Ana Pérez","tipo_sangre":"O+","alergias":"Penicilina"}"#;
+/// A value of [`PATIENT_JSON`] the dashboard must show.
+const EXPECT_TEXT: &str = "Penicilina";
+/// Bound on the whole browser run (the script bounds itself to 60 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What is missing to run the browser, if anything.
+fn missing_tools(root: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    match Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => missing.push(format!("`node --version` failed ({})", out.status)),
+        Err(e) => missing.push(format!("node ({e})")),
+    }
+    if !Path::new(CHROMIUM).exists() {
+        missing.push(format!("{CHROMIUM} (Debian's chromium package)"));
+    }
+    let playwright = root.join("tests/browser/node_modules/playwright-core");
+    if !playwright.exists() {
+        missing.push(format!(
+            "{} (npm ci --prefix tests/browser)",
+            playwright.display()
+        ));
+    }
+    missing
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// Migrates the database at `url` and adds the patient; returns the patient's id.
+fn seed_patient(url: &str) -> i64 {
+    block_on(async {
+        let db = UserDb::connect(Some(url)).await.expect("connect user db");
+        db.migrate().await.expect("migrate user db");
+        let user = db
+            .add_user(PATIENT_EMAIL, PATIENT_PASSWORD, Role::Patient, PATIENT_NAME)
+            .await
+            .expect("add patient");
+        user.id
+    })
+}
+
+/// The gateway's configuration after `server:`: the patients pool, the three pages the
+/// flow visits (the repo's templates and assets) and the users database.
+fn gateway_yaml(root: &Path, patients_url: &str, database_url: &str) -> String {
+    let templates = root.join("templates");
+    let assets = root.join("assets");
+    format!(
+        r#"upstreams:
+  patients:
+    backends: "{patients_url}"
+    timeouts: {{connect: 2s, read: 5s, total: 10s}}
+routes:
+  - {{name: patients, prefix: /api/v1/patients, upstream: patients, auth: required}}
+web:
+  templates: "{templates}"
+  assets: "{assets}"
+  assets_prefix: /assets/
+  data_timeout: 3s
+  site:
+    name: PredictHealth
+    lang: es
+    tagline: Salud predictiva para pacientes, médicos e instituciones
+  pages:
+    - {{path: /, template: landing.html, title: Inicio}}
+    - {{path: /login, template: login.html, title: Iniciar sesión}}
+    - path: /patient/dashboard
+      template: patient/dashboard.html
+      title: Mi panel
+      auth: required
+      roles: [patient]
+      data:
+        profile: {{upstream: patients, path: "/api/v1/patients/{{user_id}}"}}
+        appointments: {{upstream: patients, path: "/api/v1/patients/{{user_id}}/appointments"}}
+auth:
+  database_url: "{database_url}"
+"#,
+        templates = templates.display(),
+        assets = assets.display(),
+    )
+}
+
+/// Copies a child's output stream line by line into `sink`, echoing it to stderr.
+fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            eprintln!("browser| {line}");
+            let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
+}
+
+/// Waits for `child` up to `limit`; past it, SIGTERM (Playwright then closes Chromium), and
+/// SIGKILL 5 s later. `None` when it had to be stopped.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            return Some(status);
+        }
+        if start.elapsed() >= limit {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
+    let root = crate_dir();
+    let missing = missing_tools(&root);
+    if !missing.is_empty() {
+        let what = missing.join(", ");
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "browser test cannot run under CI: missing {what}. scripts/test.sh installs \
+                 chromium and nodejs with apt-get and runs `npm ci --prefix tests/browser`."
+            );
+        }
+        eprintln!("skipping browser test: missing {what} (scripts/test.sh installs them)");
+        return;
+    }
+
+    let upstream = FakeUpstream::start(Behavior::Respond {
+        status: 200,
+        headers: vec![(
+            "Content-Type".into(),
+            "application/json; charset=utf-8".into(),
+        )],
+        body: PATIENT_JSON.into(),
+    });
+    let database_url = temp_sqlite_url(free_port());
+    let patient_id = seed_patient(&database_url);
+    let gw = Gw::start(&gateway_yaml(&root, &upstream.url(), &database_url));
+    let base = format!("http://127.0.0.1:{}", gw.port);
+
+    // The gateway serves the page the browser starts on.
+    let landing = gw.get("/");
+    assert_eq!(
+        landing.status,
+        200,
+        "GET / before the browser: {}",
+        landing.text()
+    );
+
+    let artifacts = root.join("test-artifacts/browser");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).expect("create test-artifacts/browser");
+
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(root.join("tests/browser/login_flow.mjs"))
+        .current_dir(&root)
+        .env("GATEHOUSE_URL", &base)
+        .env("PATIENT_EMAIL", PATIENT_EMAIL)
+        .env("PATIENT_PASSWORD", PATIENT_PASSWORD)
+        .env("PATIENT_NAME", PATIENT_NAME)
+        .env("EXPECT_TEXT", EXPECT_TEXT)
+        .env("ARTIFACTS_DIR", &artifacts)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node tests/browser/login_flow.mjs");
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        collect(child.stdout.take().expect("stdout"), stdout.clone()),
+        collect(child.stderr.take().expect("stderr"), stderr.clone()),
+    ];
+    let status = wait_bounded(&mut child, RUN_TIMEOUT);
+    for r in readers {
+        let _ = r.join();
+    }
+    let elapsed = started.elapsed();
+    let out = stdout.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let err = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let report = format!(
+        "--- stdout ---\n{out}--- stderr ---\n{err}--- screenshots in {} ---",
+        artifacts.display()
+    );
+    match status {
+        None => panic!(
+            "the browser test did not finish within {} s and was stopped\n{report}",
+            RUN_TIMEOUT.as_secs()
+        ),
+        Some(s) => assert!(
+            s.success(),
+            "the browser test failed ({s}) after {:.1} s\n{report}",
+            elapsed.as_secs_f64()
+        ),
+    }
+    eprintln!(
+        "browser login flow passed in {:.1} s",
+        elapsed.as_secs_f64()
+    );
+
+    // The dashboard's data came from the fake upstream, asked on the patient's behalf.
+    let requests = upstream.requests();
+    let profile = format!("/api/v1/patients/{patient_id}");
+    let appointments = format!("/api/v1/patients/{patient_id}/appointments");
+    for path in [&profile, &appointments] {
+        let r = requests
+            .iter()
+            .find(|r| &r.target == path)
+            .unwrap_or_else(|| panic!("the patients upstream never got GET {path}: {requests:?}"));
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.header("x-user-id"), Some(patient_id.to_string().as_str()));
+        assert_eq!(r.header("x-user-role"), Some("patient"));
+    }
+    for shot in [
+        "01-landing.png",
+        "03-dashboard.png",
+        "05-dashboard-after-logout.png",
+    ] {
+        let p = artifacts.join(shot);
+        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 1000, "screenshot {} missing or empty", p.display());
+    }
+}
