@@ -1,0 +1,640 @@
+//! Identity when its services fail or are shared: the session store going down and coming
+//! back (our own `redis-server` child, never the shared one), a database outage (our own
+//! throwaway PostgreSQL), and two gateway instances sharing one Redis and one database.
+//! The everyday flows are in `identity.rs`.
+
+mod common;
+use common::*;
+
+use gatehouse::auth::users::{Role, UserDb};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "identity-tests-hs256-secret-0123456789abcdef";
+const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// The issue requires a protected route to answer within 1 s while the store is down; the
+/// bound allows 0.5 s of slack for a loaded test machine. Not a speed test: a hang fails it.
+const STORE_DOWN_BOUND: Duration = Duration::from_millis(1500);
+/// Login must give up on a dead database in about 3 s (the pool's 2 s acquire timeout plus
+/// slack), never hang.
+const DATABASE_DOWN_BOUND: Duration = Duration::from_millis(3500);
+
+/// Routes of every gateway here, all to one Echo upstream named `app`.
+const ROUTES: &str = "routes:
+  - {name: signed_in, prefix: /private, upstream: app, auth: required}
+  - {name: lenient, prefix: /lenient, upstream: app, auth: required, on_store_error: fail_open}
+  - {name: public, prefix: /public, upstream: app}
+";
+
+fn unique() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("gatehouse-identity-{}-{name}", unique()))
+}
+
+/// A directory under the system temp dir, removed with its contents on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = temp_path(name);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.0.join("users.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn env_url(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// Migrates `db` and adds a patient with a unique email; returns (id, email).
+fn add_patient(db: &str) -> (i64, String) {
+    block_on(async {
+        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
+        udb.migrate().await.expect("migrate user db");
+        let email = format!("patient-{}@identity.test", unique());
+        let u = udb
+            .add_user(&email, PASSWORD, Role::Patient, "Pat")
+            .await
+            .expect("add user");
+        (u.id, u.email)
+    })
+}
+
+/// A gateway on `db` and `redis` (empty: the in-process store) with an Echo upstream.
+fn gateway(db: &str, redis: &str, up: &FakeUpstream) -> Gw {
+    Gw::start(&format!(
+        "upstreams:\n{}\n{ROUTES}auth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n",
+        upstream("app", &[up.url()], "")
+    ))
+}
+
+fn login(port: u16, email: &str) -> Response {
+    let body = json!({"email": email, "password": PASSWORD}).to_string();
+    request(
+        port,
+        "POST",
+        "/api/v1/auth/login",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .expect("POST login")
+}
+
+fn tokens(r: &Response) -> (String, String) {
+    assert_eq!(r.status, 200, "login: {}", r.text());
+    let v = json(r);
+    let s = |k: &str| v[k].as_str().expect("token").to_string();
+    (s("access_token"), s("refresh_token"))
+}
+
+fn with_bearer(port: u16, path: &str, token: &str) -> Response {
+    let auth = format!("Bearer {token}");
+    get(port, path, &[("Authorization", &auth)]).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn post_bearer(port: u16, path: &str, token: &str) -> Response {
+    let auth = format!("Bearer {token}");
+    request(port, "POST", path, &[("Authorization", &auth)], b"")
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+fn refresh(port: u16, refresh_token: &str) -> Response {
+    let body = json!({ "refresh_token": refresh_token }).to_string();
+    request(
+        port,
+        "POST",
+        "/api/v1/auth/refresh",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .expect("POST refresh")
+}
+
+fn error_code(r: &Response) -> String {
+    let v: Value = json(r);
+    v["error"]["code"].as_str().unwrap_or("").to_string()
+}
+
+/// Runs `f`, asserting it finishes within `bound`.
+fn timed<T>(bound: Duration, what: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    assert!(took < bound, "{what} took {took:?} (bound {bound:?})");
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+// Our own redis-server
+// ------------------------------------------------------------------------------------------
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A `redis-server` child on a free loopback port, without persistence; killed on drop.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn redis_pings(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl OwnRedis {
+    /// `None` (with a note) when redis-server is missing or does not come up.
+    fn start() -> Option<OwnRedis> {
+        if !Path::new(REDIS_SERVER).exists() {
+            eprintln!("note: {REDIS_SERVER} not found; skipping");
+            return None;
+        }
+        let dir = temp_path("redis");
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = OwnRedis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        if r.spawn() {
+            Some(r)
+        } else {
+            eprintln!("note: redis-server did not start; skipping");
+            None
+        }
+    }
+
+    /// Starts the server on `self.port` (again); true once it answers PING.
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        // The port may take a moment to be free again after a kill: retry a few times.
+        for _ in 0..10 {
+            let spawned = Command::new(REDIS_SERVER)
+                .args(["--port", &port, "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let Ok(mut child) = spawned else {
+                return false;
+            };
+            let up = wait_until(Duration::from_secs(5), || {
+                redis_pings(self.port) || !matches!(child.try_wait(), Ok(None))
+            });
+            if up && redis_pings(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// SIGKILL: the store vanishes without a goodbye.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 8. The session store goes down
+// ------------------------------------------------------------------------------------------
+
+/// A gateway on our own Redis and a SQLite file, with one signed-in patient.
+struct StoreSite {
+    redis: OwnRedis,
+    up: FakeUpstream,
+    gw: Gw,
+    email: String,
+    user_id: i64,
+    /// The SQLite file's directory; removed after the gateway has stopped.
+    _dir: TempDir,
+}
+
+impl StoreSite {
+    fn start() -> Option<StoreSite> {
+        let redis = OwnRedis::start()?;
+        let dir = TempDir::new("db");
+        let db = dir.sqlite_url();
+        let (user_id, email) = add_patient(&db);
+        let up = FakeUpstream::start(Behavior::Echo);
+        let gw = gateway(&db, &redis.url(), &up);
+        Some(StoreSite {
+            redis,
+            up,
+            gw,
+            email,
+            user_id,
+            _dir: dir,
+        })
+    }
+}
+
+#[test]
+fn protected_routes_fail_closed_within_a_second_while_redis_is_down() {
+    let Some(mut s) = StoreSite::start() else {
+        return;
+    };
+    let port = s.gw.port;
+    let (access, _) = tokens(&login(port, &s.email));
+    assert_eq!(with_bearer(port, "/private/x", &access).status, 200);
+
+    s.redis.kill();
+    let before = s.up.request_count();
+    for i in 1..=3 {
+        let r = timed(STORE_DOWN_BOUND, "protected route, store down", || {
+            with_bearer(port, "/private/x", &access)
+        });
+        assert_eq!(r.status, 503, "attempt {i}: {}", r.text());
+        assert_eq!(error_code(&r), "session_store_unavailable");
+        assert!(r.header("retry-after").is_some(), "Retry-After");
+    }
+    assert_eq!(
+        s.up.request_count(),
+        before,
+        "refused requests not forwarded"
+    );
+
+    let r = get(port, "/public/x", &[]).expect("GET /public");
+    assert_eq!(r.status, 200, "public route keeps working: {}", r.text());
+    assert_eq!(s.gw.get("/health").status, 200);
+
+    let r = timed(STORE_DOWN_BOUND, "logout, store down", || {
+        post_bearer(port, "/api/v1/auth/logout", &access)
+    });
+    assert_eq!(r.status, 503, "logout reports the failure: {}", r.text());
+    let r = timed(STORE_DOWN_BOUND, "validate, store down", || {
+        with_bearer(port, "/api/v1/auth/validate", &access)
+    });
+    assert_eq!(r.status, 503, "validate: {}", r.text());
+    let r = login(port, &s.email);
+    assert_eq!(r.status, 503, "login: {}", r.text());
+}
+
+#[test]
+fn fail_open_routes_accept_valid_tokens_while_redis_is_down() {
+    let Some(mut s) = StoreSite::start() else {
+        return;
+    };
+    let port = s.gw.port;
+    let (access, _) = tokens(&login(port, &s.email));
+    s.redis.kill();
+
+    let before = s.up.request_count();
+    let r = timed(STORE_DOWN_BOUND, "fail-open route, store down", || {
+        with_bearer(port, "/lenient/x", &access)
+    });
+    assert_eq!(r.status, 200, "{}", r.text());
+    let req = &s.up.requests()[before];
+    assert_eq!(
+        req.header("x-user-id"),
+        Some(s.user_id.to_string().as_str())
+    );
+    assert_eq!(req.header("x-user-role"), Some("patient"));
+
+    // Failing open skips the live-session check, not the token check.
+    let mut forged = access.clone();
+    forged.push('x');
+    assert_eq!(with_bearer(port, "/lenient/x", &forged).status, 401);
+    assert_eq!(get(port, "/lenient/x", &[]).expect("GET").status, 401);
+    assert_eq!(with_bearer(port, "/private/x", &access).status, 503);
+}
+
+#[test]
+fn sign_in_works_again_when_redis_returns_on_the_same_port() {
+    let Some(mut s) = StoreSite::start() else {
+        return;
+    };
+    let port = s.gw.port;
+    let (old, _) = tokens(&login(port, &s.email));
+    s.redis.kill();
+    assert_eq!(login(port, &s.email).status, 503);
+
+    assert!(
+        s.redis.spawn(),
+        "redis-server restarts on port {}",
+        s.redis.port
+    );
+    let mut last = None;
+    let back = wait_until(Duration::from_secs(15), || {
+        let r = login(port, &s.email);
+        let ok = r.status == 200;
+        last = Some(r);
+        ok
+    });
+    let last = last.expect("at least one attempt");
+    assert!(
+        back,
+        "login after the restart: {} {}",
+        last.status,
+        last.text()
+    );
+    let (fresh, _) = tokens(&last);
+    assert_eq!(with_bearer(port, "/private/x", &fresh).status, 200);
+    // The restarted Redis has no data: the old session's key is gone, so its token is dead.
+    assert_eq!(with_bearer(port, "/private/x", &old).status, 401);
+}
+
+// ------------------------------------------------------------------------------------------
+// 9. Two instances, one store, one database
+// ------------------------------------------------------------------------------------------
+
+/// Log in through A, use the token through B, rotate through B, log out through A.
+fn two_instances_share_sessions(db: &str, redis: &str) {
+    let (user_id, email) = add_patient(db);
+    let up = FakeUpstream::start(Behavior::Echo);
+    let a = gateway(db, redis, &up);
+    let b = gateway(db, redis, &up);
+
+    let (a1, r1) = tokens(&login(a.port, &email));
+    let r = with_bearer(b.port, "/api/v1/auth/validate", &a1);
+    assert_eq!(r.status, 200, "A's token validates through B: {}", r.text());
+    let before = up.request_count();
+    assert_eq!(with_bearer(b.port, "/private/x", &a1).status, 200);
+    assert_eq!(
+        up.requests()[before].header("x-user-id"),
+        Some(user_id.to_string().as_str())
+    );
+
+    let (a2, _) = tokens(&refresh(b.port, &r1));
+    assert_eq!(
+        with_bearer(a.port, "/private/x", &a2).status,
+        200,
+        "B's rotation seen by A"
+    );
+    assert_eq!(
+        with_bearer(a.port, "/private/x", &a1).status,
+        401,
+        "rotated away"
+    );
+
+    let r = post_bearer(a.port, "/api/v1/auth/logout", &a2);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        with_bearer(b.port, "/private/x", &a2).status,
+        401,
+        "logout through A holds at B on the next request"
+    );
+    assert_eq!(
+        with_bearer(b.port, "/api/v1/auth/validate", &a2).status,
+        401
+    );
+}
+
+mod two_instances_share_sessions {
+    use super::*;
+
+    #[test]
+    fn on_the_shared_postgres_and_redis() {
+        let (Some(db), Some(redis)) = (env_url("DATABASE_URL"), env_url("REDIS_URL")) else {
+            eprintln!("note: DATABASE_URL and REDIS_URL are not both set; skipping");
+            return;
+        };
+        two_instances_share_sessions(&db, &redis);
+    }
+
+    #[test]
+    fn on_our_own_redis_and_one_sqlite_file() {
+        let Some(redis) = OwnRedis::start() else {
+            return;
+        };
+        let dir = TempDir::new("db");
+        two_instances_share_sessions(&dir.sqlite_url(), &redis.url());
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 10. The database goes down
+// ------------------------------------------------------------------------------------------
+
+/// A throwaway PostgreSQL cluster on a free loopback port (like scripts/test.sh), run as
+/// the `postgres` user when we are root; stopped (immediately) and removed on drop.
+struct OwnPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_root: bool,
+    running: bool,
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn quiet(c: &mut Command) -> bool {
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl OwnPostgres {
+    /// `None` (with a note) when the PostgreSQL binaries are missing or it fails to start.
+    fn start() -> Option<OwnPostgres> {
+        let Some(bin) = postgres_bin() else {
+            eprintln!("note: PostgreSQL binaries not found under /usr/lib/postgresql; skipping");
+            return None;
+        };
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = temp_path("pg");
+        std::fs::create_dir_all(dir.join("sock")).expect("pg dir");
+        let mut pg = OwnPostgres {
+            bin,
+            dir,
+            port: free_port(),
+            as_root,
+            running: false,
+        };
+        if as_root && !quiet(Command::new("chown").args(["-R", "postgres"]).arg(&pg.dir)) {
+            eprintln!("note: cannot hand a directory to the postgres user; skipping");
+            return None;
+        }
+        let data = pg.dir.join("data");
+        let initdb =
+            quiet(
+                pg.tool("initdb")
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-U", "postgres", "--auth=trust"]),
+            );
+        if !(initdb && pg.start_server()) {
+            eprintln!("note: the throwaway PostgreSQL did not start; skipping");
+            return None;
+        }
+        let port = pg.port.to_string();
+        let created = quiet(pg.tool("createdb").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "gatehouse_test",
+        ]));
+        if !created {
+            eprintln!("note: createdb failed; skipping");
+            return None;
+        }
+        Some(pg)
+    }
+
+    fn tool(&self, name: &str) -> Command {
+        if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(name));
+            c
+        } else {
+            Command::new(self.bin.join(name))
+        }
+    }
+
+    fn start_server(&mut self) -> bool {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("pg.log");
+        self.running = quiet(
+            self.tool("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-o", &opts, "start"]),
+        );
+        self.running
+    }
+
+    fn stop_immediately(&mut self) {
+        let data = self.dir.join("data");
+        quiet(
+            self.tool("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "stop"]),
+        );
+        self.running = false;
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/gatehouse_test", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            self.stop_immediately();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn login_answers_503_quickly_while_the_database_is_down_and_recovers() {
+    let Some(mut pg) = OwnPostgres::start() else {
+        return;
+    };
+    let db = pg.url();
+    let (_, email) = add_patient(&db);
+    let up = FakeUpstream::start(Behavior::Echo);
+    let gw = gateway(&db, "", &up);
+    let (access, _) = tokens(&login(gw.port, &email));
+
+    pg.stop_immediately();
+    for i in 1..=2 {
+        let r = timed(DATABASE_DOWN_BOUND, "login, database down", || {
+            login(gw.port, &email)
+        });
+        assert_eq!(r.status, 503, "attempt {i}: {}", r.text());
+        assert_eq!(error_code(&r), "auth_unavailable");
+    }
+    // Sessions live in the store, not the database: signed-in users carry on.
+    assert_eq!(with_bearer(gw.port, "/private/x", &access).status, 200);
+    assert_eq!(gw.get("/health").status, 200);
+    assert_eq!(get(gw.port, "/public/x", &[]).expect("GET").status, 200);
+
+    assert!(pg.start_server(), "PostgreSQL restarts");
+    let back = wait_until(Duration::from_secs(20), || {
+        login(gw.port, &email).status == 200
+    });
+    assert!(back, "login works again once the database is back");
+}
+
+#[test]
+fn gateway_refuses_to_start_when_the_database_is_unreachable() {
+    let closed = free_port();
+    let yaml = format!(
+        "{}auth:\n  database_url: \"postgres://postgres@127.0.0.1:{closed}/gatehouse_test\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
+        server_block(free_port(), free_port(), "")
+    );
+    let config = gatehouse::Config::from_yaml_str(&yaml).expect("valid config");
+    let err = match timed(Duration::from_secs(10), "start-up refusal", || {
+        gatehouse::spawn(config)
+    }) {
+        Ok(_) => panic!("the gateway started without its database"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("auth.database_url"), "{err}");
+}
