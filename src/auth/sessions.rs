@@ -261,3 +261,99 @@ impl Sessions {
         Ok(sids.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwt::{Alg, JwtSettings, KeyMaterial, KeySource};
+    use crate::auth::store::MemoryStore;
+    use std::sync::Mutex;
+
+    /// Sessions over an in-process store whose clock the test moves.
+    fn sessions(access: u64, absolute: u64) -> (Sessions, Arc<Mutex<tokio::time::Instant>>) {
+        let now = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let clock = now.clone();
+        let store = MemoryStore::with_clock(Arc::new(move || *clock.lock().expect("clock")));
+        let jwt = Jwt::new(JwtSettings {
+            alg: Alg::HS256,
+            issuer: "gatehouse".into(),
+            audience: "predicthealth".into(),
+            access_ttl: Duration::from_secs(access),
+            refresh_ttl: Duration::from_secs(absolute),
+            leeway: Duration::from_secs(30),
+            signing: KeySource {
+                kid: None,
+                material: KeyMaterial::Secret(vec![1u8; 32]),
+            },
+            verify_only: Vec::new(),
+        })
+        .expect("jwt");
+        let s = Sessions {
+            store: Arc::new(store),
+            jwt,
+            settings: SessionSettings {
+                access_prefix: "access_token:".into(),
+                refresh_prefix: "refresh_token:".into(),
+                access_ttl: Duration::from_secs(access),
+                refresh_ttl: Duration::from_secs(absolute),
+                absolute_lifetime: Duration::from_secs(absolute),
+            },
+        };
+        (s, now)
+    }
+
+    fn advance(clock: &Arc<Mutex<tokio::time::Instant>>, secs: u64) {
+        *clock.lock().expect("clock") += Duration::from_secs(secs);
+    }
+
+    #[tokio::test]
+    async fn a_use_in_the_first_half_writes_nothing_and_the_second_half_slides_the_key() {
+        let (s, clock) = sessions(100, 1000);
+        let t0 = 1_800_000_000;
+        let pair = s.start("7", "patient", t0).await.expect("start");
+        let key = format!("access_token:{}", pair.access.jti);
+        advance(&clock, 30);
+        let (_, renewed) = s.check(&pair.access_token, t0 + 30).await.expect("live");
+        assert!(!renewed, "first half: no store write");
+        advance(&clock, 40); // 70 s in: 30 s left, under half of 100 s
+        let (_, renewed) = s.check(&pair.access_token, t0 + 70).await.expect("live");
+        assert!(renewed);
+        let ttl = s.store.ttl(&key).await.expect("ttl").expect("key");
+        assert!(
+            ttl > Duration::from_secs(90),
+            "slid back to a full access TTL, got {ttl:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn renewal_never_passes_the_absolute_lifetime() {
+        let (s, clock) = sessions(100, 150);
+        let t0 = 1_800_000_000;
+        let pair = s.start("7", "patient", t0).await.expect("start");
+        let key = format!("access_token:{}", pair.access.jti);
+        advance(&clock, 80);
+        let (_, renewed) = s.check(&pair.access_token, t0 + 80).await.expect("live");
+        assert!(renewed);
+        let ttl = s.store.ttl(&key).await.expect("ttl").expect("key");
+        assert!(
+            ttl <= Duration::from_secs(70),
+            "capped at the 150 s lifetime, got {ttl:?}"
+        );
+        advance(&clock, 71);
+        assert!(matches!(
+            s.check(&pair.access_token, t0 + 151).await,
+            Err(SessionError::Revoked) | Err(SessionError::Token(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reissued_cookie_token_keeps_the_session_key() {
+        let (s, _clock) = sessions(100, 1000);
+        let t0 = 1_800_000_000;
+        let pair = s.start("7", "patient", t0).await.expect("start");
+        let fresh = s.reissue_access(&pair.access, t0 + 60).expect("reissue");
+        let (claims, _) = s.check(&fresh, t0 + 60).await.expect("live");
+        assert_eq!(claims.jti, pair.access.jti);
+        assert!(claims.exp > pair.access.exp);
+    }
+}
