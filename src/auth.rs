@@ -51,6 +51,8 @@ impl Drop for AuthRuntime {
 
 /// Everything identity needs at request time.
 pub struct Auth {
+    /// The Redis client of the session store, shared by distributed rate limits.
+    pub redis: Option<fred::clients::Client>,
     pub users: UserDb,
     pub sessions: Sessions,
     pub config: AuthConfig,
@@ -148,7 +150,7 @@ impl Auth {
             AuthRuntime::new().map_err(|e| ConfigError::one(format!("auth: runtime: {e}")))?,
         );
         let url = cfg.database_url.trim();
-        let (users, store) = runtime
+        let (users, store, redis) = runtime
             .block_on(async {
                 let users = UserDb::connect((!url.is_empty()).then_some(url))
                     .await
@@ -159,20 +161,21 @@ impl Auth {
                         .await
                         .map_err(|e| ConfigError::one(format!("auth: migrations failed: {e}")))?;
                 }
+                let mut redis = None;
                 let store: Arc<dyn SessionStore> = if cfg.redis_url.trim().is_empty() {
                     Arc::new(MemoryStore::new())
                 } else {
-                    Arc::new(
-                        RedisStore::connect(cfg.redis_url.trim(), cfg.store_timeout.0)
-                            .await
-                            .map_err(|e| ConfigError::one(format!("auth.redis_url: {e}")))?,
-                    )
+                    let r = RedisStore::connect(cfg.redis_url.trim(), cfg.store_timeout.0)
+                        .await
+                        .map_err(|e| ConfigError::one(format!("auth.redis_url: {e}")))?;
+                    redis = Some(r.client().clone());
+                    Arc::new(r)
                 };
                 let store: Arc<dyn SessionStore> = Arc::new(Instrumented {
                     inner: store,
                     metrics,
                 });
-                Ok::<_, ConfigError>((users, store))
+                Ok::<_, ConfigError>((users, store, redis))
             })
             .ok_or_else(|| ConfigError::one("auth: runtime unavailable"))??;
         tracing::info!(
@@ -193,6 +196,7 @@ impl Auth {
             },
         };
         Ok(Auth {
+            redis,
             users,
             sessions,
             config: cfg.clone(),

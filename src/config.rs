@@ -334,6 +334,9 @@ pub enum StoreFailure {
 pub struct Defaults {
     #[serde(default)]
     pub retry: RetryConfig,
+    /// CORS for every route without its own, and for the gateway's own endpoints.
+    #[serde(default)]
+    pub cors: crate::edge::cors::CorsConfig,
 }
 
 /// `retry:` (in `defaults`, a pool or a route). Unset fields inherit.
@@ -459,6 +462,8 @@ pub struct ServerConfig {
     pub log: LogConfig,
     /// Reload when the config file's modification time changes (besides SIGHUP). Default false.
     pub watch_config: bool,
+    /// Response compression (gzip, br, zstd) for clients that accept it.
+    pub compression: CompressionConfig,
     /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
     pub upgrade_sock: String,
     /// Where the process id is written.
@@ -477,8 +482,30 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             log: LogConfig::default(),
             watch_config: false,
+            compression: CompressionConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
             pid_file: "/tmp/gatehouse.pid".into(),
+        }
+    }
+}
+
+/// `server.compression:`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    /// Bodies smaller than this are sent as they are. Default 1KiB.
+    pub min_size: Size,
+    /// Compression level (1–9). Default 6.
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            min_size: Size(1024),
+            level: 6,
         }
     }
 }
@@ -775,6 +802,28 @@ pub struct RouteConfig {
     pub roles: Option<Vec<String>>,
     #[serde(default)]
     pub on_store_error: StoreFailure,
+    /// Compress this route's responses (when `server.compression` is on). Default true.
+    #[serde(default = "yes")]
+    pub compression: bool,
+    /// CORS for this route; default `defaults.cors`.
+    #[serde(default)]
+    pub cors: Option<crate::edge::cors::CorsConfig>,
+    /// Client addresses allowed / denied (CIDRs), on the real client ip.
+    #[serde(default)]
+    pub ip_rules: crate::edge::ip_rules::IpRulesConfig,
+    /// Request and response header edits.
+    #[serde(default)]
+    pub headers: crate::edge::header_rules::HeaderRulesConfig,
+    /// Pass WebSocket upgrades through (authentication applies to the upgrade request).
+    #[serde(default)]
+    pub websocket: bool,
+    /// Rate limits, all of which must allow a request.
+    #[serde(default)]
+    pub rate_limits: Vec<crate::edge::ratelimit::RateLimitConfig>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Config {

@@ -1,8 +1,12 @@
 //! Edge policies applied before routing: connection-level limits (header deadline, header
 //! size, idle keep-alive), request hygiene, forwarding headers and the client address.
-//! CORS, rate limits and IP rules join here later.
+//! Also CORS, IP rules and header rules per route.
 
 pub mod client;
+pub mod cors;
 pub mod forwarding;
+pub mod header_rules;
 pub mod hygiene;
+pub mod ip_rules;
 pub mod listener;
+pub mod ratelimit;

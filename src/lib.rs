@@ -62,7 +62,14 @@ pub struct Handles {
 }
 
 pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles), ConfigError> {
-    let snapshot = Snapshot::build(config, None)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    metrics.config_last_reload_success.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    let auth = Arc::new(auth::Auth::build(&config.auth, metrics.clone())?);
+    let snapshot = Snapshot::build_with(config, None, auth.redis.as_ref())?;
     prime(&snapshot);
     let cfg = snapshot.config.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -86,13 +93,6 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let metrics = Arc::new(metrics::Metrics::new());
-    metrics.config_last_reload_success.set(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    );
-    let auth = Arc::new(auth::Auth::build(&cfg.auth, metrics.clone())?);
     let auth_for_admin = auth.clone();
     let gateway = proxy::Gateway {
         state: state.clone(),
@@ -133,6 +133,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     let reloader = Arc::new(reload::Reloader {
         state: state.clone(),
         metrics: metrics.clone(),
+        redis: auth_for_admin.redis.clone(),
         path: opts.config_path.clone(),
     });
     server.add_service(background_service(
@@ -165,6 +166,11 @@ fn prime(snapshot: &Snapshot) {
     }
 }
 
+/// Set when a stop or upgrade signal arrives: every response from then on closes its
+/// connection, so keep-alive clients reconnect (to the new process) instead of racing the
+/// idle close at the end of the drain.
+pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// SIGTERM and SIGINT drain (within `server.grace_period`); SIGQUIT hands the listeners to
 /// a new process started with `--upgrade`, then drains.
 pub struct SignalWatch;
@@ -181,17 +187,26 @@ impl ShutdownSignalWatch for SignalWatch {
             tracing::error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
+        let sig = tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); ShutdownSignal::GracefulTerminate }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); ShutdownSignal::GracefulTerminate }
             _ = quit.recv() => { tracing::info!("SIGQUIT: handing over listeners"); ShutdownSignal::GracefulUpgrade }
-        }
+        };
+        DRAINING.store(true, std::sync::atomic::Ordering::Release);
+        sig
     }
 }
 
 /// Runs until a signal stops the server (used by `gatehouse run`).
 pub fn run(config: Config, opts: RunOptions) -> Result<(), ConfigError> {
+    let pid_file = config.server.pid_file.clone();
     let (server, _handles) = build_server(config, opts)?;
+    // Pingora writes it only when daemonising; operators signal the pid in it.
+    if !pid_file.is_empty() {
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(path = %pid_file, error = %e, "cannot write the pid file");
+        }
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(SignalWatch),
     });

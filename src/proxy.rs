@@ -8,6 +8,7 @@
 use crate::auth::guard::{self, Decision, Identity};
 use crate::auth::{endpoints, Auth};
 use crate::builtin;
+use crate::edge::header_rules::HeaderOp;
 use crate::edge::{forwarding, hygiene, listener::Reused};
 use crate::errors::Reject;
 use crate::metrics::{method_label, Metrics};
@@ -22,6 +23,7 @@ mod web;
 use bytes::Bytes;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompression;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -70,7 +72,13 @@ pub struct Ctx {
     identity: Option<Identity>,
     /// TLS in front of us (a trusted proxy said `X-Forwarded-Proto: https`).
     tls: bool,
+    /// CORS policy for this request's answer: the route's, else `defaults.cors`.
+    cors: Option<Arc<crate::edge::cors::Cors>>,
+    /// A WebSocket upgrade on a route that allows it.
+    websocket: bool,
     api_client: bool,
+    /// Headers for the answer decided during the request (rate-limit state).
+    extra_headers: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -123,7 +131,22 @@ impl Gateway {
                 resp.insert_header(k.clone(), v.as_str())?;
             }
         }
+        if let Some(cors) = ctx.cors.as_ref().filter(|c| c.is_enabled()) {
+            for (k, v) in cors.response_headers(&session.req_header().headers) {
+                if k == http::header::VARY {
+                    resp.append_header(k, v)?;
+                } else {
+                    resp.insert_header(k, v)?;
+                }
+            }
+        }
         ctx.status = status;
+        if crate::DRAINING.load(std::sync::atomic::Ordering::Acquire)
+            || session.is_process_shutting_down()
+        {
+            session.set_keepalive(None);
+        }
+        Self::maybe_skip_compression(session, ctx, Some(body.len() as u64));
         let head_only = session.req_header().method == Method::HEAD || body.is_empty();
         session
             .write_response_header(Box::new(resp), head_only)
@@ -134,11 +157,105 @@ impl Gateway {
         Ok(())
     }
 
+    /// Turns compression off for this answer when it is small or its route opts out.
+    fn maybe_skip_compression(session: &mut Session, ctx: &Ctx, len: Option<u64>) {
+        let c = ctx.snapshot.config.server.compression;
+        let small = len.is_some_and(|n| n < c.min_size.0);
+        let opted_out = ctx.route.as_ref().is_some_and(|r| !r.compression);
+        if c.enabled && (small || opted_out) {
+            if let Some(m) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                m.adjust_level(0);
+            }
+        }
+    }
+
     fn count_auth(&self, result: &str, reason: &str) {
         self.metrics
             .auth_decisions_total
             .with_label_values(&[result, reason])
             .inc();
+    }
+
+    /// Applies the route's rate limits; `Ok(true)` when the request was answered (429/503).
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Arc<Route>,
+    ) -> Result<bool> {
+        use crate::edge::ratelimit::{Decision as Rl, KeySpec, OnStoreError};
+        for limiter in &route.limiters {
+            let ip = || {
+                format!(
+                    "ip:{}",
+                    ctx.client_ip.map(|i| i.to_string()).unwrap_or_default()
+                )
+            };
+            let key = match limiter.key_spec() {
+                KeySpec::ClientIp => ip(),
+                KeySpec::User => ctx
+                    .identity
+                    .as_ref()
+                    .map_or_else(ip, |i| format!("user:{}", i.claims.sub)),
+                KeySpec::Header(h) => session
+                    .req_header()
+                    .headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(ip, |v| format!("header:{v}")),
+                KeySpec::Claim(c) => ctx
+                    .identity
+                    .as_ref()
+                    .and_then(|i| match c.as_str() {
+                        "sub" => Some(i.claims.sub.clone()),
+                        "role" => Some(i.claims.role.clone()),
+                        "sid" => Some(i.claims.sid.clone()),
+                        _ => None,
+                    })
+                    .map_or_else(ip, |v| format!("claim:{v}")),
+            };
+            let decision = limiter.check(&key).await;
+            let mut headers = http::HeaderMap::new();
+            decision.write_headers(&mut headers);
+            let pairs: Vec<(String, String)> = headers
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                .collect();
+            match decision {
+                Rl::Allow { .. } => ctx.extra_headers = pairs,
+                Rl::Deny { .. } => {
+                    self.metrics
+                        .rate_limited_total
+                        .with_label_values(&[route.name.as_str()])
+                        .inc();
+                    tracing::info!(request_id = %ctx.request_id, route = %route.name, limit = limiter.name(), "rate limited");
+                    let mut r = Reject::new(429, "rate_limited", "Too many requests; slow down.");
+                    r.headers.extend(pairs);
+                    return self.reject(session, ctx, r).await;
+                }
+                Rl::StoreError => {
+                    self.metrics.session_store_errors_total.inc();
+                    match limiter.on_store_error() {
+                        OnStoreError::Allow => {
+                            tracing::warn!(request_id = %ctx.request_id, limit = limiter.name(), "rate-limit store unavailable; allowing");
+                        }
+                        OnStoreError::Deny => {
+                            let r = Reject::new(
+                                503,
+                                "rate_limit_unavailable",
+                                "The service is temporarily unavailable.",
+                            )
+                            .with_header("Retry-After", "5");
+                            return self.reject(session, ctx, r).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Reads a small request body whole (auth endpoints); `None` when it is over `limit`.
@@ -333,8 +450,26 @@ impl ProxyHttp for Gateway {
             status_retry: None,
             identity: None,
             tls: false,
+            cors: None,
+            websocket: false,
+            extra_headers: Vec::new(),
             api_client: true,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // Compression must be switched on before the modules read Accept-Encoding; small
+        // answers and routes that opt out switch it off again at response time.
+        let c = ctx.snapshot.config.server.compression;
+        if c.enabled {
+            if let Some(m) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                m.adjust_level(c.level);
+            }
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -402,6 +537,36 @@ impl ProxyHttp for Gateway {
                 .get("x-forwarded-proto")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+        ctx.cors = Some(snapshot.cors.clone());
+        if crate::edge::cors::Cors::is_preflight(&method, &req.headers) {
+            let requested = req
+                .headers
+                .get("access-control-request-method")
+                .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+                .unwrap_or(Method::GET);
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            let cors = match snapshot.table.lookup(host, &requested, &path) {
+                Lookup::Found(i) => snapshot.routes[i].cors.clone(),
+                _ => snapshot.cors.clone(),
+            };
+            if cors.is_enabled() {
+                // Answered before authentication: a preflight carries no credentials.
+                let mut headers: Vec<(String, String)> = cors
+                    .preflight(&req.headers)
+                    .unwrap_or_else(|| vec![crate::edge::cors::Cors::preflight_vary()])
+                    .into_iter()
+                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                    .collect();
+                headers.push(("Cache-Control".into(), "no-store".into()));
+                ctx.cors = None;
+                self.send_json(session, ctx, 204, Bytes::new(), &headers)
+                    .await?;
+                return Ok(true);
+            }
+        }
         if let Some(ep) = endpoints::route(&method, &path) {
             return self.auth_endpoint(session, ctx, ep).await;
         }
@@ -446,6 +611,16 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, r).await;
             }
         };
+        ctx.cors = Some(route.cors.clone());
+        if !route.ip_rules.permits(ctx.client_ip) {
+            ctx.route = Some(route);
+            let r = Reject::new(
+                403,
+                "ip_forbidden",
+                "Access from this address is not allowed.",
+            );
+            return self.reject(session, ctx, r).await;
+        }
         if content_length.is_some_and(|n| n > route.max_body_bytes) {
             session.set_keepalive(None);
             ctx.route = Some(route);
@@ -453,7 +628,14 @@ impl ProxyHttp for Gateway {
                 .reject(session, ctx, crate::errors::from_status(413))
                 .await;
         }
-        ctx.deadline = Some(ctx.start + route.total_timeout);
+        ctx.websocket = route.websocket && session.is_upgrade_req();
+        if ctx.websocket {
+            // An upgraded connection lives as long as both ends want: no total deadline, and
+            // the downstream read timeout lifted (Pingora keeps 60 s per read otherwise).
+            session.set_read_timeout(Some(Duration::from_secs(3600)));
+        } else {
+            ctx.deadline = Some(ctx.start + route.total_timeout);
+        }
         let decision = {
             let req = session.req_header();
             let greq = guard::Request {
@@ -472,13 +654,13 @@ impl ProxyHttp for Gateway {
             )
             .await
         };
-        ctx.route = Some(route);
+        ctx.route = Some(route.clone());
         match decision {
-            Decision::Anonymous => Ok(false),
+            Decision::Anonymous => self.rate_limit(session, ctx, &route).await,
             Decision::Allow(identity) => {
                 self.count_auth("allow", "token");
                 ctx.identity = Some(identity);
-                Ok(false)
+                self.rate_limit(session, ctx, &route).await
             }
             Decision::Deny { reject, reason } => {
                 self.count_auth("deny", reason);
@@ -567,8 +749,13 @@ impl ProxyHttp for Gateway {
         let opts = &mut peer.options;
         opts.connection_timeout = Some(route.connect_timeout.min(remaining));
         opts.total_connection_timeout = Some(route.connect_timeout.min(remaining));
-        opts.read_timeout = Some(route.read_timeout.min(remaining));
-        opts.write_timeout = Some(route.read_timeout.min(remaining));
+        let read = if ctx.websocket {
+            Duration::from_secs(3600)
+        } else {
+            route.read_timeout.min(remaining)
+        };
+        opts.read_timeout = Some(read);
+        opts.write_timeout = Some(read);
         opts.idle_timeout = Some(route.pool.config.keepalive_idle.0);
         Ok(Box::new(peer))
     }
@@ -646,6 +833,17 @@ impl ProxyHttp for Gateway {
         for name in forwarding::HOP_BY_HOP {
             up.remove_header(*name);
         }
+        if ctx.websocket {
+            let upgrade = session
+                .req_header()
+                .headers
+                .get(http::header::UPGRADE)
+                .cloned();
+            if let Some(u) = upgrade {
+                up.insert_header(http::header::UPGRADE, u)?;
+                up.insert_header(http::header::CONNECTION, "upgrade")?;
+            }
+        }
         let orig_host = session
             .req_header()
             .headers
@@ -697,6 +895,19 @@ impl ProxyHttp for Gateway {
         for name in ["authorization", "x-user-id", "x-user-role", "x-session-id"] {
             up.remove_header(name);
         }
+        for op in route.headers.request_ops() {
+            match op {
+                HeaderOp::Remove(n) => {
+                    up.remove_header(n);
+                }
+                HeaderOp::Set(n, v) => {
+                    up.insert_header(n.clone(), v.clone())?;
+                }
+                HeaderOp::Add(n, v) => {
+                    up.append_header(n.clone(), v.clone())?;
+                }
+            }
+        }
         if let Some(id) = &ctx.identity {
             up.insert_header("authorization", format!("Bearer {}", id.token))?;
             up.insert_header("x-user-id", id.claims.sub.as_str())?;
@@ -743,11 +954,59 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if crate::DRAINING.load(std::sync::atomic::Ordering::Acquire)
+            || session.is_process_shutting_down()
+        {
+            session.set_keepalive(None); // written as `Connection: close`
+        }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let len = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        Self::maybe_skip_compression(session, ctx, len);
+        for (k, v) in &ctx.extra_headers {
+            resp.insert_header(k.clone(), v.as_str())?;
+        }
+        if let Some(route) = ctx.route.as_ref() {
+            for op in route.headers.response_ops() {
+                match op {
+                    HeaderOp::Remove(n) => {
+                        resp.remove_header(n);
+                    }
+                    HeaderOp::Set(n, v) => {
+                        resp.insert_header(n.clone(), v.clone())?;
+                    }
+                    HeaderOp::Add(n, v) => {
+                        resp.append_header(n.clone(), v.clone())?;
+                    }
+                }
+            }
+        }
+        if let Some(cors) = ctx.cors.as_ref().filter(|c| c.is_enabled()) {
+            // The gateway owns CORS on routes where it is configured.
+            let upstream_cors: Vec<_> = resp
+                .headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for k in upstream_cors {
+                resp.remove_header(&k);
+            }
+            for (k, v) in cors.response_headers(&session.req_header().headers) {
+                if k == http::header::VARY {
+                    resp.append_header(k, v)?;
+                } else {
+                    resp.insert_header(k, v)?;
+                }
+            }
+        }
         if let Some(token) = ctx
             .identity
             .as_ref()

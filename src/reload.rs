@@ -20,6 +20,8 @@ pub type NeedsRestart = Vec<&'static str>;
 
 pub struct Reloader {
     pub state: SharedState,
+    /// Shared Redis client for distributed rate limits.
+    pub redis: Option<fred::clients::Client>,
     pub metrics: Arc<Metrics>,
     /// The file `gatehouse run -c` read; `None` when the config came from memory.
     pub path: Option<PathBuf>,
@@ -66,10 +68,13 @@ impl Reloader {
         let old = self.state.load_full();
         let result = {
             let old = old.clone();
-            tokio::task::spawn_blocking(move || Snapshot::build(config, Some(&old)))
-                .await
-                .map_err(|e| ConfigError::one(format!("reload task failed: {e}")))
-                .and_then(|r| r)
+            let redis = self.redis.clone();
+            tokio::task::spawn_blocking(move || {
+                Snapshot::build_with(config, Some(&old), redis.as_ref())
+            })
+            .await
+            .map_err(|e| ConfigError::one(format!("reload task failed: {e}")))
+            .and_then(|r| r)
         };
         let snap = match result {
             Ok(s) => s,

@@ -49,6 +49,12 @@ pub struct Route {
     pub retry: RetryPolicy,
     pub fallback: Option<Fallback>,
     pub auth: crate::config::AuthMode,
+    pub compression: bool,
+    pub cors: Arc<crate::edge::cors::Cors>,
+    pub ip_rules: crate::edge::ip_rules::IpRules,
+    pub headers: crate::edge::header_rules::HeaderRules,
+    pub websocket: bool,
+    pub limiters: Vec<Arc<crate::edge::ratelimit::Limiter>>,
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
 }
@@ -97,12 +103,24 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Templates, pages and assets.
     pub pages: Arc<crate::pages::Pages>,
+    /// `defaults.cors`, for the gateway's own endpoints and pages.
+    pub cors: Arc<crate::edge::cors::Cors>,
 }
 
 impl Snapshot {
     /// Builds every table from `config`. Pools whose config equals one in `previous` are
     /// reused as they are. All problems are reported together, with their config paths.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+        Snapshot::build_with(config, previous, None)
+    }
+
+    /// [`Snapshot::build`] with the shared Redis client for distributed rate limits. Without
+    /// one (e.g. `gatehouse check`), Redis-backed limits are built as local ones.
+    pub fn build_with(
+        config: Config,
+        previous: Option<&Snapshot>,
+        redis: Option<&fred::clients::Client>,
+    ) -> Result<Snapshot, ConfigError> {
         let mut problems = Vec::new();
         let mut pools = BTreeMap::new();
         for (name, ucfg) in &config.upstreams {
@@ -120,6 +138,7 @@ impl Snapshot {
             }
         }
         let limits = &config.server.limits;
+        let default_cors = Arc::new(crate::edge::cors::Cors::new(&config.defaults.cors));
         let mut routes = Vec::new();
         let mut keys = Vec::new();
         for (index, r) in config.routes.iter().enumerate() {
@@ -150,8 +169,34 @@ impl Snapshot {
                     .as_ref()
                     .map(|hs| hs.iter().map(|h| h.to_ascii_lowercase()).collect()),
             });
+            let mut limiters = Vec::new();
+            for (j, rl) in r.rate_limits.iter().enumerate() {
+                // Carry a limiter over a reload when its route and settings are unchanged.
+                let old = previous.and_then(|p| {
+                    let name = r.name.clone().unwrap_or_else(|| r.upstream.clone());
+                    p.routes.iter().find(|o| o.name == name).and_then(|o| {
+                        o.limiters
+                            .iter()
+                            .find(|l| l.name() == rl.name && l.config() == rl)
+                            .cloned()
+                    })
+                });
+                if let Some(l) = old {
+                    limiters.push(l);
+                    continue;
+                }
+                let mut cfg = rl.clone();
+                if redis.is_none() {
+                    cfg.backend = crate::edge::ratelimit::Backend::Local;
+                }
+                match crate::edge::ratelimit::Limiter::new(&cfg, redis.cloned()) {
+                    Ok(l) => limiters.push(Arc::new(l.remember(rl.clone()))),
+                    Err(e) => problems.push(format!("routes[{index}].rate_limits[{j}]: {e}")),
+                }
+            }
             routes.push(Arc::new(Route {
                 index,
+                limiters,
                 name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
                 prefix: r.prefix.clone(),
                 methods,
@@ -177,6 +222,14 @@ impl Snapshot {
                     body: f.body.as_ref().map(|b| bytes::Bytes::from(b.to_string())),
                 }),
                 auth: r.auth,
+                compression: r.compression,
+                cors: match &r.cors {
+                    Some(c) => Arc::new(crate::edge::cors::Cors::new(c)),
+                    None => default_cors.clone(),
+                },
+                ip_rules: crate::edge::ip_rules::IpRules::new(&r.ip_rules),
+                headers: crate::edge::header_rules::HeaderRules::new(&r.headers),
+                websocket: r.websocket,
                 roles: r.roles.clone(),
                 on_store_error: r.on_store_error,
             }));
@@ -210,6 +263,7 @@ impl Snapshot {
                 keepalive_requests: limits.keepalive_requests,
             },
             pages,
+            cors: default_cors,
             config: Arc::new(config),
         })
     }

@@ -51,6 +51,9 @@ pub fn validate(c: &Config) -> Vec<String> {
     if l.keepalive_timeout.0.is_zero() {
         p.push("server.limits.keepalive_timeout: must be greater than 0".into());
     }
+    if !(1..=9).contains(&s.compression.level) {
+        p.push("server.compression.level: must be between 1 and 9".into());
+    }
     if s.grace_period.0.as_secs() > 3600 {
         p.push("server.grace_period: must be at most 1h".into());
     }
@@ -174,6 +177,7 @@ pub fn validate(c: &Config) -> Vec<String> {
         }
     }
     check_retry(&mut p, "defaults.retry", &c.defaults.retry);
+    p.extend(c.defaults.cors.validate("defaults.cors"));
     check_auth(&mut p, &c.auth);
     check_web(&mut p, c);
 
@@ -249,6 +253,27 @@ pub fn validate(c: &Config) -> Vec<String> {
         }
         check_timeouts(&mut p, &format!("{at}.timeouts"), &r.timeouts);
         check_retry(&mut p, &format!("{at}.retry"), &r.retry);
+        if let Some(cors) = &r.cors {
+            p.extend(cors.validate(&format!("{at}.cors")));
+        }
+        p.extend(r.ip_rules.validate(&format!("{at}.ip_rules")));
+        let mut limit_names = std::collections::HashSet::new();
+        for (j, rl) in r.rate_limits.iter().enumerate() {
+            let rat = format!("{at}.rate_limits[{j}]");
+            p.extend(rl.validate(&rat));
+            if !limit_names.insert(rl.name.as_str()) {
+                p.push(format!(
+                    "{rat}.name: {:?} is used twice on this route",
+                    rl.name
+                ));
+            }
+            if rl.backend == crate::edge::ratelimit::Backend::Redis
+                && c.auth.redis_url.trim().is_empty()
+            {
+                p.push(format!("{rat}.backend: redis needs auth.redis_url"));
+            }
+        }
+        p.extend(r.headers.validate(&format!("{at}.headers")));
         if let Some(roles) = &r.roles {
             if roles.is_empty() {
                 p.push(format!(

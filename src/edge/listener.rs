@@ -163,8 +163,11 @@ async fn read_head(
             buf.reserve(4096);
         }
         let read = tokio::select! {
+            // Bytes already waiting win over shutdown; a fresh connection gets its first
+            // request served (with `Connection: close`) rather than reset.
+            biased;
             r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
-            _ = shutdown.changed(), if idle => return Head::Closed,
+            _ = shutdown.changed(), if idle && reused => return Head::Closed,
         };
         match read {
             Err(_elapsed) if idle => return Head::Closed,
