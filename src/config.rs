@@ -464,6 +464,8 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// Response compression (gzip, br, zstd) for clients that accept it.
     pub compression: CompressionConfig,
+    /// Optional HTTPS listener.
+    pub tls: crate::edge::tls::TlsConfig,
     /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
     pub upgrade_sock: String,
     /// Where the process id is written.
@@ -483,6 +485,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             watch_config: false,
             compression: CompressionConfig::default(),
+            tls: crate::edge::tls::TlsConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
             pid_file: "/tmp/gatehouse.pid".into(),
         }

@@ -10,3 +10,4 @@ pub mod hygiene;
 pub mod ip_rules;
 pub mod listener;
 pub mod ratelimit;
+pub mod tls;

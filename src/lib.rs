@@ -110,6 +110,18 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     for addr in &s.listen.0 {
         service.add_tcp(addr);
     }
+    let tls_resolver = if s.tls.listen.is_empty() {
+        None
+    } else {
+        let resolver =
+            Arc::new(edge::tls::SniResolver::new(&s.tls, &cfg.base_dir).map_err(ConfigError::one)?);
+        for addr in &s.tls.listen {
+            let settings = edge::tls::listener_settings(&s.tls, &cfg.base_dir, resolver.clone())
+                .map_err(ConfigError::one)?;
+            service.add_tls_with_settings(addr, None, settings);
+        }
+        Some(resolver)
+    };
     server.add_service(service);
 
     if let Some(admin_addr) = &s.admin_listen {
@@ -134,6 +146,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         state: state.clone(),
         metrics: metrics.clone(),
         redis: auth_for_admin.redis.clone(),
+        tls: tls_resolver,
         path: opts.config_path.clone(),
     });
     server.add_service(background_service(

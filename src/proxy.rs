@@ -70,8 +70,10 @@ pub struct Ctx {
     status_retry: Option<Failure>,
     /// The signed-in user, when the route checked one.
     identity: Option<Identity>,
-    /// TLS in front of us (a trusted proxy said `X-Forwarded-Proto: https`).
+    /// TLS in front of the client: ours, or a trusted proxy's (`X-Forwarded-Proto: https`).
     tls: bool,
+    /// The client connection itself is TLS (our HTTPS listener).
+    tls_conn: bool,
     /// CORS policy for this request's answer: the route's, else `defaults.cors`.
     cors: Option<Arc<crate::edge::cors::Cors>>,
     /// A WebSocket upgrade on a route that allows it.
@@ -139,6 +141,9 @@ impl Gateway {
                     resp.insert_header(k, v)?;
                 }
             }
+        }
+        if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
+            resp.insert_header("strict-transport-security", h.header_value())?;
         }
         ctx.status = status;
         if crate::DRAINING.load(std::sync::atomic::Ordering::Acquire)
@@ -450,6 +455,7 @@ impl ProxyHttp for Gateway {
             status_retry: None,
             identity: None,
             tls: false,
+            tls_conn: false,
             cors: None,
             websocket: false,
             extra_headers: Vec::new(),
@@ -488,6 +494,16 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         ctx.client_ip =
             forwarding::client_ip(ctx.peer_ip, &req.headers, &ctx.snapshot.trusted_proxies);
+        ctx.tls_conn = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = ctx.tls_conn
+            || (ctx
+                .peer_ip
+                .is_some_and(|ip| forwarding::is_trusted(ip, &ctx.snapshot.trusted_proxies))
+                && req
+                    .headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("https")));
 
         let raw = || (!session.is_http2()).then(|| session.as_downstream().to_h1_raw());
         if let Err(r) = hygiene::check(req, raw) {
@@ -529,14 +545,41 @@ impl ProxyHttp for Gateway {
 
         ctx.api_client = crate::edge::client::is_api_client(&path, &req.headers);
         ctx.path = Some(path.clone());
-        ctx.tls = ctx
-            .peer_ip
-            .is_some_and(|ip| forwarding::is_trusted(ip, &snapshot.trusted_proxies))
-            && req
+
+        let tls_cfg = &snapshot.config.server.tls;
+        if tls_cfg.redirect_http && !ctx.tls {
+            // Plain HTTP: send the client to the same place over HTTPS.
+            let host = req
                 .headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let host = host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+                .map_or(host, |(h, _)| h);
+            let port = tls_cfg
+                .listen
+                .first()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map_or(443, |a| a.port());
+            if !host.is_empty() && !host.contains(['/', ' ', '@']) {
+                let authority = if port == 443 {
+                    host.to_string()
+                } else {
+                    format!("{host}:{port}")
+                };
+                let mut location = format!("https://{authority}{path}");
+                if let Some(q) = req.uri.query() {
+                    location.push('?');
+                    location.push_str(q);
+                }
+                let headers = [("Location".to_string(), location)];
+                self.send_json(session, ctx, 308, Bytes::new(), &headers)
+                    .await?;
+                return Ok(true);
+            }
+        }
         ctx.cors = Some(snapshot.cors.clone());
         if crate::edge::cors::Cors::is_preflight(&method, &req.headers) {
             let requested = req
@@ -879,7 +922,9 @@ impl ProxyHttp for Gateway {
         if let Some(client) = ctx.client_ip {
             up.insert_header("x-real-ip", client.to_string())?;
         }
-        if !(trusted_peer && up.headers.contains_key("x-forwarded-proto")) {
+        if ctx.tls_conn {
+            up.insert_header("x-forwarded-proto", "https")?;
+        } else if !(trusted_peer && up.headers.contains_key("x-forwarded-proto")) {
             up.insert_header("x-forwarded-proto", "http")?;
         }
         if !(trusted_peer && up.headers.contains_key("x-forwarded-host")) {
@@ -972,6 +1017,9 @@ impl ProxyHttp for Gateway {
         Self::maybe_skip_compression(session, ctx, len);
         for (k, v) in &ctx.extra_headers {
             resp.insert_header(k.clone(), v.as_str())?;
+        }
+        if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
+            resp.insert_header("strict-transport-security", h.header_value())?;
         }
         if let Some(route) = ctx.route.as_ref() {
             for op in route.headers.response_ops() {

@@ -22,6 +22,8 @@ pub struct Reloader {
     pub state: SharedState,
     /// Shared Redis client for distributed rate limits.
     pub redis: Option<fred::clients::Client>,
+    /// The HTTPS listener's certificate resolver: certificates are re-read on reload.
+    pub tls: Option<Arc<crate::edge::tls::SniResolver>>,
     pub metrics: Arc<Metrics>,
     /// The file `gatehouse run -c` read; `None` when the config came from memory.
     pub path: Option<PathBuf>,
@@ -90,6 +92,14 @@ impl Reloader {
             }
         };
         snap.prime_health().await;
+        if let Some(resolver) = &self.tls {
+            match resolver.reload(&snap.config.server.tls, &snap.config.base_dir) {
+                Ok(()) => tracing::info!("certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "certificates not reloaded; the previous ones keep serving")
+                }
+            }
+        }
         let restart = restart_needed(&old.config, &snap.config);
         let carried = snap
             .pools

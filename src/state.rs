@@ -234,6 +234,10 @@ impl Snapshot {
                 on_store_error: r.on_store_error,
             }));
         }
+        let tls = &config.server.tls;
+        if !tls.listen.is_empty() || !tls.certificates.is_empty() {
+            problems.extend(tls.validate(&config.base_dir));
+        }
         let pages = match crate::pages::Pages::build(&config, &pools) {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => {
