@@ -28,6 +28,8 @@ install_packages() {
   command -v kill >/dev/null 2>&1 || missing+=(procps)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   # The browser test (tests/browser.rs): Debian's Chromium, driven by playwright-core on Node.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
