@@ -473,6 +473,12 @@ impl ProxyHttp for Gateway {
                 .get_mut::<ResponseCompression>()
             {
                 m.adjust_level(c.level);
+                // Pingora 0.9.1's brotli encoder flushes but never finishes the stream, so
+                // strict decoders reject it: offer gzip and zstd only.
+                m.adjust_algorithm_level(
+                    pingora::protocols::http::compression::Algorithm::Brotli,
+                    0,
+                );
             }
         }
         Ok(())
@@ -988,8 +994,12 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        let switching = ctx.websocket && resp.status.as_u16() == 101;
         for name in forwarding::connection_listed(&resp.headers) {
-            resp.remove_header(name.as_str());
+            // A 101 must keep `Upgrade` (RFC 6455 §4.1), although `Connection` names it.
+            if !(switching && name == "upgrade") {
+                resp.remove_header(name.as_str());
+            }
         }
         for name in ["keep-alive", "proxy-connection", "proxy-authenticate"] {
             resp.remove_header(name);

@@ -1,0 +1,1458 @@
+//! Edge policies through the running gateway: CORS (preflights before auth, origin matching,
+//! the gateway as the only CORS authority), rate limits (local GCRA accuracy, keys by client
+//! ip / header / user, the shared Redis backend and its outage policy), IP allow/deny lists,
+//! request and response header rules, response compression, and WebSocket pass-through.
+//!
+//! Everything stays on 127.0.0.1. The shared-Redis test needs `REDIS_URL` (scripts/test.sh
+//! sets it) and is skipped with a note otherwise; the Redis-outage test starts and kills its
+//! own `redis-server` child, never the shared one.
+
+mod common;
+use common::*;
+
+use gatehouse::auth::users::{Role, UserDb};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Every test user's password.
+const PASSWORD: &str = "correct-horse-battery-staple";
+/// `server:` lines that make 127.0.0.1 a trusted proxy (its X-Forwarded-For is believed).
+const TRUST_LOCALHOST: &str = "  trusted_proxies: [127.0.0.1/32]\n";
+/// How long a test waits for bytes from a socket before failing (never reached when working).
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------------------------------
+// Shared helpers
+// ------------------------------------------------------------------------------------------
+
+fn unique() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+/// A directory under the system temp dir, removed with its contents on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("gatehouse-edge-{}-{name}", unique()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.0.join("users.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// Migrates `db` and adds `n` patients with unique emails; returns their emails.
+fn add_patients(db: &str, n: usize) -> Vec<String> {
+    block_on(async {
+        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
+        udb.migrate().await.expect("migrate user db");
+        let mut out = Vec::new();
+        for i in 0..n {
+            let email = format!("patient{i}-{}@edge.test", unique());
+            let u = udb
+                .add_user(&email, PASSWORD, Role::Patient, "Pat")
+                .await
+                .expect("add user");
+            out.push(u.email);
+        }
+        out
+    })
+}
+
+/// `auth:` block on the SQLite database `db` (and the in-process session store).
+fn auth_block(db: &str) -> String {
+    format!("auth:\n  database_url: \"{db}\"\n  login: {{max_failures_per_ip: 1000}}\n")
+}
+
+fn login_raw(port: u16, email: &str, headers: &[(&str, &str)]) -> Response {
+    let body = json!({"email": email, "password": PASSWORD}).to_string();
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    request(port, "POST", "/api/v1/auth/login", &h, body.as_bytes()).expect("POST login")
+}
+
+/// Logs `email` in; returns the access token.
+fn access_token(port: u16, email: &str) -> String {
+    let r = login_raw(port, email, &[]);
+    assert_eq!(r.status, 200, "login {email}: {}", r.text());
+    json(&r)["access_token"]
+        .as_str()
+        .expect("access_token in login reply")
+        .to_string()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn get_h(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    get(port, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The `error.code` of one of the gateway's JSON errors.
+fn error_code(r: &Response) -> String {
+    json(r)["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {}", r.text()))
+        .to_string()
+}
+
+/// Every `Access-Control-*` header of a response.
+fn access_control(r: &Response) -> Vec<(String, String)> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("access-control-"))
+        .cloned()
+        .collect()
+}
+
+/// The single value of `name` (fails on none or several).
+fn one<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    let all: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match all.as_slice() {
+        [v] => v,
+        other => panic!("expected exactly one {name}, got {other:?} in {headers:?}"),
+    }
+}
+
+/// Comma-separated tokens of every `name` header, trimmed and lower-cased.
+fn tokens(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The value of the counter `name{label="value"}` on the admin `/metrics` page (0 if absent).
+fn metric(admin_port: u16, name: &str, label: &str, value: &str) -> f64 {
+    let r = get_h(admin_port, "/metrics", &[]);
+    assert_eq!(r.status, 200, "/metrics: {}", r.text());
+    let selector = format!("{label}=\"{value}\"");
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&selector))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("bad metric line {l:?}"))
+        })
+        .sum()
+}
+
+// ------------------------------------------------------------------------------------------
+// A tiny hand-written upstream (protocol switches, binary bodies)
+// ------------------------------------------------------------------------------------------
+
+/// What a [`TinyUpstream`] does with one connection after reading its request head: the
+/// stream, the head as text, and any bytes read past the head.
+type Serve = Arc<dyn Fn(&mut TcpStream, &str, Vec<u8>) + Send + Sync>;
+
+/// A one-request-per-connection upstream on 127.0.0.1 for what [`FakeUpstream`] cannot do.
+/// Request heads are recorded. Dropping it stops accepting; connection threads end when their
+/// peer closes or after [`IO_TIMEOUT`] of silence.
+struct TinyUpstream {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl TinyUpstream {
+    fn start(serve: Serve) -> TinyUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind tiny upstream");
+        let port = listener.local_addr().expect("local_addr").port();
+        listener.set_nonblocking(true).expect("set_nonblocking");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (heads.clone(), stop.clone());
+        let acceptor = thread::spawn(move || {
+            while !s.load(SeqCst) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (h, serve) = (h.clone(), serve.clone());
+                thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = stream.set_nodelay(true);
+                    if let Some((head, rest)) = read_head(&mut stream) {
+                        h.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(head.clone());
+                        serve(&mut stream, &head, rest);
+                    }
+                });
+            }
+        });
+        TinyUpstream {
+            port,
+            heads,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for TinyUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// Reads up to the blank line ending a message head (at most 64 KiB); returns the head and
+/// the bytes read after it. `None` on EOF, error or timeout before a whole head.
+fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return Some((String::from_utf8_lossy(&buf).into_owned(), rest));
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        match stream.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+/// Header lines of a head (after the start line), names lower-cased.
+fn head_headers(head: &str) -> Vec<(String, String)> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+/// Reads until `want` bytes have arrived (starting from `have`), or fails after IO_TIMEOUT.
+fn read_exactly(stream: &mut TcpStream, mut have: Vec<u8>, want: usize) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut tmp = [0u8; 4096];
+    while have.len() < want && Instant::now() < deadline {
+        match stream.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => have.extend_from_slice(&tmp[..n]),
+            Err(e) => panic!("reading relayed bytes: {e} (got {have:?})"),
+        }
+    }
+    have
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. CORS
+// ------------------------------------------------------------------------------------------
+
+const APP_ORIGIN: &str = "https://app.example.com";
+
+/// `defaults.cors` of the CORS tests: one exact origin and one subdomain wildcard.
+const CORS_DEFAULTS: &str = "defaults:
+  cors:
+    allowed_origins: [https://app.example.com, \"https://*.example.org\"]
+    allow_credentials: true
+    max_age: 600
+";
+
+/// A gateway with `defaults.cors`, an Echo upstream behind `/private` (auth required),
+/// `/public` and `/own` (its own CORS policy), an upstream that sends its own
+/// `Access-Control-*` headers behind `/noisy`, and one seeded user.
+struct CorsSite {
+    app: FakeUpstream,
+    noisy: FakeUpstream,
+    gw: Gw,
+    email: String,
+    _dir: TempDir,
+}
+
+impl CorsSite {
+    fn start() -> CorsSite {
+        let dir = TempDir::new("cors");
+        let db = dir.sqlite_url();
+        let email = add_patients(&db, 1).remove(0);
+        let app = FakeUpstream::start(Behavior::Echo);
+        let noisy = FakeUpstream::start(Behavior::Respond {
+            status: 200,
+            headers: vec![
+                ("Access-Control-Allow-Origin".into(), "*".into()),
+                ("Access-Control-Allow-Methods".into(), "DELETE".into()),
+                ("Access-Control-Expose-Headers".into(), "X-Secret".into()),
+            ],
+            body: "from upstream".into(),
+        });
+        let gw = Gw::start(&format!(
+            "upstreams:\n{}\n{}\nroutes:
+  - {{name: private, prefix: /private, upstream: app, auth: required}}
+  - {{name: public, prefix: /public, upstream: app}}
+  - {{name: own, prefix: /own, upstream: app, cors: {{allowed_origins: [\"https://own.example.net\"]}}}}
+  - {{name: noisy, prefix: /noisy, upstream: noisy}}
+{CORS_DEFAULTS}{}",
+            upstream("app", &[app.url()], ""),
+            upstream("noisy", &[noisy.url()], ""),
+            auth_block(&db)
+        ));
+        CorsSite {
+            app,
+            noisy,
+            gw,
+            email,
+            _dir: dir,
+        }
+    }
+
+    fn preflight(&self, path: &str, origin: &str, method: &str, headers: &str) -> Response {
+        let mut h = vec![
+            ("Origin", origin),
+            ("Access-Control-Request-Method", method),
+        ];
+        if !headers.is_empty() {
+            h.push(("Access-Control-Request-Headers", headers));
+        }
+        request(self.gw.port, "OPTIONS", path, &h, b"")
+            .unwrap_or_else(|e| panic!("OPTIONS {path}: {e}"))
+    }
+}
+
+#[test]
+fn preflight_to_a_protected_route_succeeds_without_a_token_and_never_reaches_the_upstream() {
+    let s = CorsSite::start();
+    let r = s.preflight(
+        "/private/records",
+        APP_ORIGIN,
+        "PUT",
+        "authorization, content-type",
+    );
+    assert_eq!(r.status, 204, "preflight: {:?} {}", r.headers, r.text());
+    assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
+    let methods = tokens(&r.headers, "access-control-allow-methods");
+    assert!(methods.contains(&"put".to_string()), "{methods:?}");
+    let allowed = tokens(&r.headers, "access-control-allow-headers");
+    for h in ["authorization", "content-type"] {
+        assert!(allowed.contains(&h.to_string()), "{h} in {allowed:?}");
+    }
+    assert_eq!(one(&r.headers, "access-control-max-age"), "600");
+    assert_eq!(one(&r.headers, "access-control-allow-credentials"), "true");
+    let vary = tokens(&r.headers, "vary");
+    assert!(vary.contains(&"origin".to_string()), "Vary: {vary:?}");
+    assert_eq!(s.app.request_count(), 0, "the preflight was forwarded");
+
+    // Without the preflight headers, OPTIONS is an ordinary request: auth applies.
+    let plain = request(
+        s.gw.port,
+        "OPTIONS",
+        "/private/records",
+        &[("Origin", APP_ORIGIN)],
+        b"",
+    )
+    .expect("OPTIONS without Access-Control-Request-Method");
+    assert_eq!(plain.status, 401, "{}", plain.text());
+    assert_eq!(s.app.request_count(), 0);
+}
+
+#[test]
+fn actual_request_from_an_allowed_origin_gets_allow_origin_vary_and_expose_headers() {
+    let s = CorsSite::start();
+    let r = get_h(s.gw.port, "/public/x", &[("Origin", APP_ORIGIN)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
+    assert_eq!(one(&r.headers, "access-control-allow-credentials"), "true");
+    let exposed = tokens(&r.headers, "access-control-expose-headers");
+    assert!(exposed.contains(&"x-request-id".to_string()), "{exposed:?}");
+    assert!(tokens(&r.headers, "vary").contains(&"origin".to_string()));
+    assert!(
+        r.header("access-control-allow-methods").is_none(),
+        "Allow-Methods belongs to preflights only: {:?}",
+        r.headers
+    );
+
+    // The gateway's own refusals carry CORS headers too, so script can read the 401.
+    let denied = get_h(s.gw.port, "/private/x", &[("Origin", APP_ORIGIN)]);
+    assert_eq!(denied.status, 401, "{}", denied.text());
+    assert_eq!(
+        one(&denied.headers, "access-control-allow-origin"),
+        APP_ORIGIN
+    );
+    assert!(tokens(&denied.headers, "vary").contains(&"origin".to_string()));
+
+    // With a token, the protected route answers with the same headers.
+    let token = access_token(s.gw.port, &s.email);
+    let ok = get_h(
+        s.gw.port,
+        "/private/x",
+        &[("Origin", APP_ORIGIN), ("Authorization", &bearer(&token))],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(one(&ok.headers, "access-control-allow-origin"), APP_ORIGIN);
+}
+
+#[test]
+fn subdomain_wildcard_matches_subdomains_but_not_the_apex_or_another_scheme() {
+    let s = CorsSite::start();
+    for origin in ["https://a.example.org", "https://deep.a.example.org"] {
+        let p = s.preflight("/public/x", origin, "POST", "content-type");
+        assert_eq!(p.status, 204);
+        assert_eq!(one(&p.headers, "access-control-allow-origin"), origin);
+        let r = get_h(s.gw.port, "/public/x", &[("Origin", origin)]);
+        assert_eq!(one(&r.headers, "access-control-allow-origin"), origin);
+    }
+    for origin in [
+        "https://example.org",
+        "http://a.example.org",
+        "https://a.example.org.evil.com",
+        "https://a.example.org:8443",
+    ] {
+        let p = s.preflight("/public/x", origin, "POST", "content-type");
+        assert_eq!(access_control(&p), vec![], "preflight from {origin}");
+        let r = get_h(s.gw.port, "/public/x", &[("Origin", origin)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(access_control(&r), vec![], "GET from {origin}");
+    }
+}
+
+#[test]
+fn disallowed_origin_gets_no_access_control_headers_on_preflight_or_actual_request() {
+    let s = CorsSite::start();
+    let evil = "https://evil.example.net";
+    let p = s.preflight("/private/x", evil, "DELETE", "authorization");
+    assert_eq!(access_control(&p), vec![], "preflight: {:?}", p.headers);
+    assert_ne!(
+        p.status / 100,
+        5,
+        "a refused preflight is not a server error"
+    );
+    assert_eq!(
+        s.app.request_count(),
+        0,
+        "a refused preflight was forwarded"
+    );
+
+    // An allowed origin asking for a method or header outside the policy is refused too.
+    let p = s.preflight("/public/x", APP_ORIGIN, "PROPFIND", "");
+    assert_eq!(
+        access_control(&p),
+        vec![],
+        "unlisted method: {:?}",
+        p.headers
+    );
+    let p = s.preflight("/public/x", APP_ORIGIN, "GET", "x-not-allowed");
+    assert_eq!(
+        access_control(&p),
+        vec![],
+        "unlisted header: {:?}",
+        p.headers
+    );
+
+    let r = get_h(s.gw.port, "/public/x", &[("Origin", evil)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(access_control(&r), vec![], "actual: {:?}", r.headers);
+    let r = get_h(s.gw.port, "/private/x", &[("Origin", evil)]);
+    assert_eq!(r.status, 401);
+    assert_eq!(access_control(&r), vec![], "refusal: {:?}", r.headers);
+
+    // A route with its own policy replaces the defaults.
+    let r = get_h(s.gw.port, "/own/x", &[("Origin", APP_ORIGIN)]);
+    assert_eq!(
+        access_control(&r),
+        vec![],
+        "defaults leaked: {:?}",
+        r.headers
+    );
+    let own = "https://own.example.net";
+    let r = get_h(s.gw.port, "/own/x", &[("Origin", own)]);
+    assert_eq!(one(&r.headers, "access-control-allow-origin"), own);
+}
+
+#[test]
+fn upstream_access_control_headers_are_replaced_by_the_gateways_on_a_cors_route() {
+    let s = CorsSite::start();
+    let r = get_h(s.gw.port, "/noisy/x", &[("Origin", APP_ORIGIN)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "from upstream");
+    assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
+    assert_eq!(
+        one(&r.headers, "access-control-expose-headers"),
+        "X-Request-Id"
+    );
+    assert!(
+        r.header("access-control-allow-methods").is_none(),
+        "upstream's Allow-Methods kept: {:?}",
+        r.headers
+    );
+
+    let r = get_h(
+        s.gw.port,
+        "/noisy/x",
+        &[("Origin", "https://evil.example.net")],
+    );
+    assert_eq!(
+        access_control(&r),
+        vec![],
+        "the upstream's `*` reached a disallowed origin: {:?}",
+        r.headers
+    );
+    assert!(s.noisy.request_count() >= 2);
+}
+
+#[test]
+fn auth_login_endpoint_answers_cors_with_the_default_policy() {
+    let s = CorsSite::start();
+    let p = s.preflight("/api/v1/auth/login", APP_ORIGIN, "POST", "content-type");
+    assert_eq!(p.status, 204, "{:?}", p.headers);
+    assert_eq!(one(&p.headers, "access-control-allow-origin"), APP_ORIGIN);
+    assert_eq!(one(&p.headers, "access-control-allow-credentials"), "true");
+    assert!(tokens(&p.headers, "access-control-allow-methods").contains(&"post".to_string()));
+
+    let r = login_raw(s.gw.port, &s.email, &[("Origin", APP_ORIGIN)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(json(&r)["access_token"].is_string());
+    assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
+    assert_eq!(one(&r.headers, "access-control-allow-credentials"), "true");
+    assert!(tokens(&r.headers, "vary").contains(&"origin".to_string()));
+
+    let r = login_raw(
+        s.gw.port,
+        &s.email,
+        &[("Origin", "https://evil.example.net")],
+    );
+    assert_eq!(access_control(&r), vec![], "{:?}", r.headers);
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Rate limits (local backend)
+// ------------------------------------------------------------------------------------------
+
+fn rate_gateway(server_extra: &str, routes: &str, auth: &str) -> (FakeUpstream, Gw) {
+    let up = FakeUpstream::start(Behavior::Echo);
+    let gw = Gw::start_with_server(
+        server_extra,
+        &format!(
+            "upstreams:\n{}\nroutes:\n{routes}{auth}",
+            upstream("app", &[up.url()], "")
+        ),
+    );
+    (up, gw)
+}
+
+fn assert_rate_limited(r: &Response, limit: &str) {
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(error_code(r), "rate_limited");
+    assert_eq!(one(&r.headers, "ratelimit-limit"), limit);
+    assert_eq!(one(&r.headers, "ratelimit-remaining"), "0");
+    let retry: u64 = one(&r.headers, "retry-after").parse().expect("Retry-After");
+    assert!(retry >= 1, "Retry-After {retry}");
+    let reset: u64 = one(&r.headers, "ratelimit-reset")
+        .parse()
+        .expect("RateLimit-Reset");
+    assert!(reset >= 1, "RateLimit-Reset {reset}");
+}
+
+#[test]
+fn local_limit_passes_exactly_five_then_answers_429_with_ratelimit_headers() {
+    let (up, gw) = rate_gateway(
+        "",
+        "  - {name: limited, prefix: /limited, upstream: app, rate_limits: [{name: per_ip, rate: \"5/1m\"}]}\n",
+        "",
+    );
+    for expected_remaining in (0..5).rev() {
+        let r = gw.get("/limited/x");
+        assert_eq!(
+            r.status,
+            200,
+            "request {}: {}",
+            5 - expected_remaining,
+            r.text()
+        );
+        assert_eq!(one(&r.headers, "ratelimit-limit"), "5");
+        assert_eq!(
+            one(&r.headers, "ratelimit-remaining"),
+            expected_remaining.to_string()
+        );
+        let reset: u64 = one(&r.headers, "ratelimit-reset").parse().expect("reset");
+        assert!((1..=60).contains(&reset), "RateLimit-Reset {reset}");
+        assert!(r.header("retry-after").is_none());
+    }
+    let r = gw.get("/limited/x");
+    assert_rate_limited(&r, "5");
+    let retry: u64 = one(&r.headers, "retry-after").parse().expect("Retry-After");
+    assert!(
+        retry <= 12,
+        "one request comes back every 12 s: Retry-After {retry}"
+    );
+    assert_eq!(up.request_count(), 5, "the refused request was forwarded");
+
+    assert_rate_limited(&gw.get("/limited/x"), "5");
+    assert_eq!(
+        metric(
+            gw.admin_port,
+            "gatehouse_rate_limited_total",
+            "route",
+            "limited"
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn client_ip_key_through_a_trusted_proxy_gives_each_forwarded_client_its_own_bucket() {
+    let route = "  - {name: per_ip, prefix: /r, upstream: app, rate_limits: [{name: per_ip, rate: \"2/1m\"}]}\n";
+    let (_up, gw) = rate_gateway(TRUST_LOCALHOST, route, "");
+    let from = |ip: &str| get_h(gw.port, "/r/x", &[("X-Forwarded-For", ip)]);
+    assert_eq!(from("10.0.0.1").status, 200);
+    assert_eq!(from("10.0.0.1").status, 200);
+    assert_rate_limited(&from("10.0.0.1"), "2");
+    let other = from("10.0.0.2");
+    assert_eq!(other.status, 200, "10.0.0.2 shares 10.0.0.1's bucket");
+    assert_eq!(one(&other.headers, "ratelimit-remaining"), "1");
+    assert_eq!(gw.get("/r/x").status, 200, "the proxy's own bucket");
+
+    // From an untrusted peer X-Forwarded-For is ignored: it cannot dodge the limit.
+    let (_up2, gw2) = rate_gateway("", route, "");
+    let from = |ip: &str| get_h(gw2.port, "/r/x", &[("X-Forwarded-For", ip)]);
+    assert_eq!(from("10.0.0.1").status, 200);
+    assert_eq!(from("10.0.0.2").status, 200);
+    assert_rate_limited(&from("10.0.0.3"), "2");
+}
+
+#[test]
+fn header_key_gives_each_api_key_its_own_bucket() {
+    let (up, gw) = rate_gateway(
+        "",
+        "  - {name: keyed, prefix: /k, upstream: app, rate_limits: [{name: per_key, rate: \"2/1m\", key: \"header:X-Api-Key\"}]}\n",
+        "",
+    );
+    let with = |key: &str| get_h(gw.port, "/k/x", &[("X-Api-Key", key)]);
+    assert_eq!(with("alpha").status, 200);
+    assert_eq!(with("alpha").status, 200);
+    assert_rate_limited(&with("alpha"), "2");
+    assert_eq!(with("beta").status, 200, "beta shares alpha's bucket");
+    assert_eq!(with("beta").status, 200);
+    assert_rate_limited(&with("beta"), "2");
+    // Without the header the client ip is the key: a bucket of its own.
+    assert_eq!(gw.get("/k/x").status, 200);
+    assert_eq!(up.request_count(), 5);
+}
+
+#[test]
+fn user_key_gives_each_signed_in_user_its_own_bucket_and_anonymous_falls_back_to_ip() {
+    let dir = TempDir::new("users");
+    let db = dir.sqlite_url();
+    let emails = add_patients(&db, 2);
+    let (_up, gw) = rate_gateway(
+        "",
+        "  - {name: per_user, prefix: /u, upstream: app, auth: optional, rate_limits: [{name: per_user, rate: \"2/1m\", key: user}]}\n",
+        &auth_block(&db),
+    );
+    let a = bearer(&access_token(gw.port, &emails[0]));
+    let b = bearer(&access_token(gw.port, &emails[1]));
+    let as_user = |auth: &str| get_h(gw.port, "/u/x", &[("Authorization", auth)]);
+
+    assert_eq!(as_user(&a).status, 200);
+    assert_eq!(as_user(&a).status, 200);
+    assert_rate_limited(&as_user(&a), "2");
+
+    let r = as_user(&b);
+    assert_eq!(r.status, 200, "user B shares user A's bucket: {}", r.text());
+    assert_eq!(one(&r.headers, "ratelimit-remaining"), "1");
+    assert_eq!(as_user(&b).status, 200);
+    assert_rate_limited(&as_user(&b), "2");
+
+    // Anonymous requests (same client ip as both users) are keyed by ip: a fresh bucket.
+    assert_eq!(gw.get("/u/x").status, 200);
+    assert_eq!(gw.get("/u/x").status, 200);
+    assert_rate_limited(&gw.get("/u/x"), "2");
+    assert_rate_limited(&as_user(&a), "2");
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Rate limits on Redis
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn redis_limit_is_shared_by_two_gateway_instances() {
+    let Some(redis) = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    else {
+        eprintln!("note: REDIS_URL is not set; skipping the shared Redis rate-limit test (scripts/test.sh starts a Redis)");
+        return;
+    };
+    let dir = TempDir::new("shared");
+    let db = dir.sqlite_url();
+    // A fresh limit name per run: the shared Redis outlives this test.
+    let name = format!("shared_{:016x}", rand::random::<u64>());
+    let up = FakeUpstream::start(Behavior::Echo);
+    let rest = format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: shared, prefix: /s, upstream: app, rate_limits: [{{name: {name}, rate: \"6/1m\", backend: redis}}]}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n",
+        upstream("app", &[up.url()], "")
+    );
+    let a = Gw::start(&rest);
+    let b = Gw::start(&rest);
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = gw.get("/s/x");
+        assert_eq!(
+            r.status,
+            200,
+            "request {} on {}: {}",
+            i + 1,
+            i % 2,
+            r.text()
+        );
+        assert_eq!(one(&r.headers, "ratelimit-limit"), "6");
+        assert_eq!(
+            one(&r.headers, "ratelimit-remaining"),
+            (5 - i).to_string(),
+            "request {}",
+            i + 1
+        );
+    }
+    assert_rate_limited(&a.get("/s/x"), "6");
+    assert_rate_limited(&b.get("/s/x"), "6");
+    assert_eq!(up.request_count(), 6);
+}
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A `redis-server` child on a free loopback port, without persistence; killed on drop.
+struct OwnRedis {
+    port: u16,
+    _dir: TempDir,
+    child: Option<Child>,
+}
+
+fn redis_pings(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl OwnRedis {
+    /// `None` (with a note) when redis-server is missing or does not come up.
+    fn start() -> Option<OwnRedis> {
+        if !Path::new(REDIS_SERVER).exists() {
+            eprintln!("note: {REDIS_SERVER} not found; skipping");
+            return None;
+        }
+        let dir = TempDir::new("redis");
+        for _ in 0..5 {
+            let port = free_port();
+            let spawned = Command::new(REDIS_SERVER)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let Ok(mut child) = spawned else {
+                eprintln!("note: cannot run {REDIS_SERVER}; skipping");
+                return None;
+            };
+            let up = wait_until(Duration::from_secs(5), || {
+                redis_pings(port) || !matches!(child.try_wait(), Ok(None))
+            });
+            if up && redis_pings(port) {
+                return Some(OwnRedis {
+                    port,
+                    _dir: dir,
+                    child: Some(child),
+                });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        eprintln!("note: redis-server did not start; skipping");
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// SIGKILL: the store vanishes without a goodbye.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn redis_outage_lets_requests_through_with_allow_and_refuses_them_with_deny() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    let dir = TempDir::new("outage");
+    let db = dir.sqlite_url();
+    let up = FakeUpstream::start(Behavior::Echo);
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:
+  - {{name: fail_open, prefix: /open, upstream: app, rate_limits: [{{name: open, rate: \"100/1m\", backend: redis, on_store_error: allow}}]}}
+  - {{name: fail_closed, prefix: /closed, upstream: app, rate_limits: [{{name: closed, rate: \"100/1m\", backend: redis, on_store_error: deny}}]}}
+auth:\n  database_url: \"{db}\"\n  redis_url: \"{}\"\n",
+        upstream("app", &[up.url()], ""),
+        redis.url()
+    ));
+    for path in ["/open/x", "/closed/x"] {
+        let r = gw.get(path);
+        assert_eq!(r.status, 200, "{path} with Redis up: {}", r.text());
+        assert_eq!(one(&r.headers, "ratelimit-remaining"), "99", "{path}");
+    }
+
+    redis.kill();
+    // The gateway notices the dead connection on its own time: poll for the first refusal.
+    let refused = wait_until(Duration::from_secs(5), || gw.get("/closed/x").status == 503);
+    assert!(refused, "deny route still answers while Redis is down");
+    for _ in 0..3 {
+        let r = gw.get("/closed/x");
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(error_code(&r), "rate_limit_unavailable");
+        assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+        let r = gw.get("/open/x");
+        assert_eq!(r.status, 200, "allow route refused: {}", r.text());
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. IP rules
+// ------------------------------------------------------------------------------------------
+
+const IP_ROUTES: &str = "routes:
+  - {name: internal, prefix: /internal, upstream: app, ip_rules: {allow: [10.0.0.0/8]}}
+  - {name: blocked, prefix: /blocked, upstream: app, ip_rules: {deny: [127.0.0.1/32]}}
+  - {name: both, prefix: /both, upstream: app, ip_rules: {allow: [127.0.0.0/8], deny: [127.0.0.1/32]}}
+  - {name: open, prefix: /open, upstream: app}
+";
+
+fn ip_gateway(server_extra: &str) -> (FakeUpstream, Gw) {
+    let up = FakeUpstream::start(Behavior::Echo);
+    let gw = Gw::start_with_server(
+        server_extra,
+        &format!(
+            "upstreams:\n{}\n{IP_ROUTES}",
+            upstream("app", &[up.url()], "")
+        ),
+    );
+    (up, gw)
+}
+
+fn assert_ip_forbidden(r: &Response) {
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(error_code(r), "ip_forbidden");
+}
+
+#[test]
+fn allow_list_refuses_other_clients_with_403_ip_forbidden() {
+    let (up, gw) = ip_gateway("");
+    assert_ip_forbidden(&gw.get("/internal/x"));
+    // Without a trusted proxy a client cannot claim an allowed address.
+    assert_ip_forbidden(&gw.get_with("/internal/x", &[("X-Forwarded-For", "10.1.2.3")]));
+    assert_eq!(up.request_count(), 0, "a refused request was forwarded");
+    assert_eq!(gw.get("/open/x").status, 200);
+}
+
+#[test]
+fn allow_list_admits_the_forwarded_client_through_a_trusted_proxy() {
+    let (up, gw) = ip_gateway(TRUST_LOCALHOST);
+    let r = gw.get_with("/internal/x", &[("X-Forwarded-For", "10.1.2.3")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.request_count(), 1);
+    assert_ip_forbidden(&gw.get_with("/internal/x", &[("X-Forwarded-For", "192.0.2.1")]));
+    assert_ip_forbidden(&gw.get("/internal/x"));
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn deny_list_refuses_the_client() {
+    let (up, gw) = ip_gateway("");
+    assert_ip_forbidden(&gw.get("/blocked/x"));
+    assert_eq!(up.request_count(), 0);
+    // Behind a trusted proxy the forwarded client is judged, not the proxy.
+    let (up2, gw2) = ip_gateway(TRUST_LOCALHOST);
+    let r = gw2.get_with("/blocked/x", &[("X-Forwarded-For", "192.0.2.1")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ip_forbidden(&gw2.get_with("/blocked/x", &[("X-Forwarded-For", "127.0.0.1")]));
+    assert_eq!(up2.request_count(), 1);
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    let (up, gw) = ip_gateway(TRUST_LOCALHOST);
+    assert_ip_forbidden(&gw.get("/both/x"));
+    let r = gw.get_with("/both/x", &[("X-Forwarded-For", "127.0.0.2")]);
+    assert_eq!(r.status, 200, "allowed, not denied: {}", r.text());
+    assert_eq!(up.request_count(), 1);
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Header rules
+// ------------------------------------------------------------------------------------------
+
+const HEADER_RULES: &str = "headers: {request: {set: {X-Env: prod}, add: {X-Tag: a}, remove: [X-Debug]}, response: {set: {X-Frame-Options: DENY}, remove: [Server, X-Powered-By]}}";
+
+#[test]
+fn request_header_rules_set_add_and_remove_what_the_upstream_sees() {
+    let up = FakeUpstream::start(Behavior::Echo);
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: ruled, prefix: /ruled, upstream: app, {HEADER_RULES}}}\n",
+        upstream("app", &[up.url()], "")
+    ));
+    let r = gw.get_with(
+        "/ruled/x",
+        &[("X-Env", "dev"), ("X-Tag", "client"), ("X-Debug", "1")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests().pop().expect("one upstream request");
+    assert_eq!(seen.header_all("x-env"), vec!["prod"], "{:?}", seen.headers);
+    let tags = seen.header_all("x-tag");
+    assert!(
+        tags.contains(&"client") && tags.contains(&"a") && tags.len() == 2,
+        "X-Tag: {tags:?}"
+    );
+    assert!(seen.header("x-debug").is_none(), "{:?}", seen.headers);
+
+    // Without a client X-Tag the upstream gets just the added one.
+    let _ = gw.get("/ruled/y");
+    let seen = up.requests().pop().expect("second upstream request");
+    assert_eq!(seen.header_all("x-tag"), vec!["a"]);
+    assert_eq!(seen.header_all("x-env"), vec!["prod"]);
+}
+
+#[test]
+fn response_header_rules_set_and_remove_what_the_client_sees() {
+    let up = FakeUpstream::start(Behavior::Respond {
+        status: 200,
+        headers: vec![
+            ("X-Powered-By".into(), "PHP".into()),
+            ("Server".into(), "x".into()),
+            ("X-Frame-Options".into(), "SAMEORIGIN".into()),
+            ("X-Kept".into(), "yes".into()),
+        ],
+        body: "hello".into(),
+    });
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: ruled, prefix: /ruled, upstream: app, {HEADER_RULES}}}\n",
+        upstream("app", &[up.url()], "")
+    ));
+    let r = gw.get("/ruled/x");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "hello");
+    assert_eq!(
+        r.header_all("x-frame-options"),
+        vec!["DENY"],
+        "{:?}",
+        r.headers
+    );
+    assert!(r.header("x-powered-by").is_none(), "{:?}", r.headers);
+    assert!(r.header("server").is_none(), "{:?}", r.headers);
+    assert_eq!(r.header("x-kept"), Some("yes"));
+}
+
+#[test]
+fn config_validation_refuses_header_rules_on_identity_and_framing_headers() {
+    let config = |headers: &str| {
+        format!(
+            "upstreams:\n  app:\n    backends: http://127.0.0.1:9\nroutes:\n  - prefix: /x\n    upstream: app\n    headers: {headers}\n"
+        )
+    };
+    for (headers, path) in [
+        (
+            "{request: {set: {Authorization: x}}}",
+            "routes[0].headers.request.set.Authorization",
+        ),
+        (
+            "{request: {add: {X-User-Id: \"7\"}}}",
+            "routes[0].headers.request.add.X-User-Id",
+        ),
+        (
+            "{response: {remove: [Content-Length]}}",
+            "routes[0].headers.response.remove[0]",
+        ),
+        (
+            "{request: {set: {Content-Length: \"0\"}}}",
+            "routes[0].headers.request.set.Content-Length",
+        ),
+    ] {
+        let err = gatehouse::Config::from_yaml_str(&config(headers))
+            .expect_err(&format!("{headers} was accepted"))
+            .to_string();
+        assert!(err.contains(path), "{headers}: expected {path} in {err}");
+    }
+    let ok = config("{request: {set: {X-Env: prod}}, response: {remove: [X-Powered-By]}}");
+    gatehouse::Config::from_yaml_str(&ok).expect("ordinary header rules are valid");
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. Compression
+// ------------------------------------------------------------------------------------------
+
+/// A JSON document of at least 4 KiB.
+fn json_4k() -> String {
+    let mut items = Vec::new();
+    let mut doc = String::new();
+    for i in 0.. {
+        items.push(json!({"id": i, "name": format!("item-{i}"), "active": i % 2 == 0}));
+        doc = json!({ "items": items }).to_string();
+        if doc.len() >= 4096 {
+            break;
+        }
+    }
+    doc
+}
+
+fn respond(content_type: &str, body: String) -> FakeUpstream {
+    FakeUpstream::start(Behavior::Respond {
+        status: 200,
+        headers: vec![("Content-Type".into(), content_type.into())],
+        body,
+    })
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip finish")
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+/// Upstreams and routes for the compression tests.
+struct CompressionSite {
+    json: String,
+    small: String,
+    pre_gzipped: Vec<u8>,
+    _ups: Vec<FakeUpstream>,
+    _tiny: TinyUpstream,
+    gw: Gw,
+}
+
+impl CompressionSite {
+    fn start(server_extra: &str) -> CompressionSite {
+        let json = json_4k();
+        let small = format!("{{\"pad\":\"{}\"}}", "a".repeat(90));
+        assert_eq!(small.len(), 100);
+        let big = respond("application/json", json.clone());
+        let tiny_json = respond("application/json", small.clone());
+        let png = respond("image/png", "P".repeat(4096));
+        let pre_gzipped = gzip(json.as_bytes());
+        let payload = pre_gzipped.clone();
+        let tiny = TinyUpstream::start(Arc::new(move |s: &mut TcpStream, _: &str, _| {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                payload.len()
+            );
+            let _ = s.write_all(&[head.as_bytes(), &payload].concat());
+        }));
+        let gw = Gw::start_with_server(
+            server_extra,
+            &format!(
+                "upstreams:\n{}\n{}\n{}\n{}\nroutes:
+  - {{name: json, prefix: /json, upstream: big}}
+  - {{name: small, prefix: /small, upstream: tiny_json}}
+  - {{name: png, prefix: /png, upstream: png}}
+  - {{name: raw, prefix: /raw, upstream: big, compression: false}}
+  - {{name: pregz, prefix: /pregz, upstream: pregz}}
+",
+                upstream("big", &[big.url()], ""),
+                upstream("tiny_json", &[tiny_json.url()], ""),
+                upstream("png", &[png.url()], ""),
+                upstream("pregz", &[tiny.url()], ""),
+            ),
+        );
+        CompressionSite {
+            json,
+            small,
+            pre_gzipped,
+            _ups: vec![big, tiny_json, png],
+            _tiny: tiny,
+            gw,
+        }
+    }
+
+    fn fetch(&self, path: &str, accept_encoding: &str) -> Response {
+        let r = self
+            .gw
+            .get_with(path, &[("Accept-Encoding", accept_encoding)]);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r
+    }
+}
+
+fn assert_identity(r: &Response, expected: &[u8], what: &str) {
+    assert!(
+        r.header("content-encoding").is_none(),
+        "{what} was encoded: {:?}",
+        r.headers
+    );
+    assert_eq!(r.body, expected, "{what}: body changed");
+}
+
+#[test]
+fn gzip_accepting_client_gets_a_gzip_body_that_inflates_to_the_original() {
+    let s = CompressionSite::start("");
+    let r = s.fetch("/json/x", "gzip");
+    assert_eq!(
+        one(&r.headers, "content-encoding"),
+        "gzip",
+        "{:?}",
+        r.headers
+    );
+    assert!(r.body.len() < s.json.len(), "not smaller");
+    assert_eq!(gunzip(&r.body), s.json.as_bytes());
+    assert!(tokens(&r.headers, "vary").contains(&"accept-encoding".to_string()));
+    // A client that asks for nothing gets the body as it is.
+    let plain = s.gw.get("/json/x");
+    assert_identity(&plain, s.json.as_bytes(), "no Accept-Encoding");
+}
+
+#[test]
+fn brotli_is_not_offered_because_pingoras_encoder_leaves_the_stream_unfinished() {
+    // Pingora 0.9.1's brotli compressor flushes but never finishes the stream (strict
+    // decoders reject it), so the gateway turns br off: a br-only client gets the plain
+    // body, and a browser's usual `gzip, deflate, br` gets gzip. (Pingora picks the first
+    // listed algorithm and does not fall back, so `br, gzip` is sent uncompressed.)
+    let s = CompressionSite::start("");
+    let r = s.fetch("/json/x", "br");
+    assert!(
+        r.headers.iter().all(|(k, _)| k != "content-encoding"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.body, s.json.as_bytes());
+    let r = s.fetch("/json/x", "gzip, deflate, br");
+    assert_eq!(
+        one(&r.headers, "content-encoding"),
+        "gzip",
+        "{:?}",
+        r.headers
+    );
+    let r = s.fetch("/json/x", "br, gzip");
+    assert!(
+        r.headers
+            .iter()
+            .all(|(k, v)| k != "content-encoding" || v != "br"),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[test]
+fn zstd_accepting_client_gets_a_zstd_frame() {
+    // The zstd crate is not a dependency of gatehouse itself, so the body is not decoded
+    // here; it must at least be a zstd frame (magic 28 B5 2F FD), not the plain JSON.
+    let s = CompressionSite::start("");
+    let r = s.fetch("/json/x", "zstd");
+    assert_eq!(
+        one(&r.headers, "content-encoding"),
+        "zstd",
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.body.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        "not a zstd frame: {:?}",
+        &r.body[..r.body.len().min(8)]
+    );
+    assert!(r.body.len() < s.json.len());
+}
+
+#[test]
+fn bodies_below_min_size_are_not_compressed() {
+    let s = CompressionSite::start("");
+    let r = s.fetch("/small/x", "gzip, br");
+    assert_identity(&r, s.small.as_bytes(), "a 100-byte body");
+}
+
+#[test]
+fn non_compressible_content_types_are_not_compressed() {
+    let s = CompressionSite::start("");
+    let r = s.fetch("/png/x", "gzip");
+    assert_identity(&r, "P".repeat(4096).as_bytes(), "image/png");
+}
+
+#[test]
+fn route_with_compression_false_is_not_compressed() {
+    let s = CompressionSite::start("");
+    let r = s.fetch("/raw/x", "gzip, br");
+    assert_identity(&r, s.json.as_bytes(), "compression: false route");
+}
+
+#[test]
+fn server_compression_disabled_compresses_nothing() {
+    let s = CompressionSite::start("  compression: {enabled: false}\n");
+    for ae in ["gzip", "br", "zstd"] {
+        let r = s.fetch("/json/x", ae);
+        assert_identity(&r, s.json.as_bytes(), &format!("{ae} with compression off"));
+    }
+}
+
+#[test]
+fn already_encoded_upstream_responses_pass_through_untouched() {
+    let s = CompressionSite::start("");
+    for ae in ["gzip", "gzip, br", "br"] {
+        let r = s.fetch("/pregz/x", ae);
+        assert_eq!(
+            one(&r.headers, "content-encoding"),
+            "gzip",
+            "Accept-Encoding {ae}: {:?}",
+            r.headers
+        );
+        assert_eq!(
+            r.body, s.pre_gzipped,
+            "Accept-Encoding {ae}: body re-encoded"
+        );
+    }
+    assert_eq!(gunzip(&s.pre_gzipped), s.json.as_bytes());
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. WebSocket pass-through
+// ------------------------------------------------------------------------------------------
+
+/// The RFC 6455 sample key and its accept value.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// An upstream that switches to WebSocket when asked (then echoes raw bytes) and otherwise
+/// answers `200 no upgrade`.
+fn ws_upstream() -> TinyUpstream {
+    TinyUpstream::start(Arc::new(|s: &mut TcpStream, head: &str, rest: Vec<u8>| {
+        let h = head_headers(head);
+        let wants_ws = tokens(&h, "upgrade").contains(&"websocket".to_string());
+        if !wants_ws {
+            let body = "no upgrade";
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes());
+            return;
+        }
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+        );
+        if s.write_all(resp.as_bytes()).is_err() || s.write_all(&rest).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// A client's upgrade handshake: the stream, the status, the response headers and the bytes
+/// read past the response head.
+struct Handshake {
+    stream: TcpStream,
+    status: u16,
+    headers: Vec<(String, String)>,
+    rest: Vec<u8>,
+}
+
+fn ws_connect(port: u16, path: &str, extra: &[(&str, &str)]) -> Handshake {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    let _ = stream.set_nodelay(true);
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in extra {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    stream.write_all(req.as_bytes()).expect("send handshake");
+    let (head, rest) = read_head(&mut stream).expect("a response head to the handshake");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    Handshake {
+        stream,
+        status,
+        headers: head_headers(&head),
+        rest,
+    }
+}
+
+/// Asserts a switched connection relays `payload` to the echoing upstream and back.
+fn assert_echoes(hs: &mut Handshake, payload: &[u8]) {
+    hs.stream.write_all(payload).expect("write after upgrade");
+    let got = read_exactly(&mut hs.stream, std::mem::take(&mut hs.rest), payload.len());
+    assert_eq!(got, payload, "bytes after the upgrade were not relayed");
+}
+
+#[test]
+fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
+    let up = ws_upstream();
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: live, prefix: /live, upstream: ws, websocket: true}}\n",
+        upstream("ws", &[up.url()], "")
+    ));
+    let mut hs = ws_connect(gw.port, "/live/socket", &[]);
+    assert_eq!(hs.status, 101, "{:?}", hs.headers);
+    assert_echoes(&mut hs, b"\x81\x05hello");
+    assert_echoes(&mut hs, b"second message, still open");
+
+    let heads = up.heads();
+    assert_eq!(heads.len(), 1);
+    let seen = head_headers(&heads[0]);
+    assert_eq!(tokens(&seen, "upgrade"), vec!["websocket"]);
+    assert!(tokens(&seen, "connection").contains(&"upgrade".to_string()));
+    assert_eq!(one(&seen, "sec-websocket-key"), WS_KEY);
+    assert_eq!(one(&seen, "sec-websocket-version"), "13");
+
+    // The client must be told which protocol it switched to: a browser fails the WebSocket
+    // connection when the 101 lacks `Upgrade: websocket` (RFC 6455 §4.1, RFC 9110 §15.2.2).
+    assert_eq!(one(&hs.headers, "sec-websocket-accept"), WS_ACCEPT);
+    assert!(
+        tokens(&hs.headers, "connection").contains(&"upgrade".to_string()),
+        "{:?}",
+        hs.headers
+    );
+    assert!(
+        tokens(&hs.headers, "upgrade").contains(&"websocket".to_string()),
+        "the 101 reached the client without `Upgrade: websocket`: {:?}",
+        hs.headers
+    );
+}
+
+#[test]
+fn route_without_websocket_drops_upgrade_and_never_switches() {
+    let up = ws_upstream();
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: plain, prefix: /plain, upstream: ws}}\n",
+        upstream("ws", &[up.url()], "")
+    ));
+    let hs = ws_connect(gw.port, "/plain/socket", &[]);
+    assert_ne!(hs.status, 101, "switched on a route without websocket");
+    assert_eq!(hs.status, 200, "{:?}", hs.headers);
+    let heads = up.heads();
+    assert_eq!(heads.len(), 1);
+    let seen = head_headers(&heads[0]);
+    assert!(
+        tokens(&seen, "upgrade").is_empty(),
+        "upstream saw Upgrade: {seen:?}"
+    );
+    assert!(
+        !tokens(&seen, "connection").contains(&"upgrade".to_string()),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn websocket_upgrade_requires_authentication_on_protected_routes() {
+    let dir = TempDir::new("ws");
+    let db = dir.sqlite_url();
+    let email = add_patients(&db, 1).remove(0);
+    let up = ws_upstream();
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: live, prefix: /live, upstream: ws, websocket: true, auth: required}}\n{}",
+        upstream("ws", &[up.url()], ""),
+        auth_block(&db)
+    ));
+    let hs = ws_connect(gw.port, "/live/socket", &[]);
+    assert_eq!(hs.status, 401, "{:?}", hs.headers);
+    let hs = ws_connect(
+        gw.port,
+        "/live/socket",
+        &[("Authorization", "Bearer not-a-token")],
+    );
+    assert_eq!(hs.status, 401, "{:?}", hs.headers);
+    assert!(
+        up.heads().is_empty(),
+        "an unauthenticated upgrade reached the upstream"
+    );
+
+    let token = access_token(gw.port, &email);
+    let mut hs = ws_connect(
+        gw.port,
+        "/live/socket",
+        &[("Authorization", &bearer(&token))],
+    );
+    assert_eq!(hs.status, 101, "{:?}", hs.headers);
+    assert_echoes(&mut hs, b"authenticated bytes");
+    let heads = up.heads();
+    assert_eq!(heads.len(), 1);
+    let seen = head_headers(&heads[0]);
+    assert!(
+        seen.iter().any(|(k, _)| k == "x-user-id"),
+        "identity headers on the upgrade: {seen:?}"
+    );
+}
