@@ -199,6 +199,7 @@ fn session_check(c: &mut Criterion) {
             refresh_ttl: Duration::from_secs(7 * 86_400),
             absolute_lifetime: Duration::from_secs(7 * 86_400),
         },
+        live: None,
     };
     let now = gatehouse::auth::unix_now();
     let pair = rt

@@ -10,6 +10,7 @@ pub mod cookies;
 pub mod endpoints;
 pub mod guard;
 pub mod jwt;
+pub mod revocation;
 pub mod sessions;
 pub mod store;
 pub mod users;
@@ -150,7 +151,7 @@ impl Auth {
             AuthRuntime::new().map_err(|e| ConfigError::one(format!("auth: runtime: {e}")))?,
         );
         let url = cfg.database_url.trim();
-        let (users, store, redis) = runtime
+        let (users, store, redis, live) = runtime
             .block_on(async {
                 let users = UserDb::connect((!url.is_empty()).then_some(url))
                     .await
@@ -175,7 +176,20 @@ impl Auth {
                     inner: store,
                     metrics,
                 });
-                Ok::<_, ConfigError>((users, store, redis))
+                let live = match &redis {
+                    Some(client) => {
+                        let url = cfg.redis_url.trim();
+                        match revocation::Revocations::start(url, client.clone(), std::time::Duration::from_secs(60)).await {
+                            Ok(r) => Some(Arc::new(r)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "no session revocation channel; every check goes to Redis");
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                Ok::<_, ConfigError>((users, store, redis, live))
             })
             .ok_or_else(|| ConfigError::one("auth: runtime unavailable"))??;
         tracing::info!(
@@ -194,6 +208,7 @@ impl Auth {
                 refresh_ttl: s.refresh_ttl.0,
                 absolute_lifetime: s.absolute_lifetime.0,
             },
+            live,
         };
         Ok(Auth {
             redis,

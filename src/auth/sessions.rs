@@ -78,6 +78,8 @@ pub struct Sessions {
     pub store: Arc<dyn SessionStore>,
     pub jwt: Jwt,
     pub settings: SessionSettings,
+    /// Local cache of live sessions kept honest by Redis pub/sub (Redis store only).
+    pub live: Option<Arc<super::revocation::Revocations>>,
 }
 
 fn session_key(sid: &str) -> String {
@@ -172,8 +174,19 @@ impl Sessions {
     pub async fn check(&self, token: &str, now: i64) -> Result<(Claims, bool), SessionError> {
         let claims = self.jwt.verify(token, TokenType::Access, now)?;
         let key = self.access_key(&claims.jti);
-        let Some(ttl) = self.store.ttl(&key).await? else {
-            return Err(SessionError::Revoked);
+        let t = std::time::Instant::now();
+        let cache = self.live.as_ref().map(|l| &l.cache);
+        let ttl = match cache.and_then(|c| c.get(&claims.jti, t)) {
+            Some(ttl) => ttl,
+            None => {
+                let Some(ttl) = self.store.ttl(&key).await? else {
+                    return Err(SessionError::Revoked);
+                };
+                if let Some(c) = cache {
+                    c.put(&claims.jti, ttl, t);
+                }
+                ttl
+            }
         };
         let mut renewed = false;
         if ttl < self.settings.access_ttl / 2 {
@@ -183,6 +196,11 @@ impl Sessions {
                 let target = self.settings.access_ttl.min(left);
                 if target > ttl {
                     renewed = self.store.expire(&key, target).await?;
+                    match (renewed, cache) {
+                        (true, Some(c)) => c.put(&claims.jti, target, t),
+                        (false, Some(c)) => c.evict(&claims.jti),
+                        _ => {}
+                    }
                 }
             }
         }
@@ -221,6 +239,7 @@ impl Sessions {
                 self.store
                     .delete(&[self.access_key(&rec.access_jti)])
                     .await?;
+                self.announce(&rec.access_jti).await;
                 self.issue_pair(&rec.sub, &rec.role, &claims.sid, rec.started, now)
                     .await
             }
@@ -231,6 +250,13 @@ impl Sessions {
                 })
             }
             _ => Err(SessionError::Revoked),
+        }
+    }
+
+    /// Tells every instance (pub/sub) that this access token is dead; its key is gone already.
+    async fn announce(&self, access_jti: &str) {
+        if let Some(live) = &self.live {
+            live.publish(&[access_jti.to_string()]).await;
         }
     }
 
@@ -245,6 +271,7 @@ impl Sessions {
                 ])
                 .await?;
             self.store.set_remove(&user_key(&rec.sub), sid).await?;
+            self.announce(&rec.access_jti).await;
         } else {
             self.store.delete(&[session_key(sid)]).await?;
         }
@@ -298,6 +325,7 @@ mod tests {
                 refresh_ttl: Duration::from_secs(absolute),
                 absolute_lifetime: Duration::from_secs(absolute),
             },
+            live: None,
         };
         (s, now)
     }
