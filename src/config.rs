@@ -527,6 +527,10 @@ pub struct Limits {
     pub keepalive_timeout: Dur,
     /// Requests served on one keep-alive connection before it is closed. Default 1000.
     pub keepalive_requests: u32,
+    /// Open client connections in total; more are closed at once. 0: no limit. Default 10000.
+    pub max_connections: u32,
+    /// Open connections per client ip (the TCP peer); more are closed at once. 0: no limit.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -537,6 +541,8 @@ impl Default for Limits {
             header_timeout: Dur::secs(10),
             keepalive_timeout: Dur::secs(60),
             keepalive_requests: 1000,
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -823,6 +829,9 @@ pub struct RouteConfig {
     /// Rate limits, all of which must allow a request.
     #[serde(default)]
     pub rate_limits: Vec<crate::edge::ratelimit::RateLimitConfig>,
+    /// Requests of this route in flight at once; more get 503 with `Retry-After`.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 fn yes() -> bool {

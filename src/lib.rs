@@ -105,6 +105,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         inner: Arc::new(proxy),
         state: state.clone(),
         metrics: metrics.clone(),
+        conns: Default::default(),
     };
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_success: Gauge,
     pub connections_active: IntGauge,
+    pub connections_refused_total: IntCounterVec,
     process_cpu_seconds: prometheus::Counter,
     process_resident_memory_bytes: IntGauge,
     process_open_fds: IntGauge,
@@ -216,6 +217,12 @@ impl Metrics {
                 &r,
                 "connections_active",
                 "Client connections currently open (HTTP/1).",
+            ),
+            connections_refused_total: counter(
+                &r,
+                "connections_refused_total",
+                "Connections closed at once by a connection limit, by limit (total, per_ip).",
+                &["limit"],
             ),
             process_cpu_seconds: {
                 let c = prometheus::Counter::new(

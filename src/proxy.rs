@@ -81,6 +81,8 @@ pub struct Ctx {
     api_client: bool,
     /// Headers for the answer decided during the request (rate-limit state).
     extra_headers: Vec<(String, String)>,
+    /// This request holds one of its route's `max_in_flight` slots.
+    holds_slot: bool,
 }
 
 impl Gateway {
@@ -459,6 +461,7 @@ impl ProxyHttp for Gateway {
             cors: None,
             websocket: false,
             extra_headers: Vec::new(),
+            holds_slot: false,
             api_client: true,
         }
     }
@@ -629,8 +632,19 @@ impl ProxyHttp for Gateway {
                 return self.send_asset(session, ctx, answer).await;
             }
         }
+        // The seeds' JSON dashboards: the same page definition, as JSON.
+        let json_page = ctx
+            .path
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/api/web/"))
+            .and_then(|r| r.strip_suffix("/dashboard"))
+            .filter(|r| !r.contains('/'))
+            .and_then(|role| pages.find(&format!("/{role}/dashboard")));
+        if let Some(page) = json_page {
+            return self.serve_page(session, ctx, pages, page, true).await;
+        }
         if let Some(page) = pages.find(ctx.path.as_deref().unwrap_or("/")) {
-            return self.serve_page(session, ctx, pages, page).await;
+            return self.serve_page(session, ctx, pages, page, false).await;
         }
 
         let req = session.req_header();
@@ -669,6 +683,21 @@ impl ProxyHttp for Gateway {
                 "Access from this address is not allowed.",
             );
             return self.reject(session, ctx, r).await;
+        }
+        if let Some(max) = route.max_in_flight {
+            use std::sync::atomic::Ordering;
+            if route.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+                route.in_flight.fetch_sub(1, Ordering::AcqRel);
+                ctx.route = Some(route);
+                let r = Reject::new(
+                    503,
+                    "overloaded",
+                    "Too many requests in progress; try again shortly.",
+                )
+                .with_header("Retry-After", "1");
+                return self.reject(session, ctx, r).await;
+            }
+            ctx.holds_slot = true;
         }
         if content_length.is_some_and(|n| n > route.max_body_bytes) {
             session.set_keepalive(None);
@@ -1134,6 +1163,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if std::mem::take(&mut ctx.holds_slot) {
+            if let Some(route) = &ctx.route {
+                route
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
@@ -1177,9 +1213,9 @@ impl ProxyHttp for Gateway {
     fn persist_connection_context(
         &self,
         _session: &Session,
-        _ctx: &Ctx,
+        ctx: &Ctx,
     ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
-        Some(Box::new(Reused))
+        Some(Box::new(Reused(ctx.peer_ip)))
     }
 }
 

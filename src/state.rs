@@ -27,6 +27,8 @@ pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_header_bytes: usize,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
     pub max_body_bytes: u64,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -55,6 +57,9 @@ pub struct Route {
     pub headers: crate::edge::header_rules::HeaderRules,
     pub websocket: bool,
     pub limiters: Vec<Arc<crate::edge::ratelimit::Limiter>>,
+    pub max_in_flight: Option<u32>,
+    /// Requests of this route in flight now.
+    pub in_flight: std::sync::atomic::AtomicU32,
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
 }
@@ -197,6 +202,8 @@ impl Snapshot {
             routes.push(Arc::new(Route {
                 index,
                 limiters,
+                max_in_flight: r.max_in_flight,
+                in_flight: std::sync::atomic::AtomicU32::new(0),
                 name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
                 prefix: r.prefix.clone(),
                 methods,
@@ -261,6 +268,8 @@ impl Snapshot {
             trusted_proxies,
             limits: Limits {
                 max_header_bytes: limits.max_header_bytes.0 as usize,
+                max_connections: limits.max_connections,
+                max_connections_per_ip: limits.max_connections_per_ip,
                 max_body_bytes: limits.max_body_bytes.0,
                 header_timeout: limits.header_timeout.0,
                 keepalive_timeout: limits.keepalive_timeout.0,

@@ -21,14 +21,70 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Marker carried across keep-alive requests so the wrapper knows a connection is reused.
-pub struct Reused;
+/// Marker carried across keep-alive requests so the wrapper knows a connection is reused,
+/// and by whom (for the per-ip connection count).
+pub struct Reused(pub Option<std::net::IpAddr>);
 
 /// See the module docs.
 pub struct EdgeApp<A> {
     pub inner: Arc<A>,
     pub state: SharedState,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Open connections per client ip, and in total (for `server.limits`).
+    pub conns: ConnTable,
+}
+
+/// Open connections per peer ip and in total.
+#[derive(Default)]
+pub struct ConnTable {
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    total: std::sync::atomic::AtomicU32,
+}
+
+impl ConnTable {
+    /// Takes a slot for a new connection, or says which limit refuses it.
+    fn admit(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        max_total: u32,
+        max_per_ip: u32,
+    ) -> Result<(), &'static str> {
+        use std::sync::atomic::Ordering;
+        if max_total > 0 && self.total.load(Ordering::Acquire) >= max_total {
+            return Err("total");
+        }
+        if let Some(ip) = ip {
+            let mut g = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = g.entry(ip).or_insert(0);
+            if max_per_ip > 0 && *n >= max_per_ip {
+                if *n == 0 {
+                    g.remove(&ip);
+                }
+                return Err("per_ip");
+            }
+            *n += 1;
+        }
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn release(&self, ip: Option<std::net::IpAddr>) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_sub(1))
+            });
+        if let Some(ip) = ip {
+            let mut g = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = g.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    g.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 enum Head {
@@ -52,7 +108,15 @@ where
         };
         let limits = self.state.load().limits;
         let user_ctx = h1.take_connection_user_context();
-        let reused = user_ctx.as_ref().is_some_and(|c| c.is::<Reused>());
+        let reused_by = user_ctx
+            .as_ref()
+            .and_then(|c| c.downcast_ref::<Reused>())
+            .map(|r| r.0);
+        let reused = reused_by.is_some();
+        let ip = match reused_by {
+            Some(ip) => ip,
+            None => h1.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        };
         let keepalive = h1
             .get_keepalive_timeout()
             .map(|_| limits.keepalive_timeout.as_secs().max(1));
@@ -64,6 +128,18 @@ where
         // One gauge count per connection: up on its first request, down when a request's
         // call returns None (the connection is not kept for another one).
         if !reused {
+            // Connection limits: refused early and cheaply, before any byte is read.
+            if let Err(which) =
+                self.conns
+                    .admit(ip, limits.max_connections, limits.max_connections_per_ip)
+            {
+                self.metrics
+                    .connections_refused_total
+                    .with_label_values(&[which])
+                    .inc();
+                tracing::debug!(client_ip = ?ip, limit = which, "connection refused by a limit");
+                return None;
+            }
             self.metrics.connections_active.inc();
         }
         let next = self
@@ -73,6 +149,7 @@ where
             .await;
         if next.is_none() {
             self.metrics.connections_active.dec();
+            self.conns.release(ip);
         }
         next
     }

@@ -119,6 +119,7 @@ impl Gateway {
         ctx: &mut Ctx,
         pages: Arc<Pages>,
         page: Arc<PageDef>,
+        as_json: bool,
     ) -> Result<bool> {
         let method = session.req_header().method.clone();
         if method != Method::GET && method != Method::HEAD {
@@ -241,6 +242,26 @@ impl Gateway {
             (_, true) => serde_json::Map::new(),
         };
 
+        if as_json {
+            // `/api/web/{role}/dashboard`: the page's user and data sources as JSON; a failed
+            // source is `{"unavailable": true}` rather than a failed answer.
+            let body = json!({
+                "page": {"path": page.path, "title": page.title},
+                "user": user,
+                "data": Value::Object(data),
+            });
+            let mut headers = vec![("Cache-Control".to_string(), "no-store".to_string())];
+            if let Some(token) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
+                let ttl = self.auth.sessions.settings.access_ttl.as_secs();
+                headers.push((
+                    "Set-Cookie".into(),
+                    cookies::set(c, &c.name, &token, "/", ttl, ctx.tls),
+                ));
+            }
+            self.send_json(session, ctx, 200, Bytes::from(body.to_string()), &headers)
+                .await?;
+            return Ok(true);
+        }
         let snapshot = ctx.snapshot.clone();
         let mut extra = serde_json::Map::new();
         extra.insert("data".into(), Value::Object(data));
