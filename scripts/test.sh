@@ -5,8 +5,12 @@
 # chromium and nodejs/npm for the browser test) and the browser test's playwright-core
 # (`npm ci` in tests/browser), starts a throwaway Redis and PostgreSQL on free loopback ports
 # (never the machine's own services), then: cargo fmt --check, cargo clippy with -D warnings,
-# `gatehouse check gateway.yaml`, and cargo test with REDIS_URL and DATABASE_URL pointing at
-# the throwaway instances. Everything started is stopped on exit. The browser test's
+# `gatehouse check gateway.yaml`, the deployment files (no Docker engine or cluster needed:
+# `docker-compose config -q` from Debian's docker-compose package; scripts/check_deploy.py, a
+# structural check of the Dockerfile, compose file and deploy/k8s with PyYAML; the k8s
+# manifests against Kubernetes' schemas with PyPI's kubernetes-validate, in a venv next to
+# $CARGO_TARGET_DIR), and cargo test with REDIS_URL and DATABASE_URL pointing at the throwaway
+# instances. Everything started is stopped on exit. The browser test's
 # screenshots are left in test-artifacts/browser/ (git-ignored).
 # Exits non-zero on any failure.
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/gatehouse/target, outside the clone, so
@@ -33,6 +37,12 @@ install_packages() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   # The browser test (tests/browser.rs): Debian's Chromium, driven by playwright-core on Node.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
+  # The deployment files' checks: docker-compose v1 validates the compose file offline;
+  # scripts/check_deploy.py needs python3 with PyYAML.
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   if ((${#missing[@]} == 0)); then return; fi
@@ -44,6 +54,11 @@ install_packages() {
 }
 
 install_packages
+# A python3 other than Debian's (pyenv, say) does not see python3-yaml: use pip there.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  step "pip install pyyaml"
+  python3 -m pip install --quiet pyyaml
+fi
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     step "rustup component add $component"
@@ -112,6 +127,27 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "gatehouse check -c gateway.yaml"
 cargo build --quiet --bin gatehouse
 "$CARGO_TARGET_DIR/debug/gatehouse" check -c gateway.yaml
+
+step "deployment files: docker-compose config, Dockerfile, deploy/k8s"
+docker-compose --env-file .env.example -f docker-compose.yml config -q
+echo "docker-compose.yml: valid ($(docker-compose version --short 2>/dev/null || echo docker-compose))"
+python3 scripts/check_deploy.py --gatehouse "$CARGO_TARGET_DIR/debug/gatehouse"
+# Kubernetes' own OpenAPI schemas (shipped in the PyPI package), strict: an unknown or
+# misspelt field fails. In a venv kept next to the build cache.
+K8S_VALIDATE_VENV="$(dirname "$CARGO_TARGET_DIR")/kubernetes-validate-venv"
+if [ ! -x "$K8S_VALIDATE_VENV/bin/kubernetes-validate" ]; then
+  step "pip install kubernetes-validate (venv $K8S_VALIDATE_VENV)"
+  python3 -m venv "$K8S_VALIDATE_VENV"
+  "$K8S_VALIDATE_VENV/bin/pip" install --quiet kubernetes-validate
+fi
+k8s_manifests=()
+for f in deploy/k8s/*.yaml; do
+  [ "$(basename "$f")" = kustomization.yaml ] || k8s_manifests+=("$f")
+done
+for k8s_version in 1.30 ""; do
+  "$K8S_VALIDATE_VENV/bin/kubernetes-validate" --strict --quiet ${k8s_version:+-k "$k8s_version"} "${k8s_manifests[@]}"
+done
+echo "deploy/k8s: valid against the Kubernetes 1.30 and $("$K8S_VALIDATE_VENV/bin/kubernetes-validate" --version) schemas (strict)"
 
 step "cargo test"
 cargo test 2>&1 | tee "${TMPDIR:-/tmp}/gatehouse-test.log"

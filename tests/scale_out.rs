@@ -1,0 +1,397 @@
+//! Scale-out: two `gatehouse` PROCESSES (the real binary, as a replica set would run it) on
+//! one Redis and one PostgreSQL, with the same JWT secret. A user seeded with `user add`
+//! signs in through A and is accepted by B; a logout through A is refused by B on the very
+//! next request; a `backend: redis` rate limit is one budget shared by both.
+//!
+//! Needs `DATABASE_URL` (PostgreSQL) and `REDIS_URL`, which `scripts/test.sh` exports for its
+//! throwaway instances. Without them that test is skipped with a note — unless `CI` is set,
+//! where skipping would hide the scale-out story, so it fails.
+//!
+//! Also here, since deploy/k8s relies on it: a config file in a ConfigMap volume's layout is
+//! reloaded by `server.watch_config` when the kubelet's symlink swap replaces it.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+/// Shared by both replicas, as a Kubernetes Secret would be (HS256 needs at least 32 bytes).
+const SECRET: &str = "scale-out-tests-shared-hs256-secret-0123456789";
+const PASSWORD: &str = "two replicas, one session store";
+
+fn unique() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+fn env_url(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// PostgreSQL and Redis URLs, or `None` (skip) outside CI; panics in CI when one is missing.
+fn shared_services() -> Option<(String, String)> {
+    match (env_url("DATABASE_URL"), env_url("REDIS_URL")) {
+        (Some(db), Some(redis)) => Some((db, redis)),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "CI is set but DATABASE_URL and REDIS_URL are not both set: the scale-out test \
+             needs a shared PostgreSQL and Redis (scripts/test.sh starts throwaway ones)"
+        ),
+        _ => {
+            eprintln!("note: DATABASE_URL and REDIS_URL are not both set; skipping scale_out");
+            None
+        }
+    }
+}
+
+/// The replicas' config: the same file for both, everything shared read from the
+/// environment as in the default gateway.yaml; only the listeners, pid file and upgrade
+/// socket differ (from the environment too), since both run on one machine.
+fn replica_config(upstream_url: &str, limiter: &str) -> String {
+    format!(
+        "server:
+  listen: ${{GATEHOUSE_LISTEN}}
+  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}
+  threads: 1
+  grace_period: 0s
+  shutdown_timeout: 0s
+  pid_file: ${{TEST_PID_FILE}}
+  upgrade_sock: ${{TEST_UPGRADE_SOCK}}
+  log: {{level: warn, access_log: false}}
+auth:
+  database_url: ${{DATABASE_URL}}
+  redis_url: ${{REDIS_URL}}
+  jwt: {{algorithm: HS256, secret: ${{JWT_SECRET_KEY}}}}
+  login: {{max_failures_per_ip: 1000}}
+upstreams:
+  app: {{backends: \"{upstream_url}\"}}
+routes:
+  - {{name: private, prefix: /private, upstream: app, auth: required}}
+  - name: limited
+    prefix: /limited
+    upstream: app
+    rate_limits: [{{name: {limiter}, rate: \"4/1m\", backend: redis}}]
+"
+    )
+}
+
+/// Files of one test run, removed on drop.
+struct TempFiles(Vec<PathBuf>);
+
+impl TempFiles {
+    fn path(&mut self, name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("gatehouse-scale-out-{}-{name}", unique()));
+        self.0.push(p.clone());
+        p
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = p.clone().into_os_string();
+                name.push(suffix);
+                let _ = std::fs::remove_file(name);
+            }
+        }
+    }
+}
+
+/// One `gatehouse run` process on free ports; stderr is collected for failure messages.
+/// Killed on drop.
+struct Replica {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    admin_port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Replica {
+    fn start(name: &'static str, config: &PathBuf, files: &mut TempFiles) -> Replica {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("TEST_PID_FILE", files.path(&format!("{name}.pid")))
+            .env("TEST_UPGRADE_SOCK", files.path(&format!("{name}.sock")))
+            .env("JWT_SECRET_KEY", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        let replica = Replica {
+            name,
+            child,
+            port,
+            admin_port,
+            log,
+        };
+        // Ready = listening, and the admin listener says the store and database answer.
+        let ready = wait_until(Duration::from_secs(20), || {
+            get(replica.admin_port, "/ready", &[]).is_ok_and(|r| r.status == 200)
+        });
+        assert!(
+            ready,
+            "replica {name} never became ready{}",
+            replica.log_tail()
+        );
+        replica
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log.lock().expect("log");
+        let from = log.len().saturating_sub(40);
+        format!("; {} log:\n{}", self.name, log[from..].join("\n"))
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        get(self.port, path, headers)
+            .unwrap_or_else(|e| panic!("GET {path} via {}: {e}{}", self.name, self.log_tail()))
+    }
+
+    fn bearer(&self, path: &str, token: &str) -> Response {
+        self.get(path, &[("Authorization", &format!("Bearer {token}"))])
+    }
+
+    fn login(&self, email: &str) -> String {
+        let body = serde_json::json!({"email": email, "password": PASSWORD}).to_string();
+        let r = request(
+            self.port,
+            "POST",
+            "/api/v1/auth/login",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .expect("POST login");
+        assert_eq!(r.status, 200, "login via {}: {}", self.name, r.text());
+        json(&r)["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    fn logout(&self, token: &str) {
+        let auth = format!("Bearer {token}");
+        let r = request(
+            self.port,
+            "POST",
+            "/api/v1/auth/logout",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .expect("POST logout");
+        assert_eq!(r.status, 200, "logout via {}: {}", self.name, r.text());
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Adds a patient through the binary's `user add`, as an operator would (password on stdin).
+fn add_user(database_url: &str, email: &str) {
+    let mut child = Command::new(BIN)
+        .args(["user", "add", "--email", email, "--role", "patient"])
+        .args(["--name", "Scale Out"])
+        .env("DATABASE_URL", database_url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("user add");
+    assert!(
+        out.status.success(),
+        "user add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn two_processes_share_sessions_logouts_and_redis_rate_limits() {
+    let Some((db, _redis)) = shared_services() else {
+        return;
+    };
+    let mut files = TempFiles(Vec::new());
+    let email = format!("scale-{}@scale-out.test", unique());
+    add_user(&db, &email);
+
+    let up = FakeUpstream::start(Behavior::Echo);
+    // Unique per run: the limit's key lives in the shared Redis, which other runs may reuse.
+    let limiter = format!("scale-{:016x}", rand::random::<u64>());
+    let config = files.path("gateway.yaml");
+    std::fs::write(&config, replica_config(&up.url(), &limiter)).expect("write config");
+
+    let a = Replica::start("A", &config, &mut files);
+    let b = Replica::start("B", &config, &mut files);
+
+    // Signed in through A, accepted by B on a protected route to the upstream.
+    let token = a.login(&email);
+    let before = up.request_count();
+    let r = b.bearer("/private/records", &token);
+    assert_eq!(r.status, 200, "A's token through B: {}", r.text());
+    assert_eq!(up.request_count(), before + 1, "B forwarded the request");
+    let seen = &up.requests()[before];
+    assert_eq!(seen.header("x-user-role"), Some("patient"));
+    assert!(
+        seen.header("x-user-id").is_some(),
+        "identity headers upstream"
+    );
+    assert_eq!(a.bearer("/private/records", &token).status, 200);
+
+    // Logged out through A: B refuses the same token on its next request.
+    a.logout(&token);
+    let r = b.bearer("/private/records", &token);
+    assert_eq!(r.status, 401, "logout through A holds at B: {}", r.text());
+    assert_eq!(a.bearer("/private/records", &token).status, 401);
+    assert_eq!(b.bearer("/api/v1/auth/validate", &token).status, 401);
+    assert_eq!(
+        up.request_count(),
+        before + 2,
+        "nothing forwarded after logout"
+    );
+
+    // One Redis budget of 4 for both replicas: A, B, A, B pass; the fifth is 429 on either.
+    let before = up.request_count();
+    for (i, replica) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let r = replica.get("/limited/x", &[]);
+        assert_eq!(
+            r.status,
+            200,
+            "request {} via {}: {}",
+            i + 1,
+            replica.name,
+            r.text()
+        );
+    }
+    for replica in [&a, &b] {
+        let r = replica.get("/limited/x", &[]);
+        assert_eq!(
+            r.status,
+            429,
+            "over the shared limit via {}: {}",
+            replica.name,
+            r.text()
+        );
+        assert!(r.header("retry-after").is_some(), "429 carries Retry-After");
+    }
+    assert_eq!(
+        up.request_count(),
+        before + 4,
+        "exactly 4 reached the upstream"
+    );
+}
+
+/// A config in Kubernetes' ConfigMap-volume layout: `gateway.yaml -> ..data/gateway.yaml`,
+/// `..data -> ..<version>/`; an update writes a new version folder and swaps `..data`
+/// atomically (a rename over the old link), as the kubelet does.
+struct ConfigMapDir {
+    root: PathBuf,
+    versions: usize,
+}
+
+impl ConfigMapDir {
+    fn new(text: &str) -> ConfigMapDir {
+        let root = std::env::temp_dir().join(format!("gatehouse-scale-out-{}-cm", unique()));
+        std::fs::create_dir_all(&root).expect("configmap dir");
+        let mut dir = ConfigMapDir { root, versions: 0 };
+        dir.publish(text);
+        std::os::unix::fs::symlink("..data/gateway.yaml", dir.config()).expect("gateway.yaml link");
+        dir
+    }
+
+    fn config(&self) -> PathBuf {
+        self.root.join("gateway.yaml")
+    }
+
+    /// Writes `text` as a new version and points `..data` at it in one rename.
+    fn publish(&mut self, text: &str) {
+        self.versions += 1;
+        let version = format!("..2026_01_01_00_00_0{}.000000001", self.versions);
+        std::fs::create_dir_all(self.root.join(&version)).expect("version dir");
+        std::fs::write(self.root.join(&version).join("gateway.yaml"), text).expect("write");
+        let tmp = self.root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&version, &tmp).expect("..data_tmp link");
+        std::fs::rename(&tmp, self.root.join("..data")).expect("swap ..data");
+    }
+}
+
+impl Drop for ConfigMapDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// deploy/k8s mounts gateway.yaml from a ConfigMap folder with `server.watch_config: true`:
+/// the kubelet's symlink swap must be seen (the file's mtime is read through the links), so
+/// a ConfigMap update reloads every replica without a rollout.
+#[test]
+fn a_configmap_symlink_swap_is_reloaded_by_watch_config() {
+    let mut files = TempFiles(Vec::new());
+    let db = files.path("users.db");
+    let up = FakeUpstream::start(Behavior::Echo);
+    let config = |routes: &str| {
+        format!(
+            "server:
+  listen: ${{GATEHOUSE_LISTEN}}
+  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}
+  threads: 1
+  grace_period: 0s
+  shutdown_timeout: 0s
+  watch_config: true
+  pid_file: ${{TEST_PID_FILE}}
+  upgrade_sock: ${{TEST_UPGRADE_SOCK}}
+  log: {{level: warn, access_log: false}}
+auth: {{database_url: \"sqlite://{}\"}}
+upstreams:
+  app: {{backends: \"{}\"}}
+routes:
+{routes}",
+            db.display(),
+            up.url()
+        )
+    };
+    let mut cm = ConfigMapDir::new(&config("  - {name: one, prefix: /one, upstream: app}\n"));
+    let replica = Replica::start("C", &cm.config(), &mut files);
+    assert_eq!(replica.get("/one/x", &[]).status, 200);
+    assert_eq!(replica.get("/two/x", &[]).status, 404);
+
+    cm.publish(&config(
+        "  - {name: one, prefix: /one, upstream: app}\n  - {name: two, prefix: /two, upstream: app}\n",
+    ));
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        get(replica.port, "/two/x", &[]).is_ok_and(|r| r.status == 200)
+    });
+    assert!(
+        reloaded,
+        "the swapped ConfigMap was not reloaded{}",
+        replica.log_tail()
+    );
+    assert_eq!(replica.get("/one/x", &[]).status, 200);
+}
