@@ -50,9 +50,12 @@ impl ConnTable {
         max_per_ip: u32,
     ) -> Result<(), &'static str> {
         use std::sync::atomic::Ordering;
-        if max_total > 0 && self.total.load(Ordering::Acquire) >= max_total {
-            return Err("total");
-        }
+        // Check and take the total slot in one step, so concurrent accepts cannot overshoot.
+        self.total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (max_total == 0 || t < max_total).then_some(t + 1)
+            })
+            .map_err(|_| "total")?;
         if let Some(ip) = ip {
             let mut g = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = g.entry(ip).or_insert(0);
@@ -60,11 +63,12 @@ impl ConnTable {
                 if *n == 0 {
                     g.remove(&ip);
                 }
+                drop(g);
+                self.total.fetch_sub(1, Ordering::AcqRel);
                 return Err("per_ip");
             }
             *n += 1;
         }
-        self.total.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
