@@ -2,6 +2,7 @@
 //! size, idle keep-alive), request hygiene, forwarding headers and the client address.
 //! Also CORS, IP rules and header rules per route.
 
+pub mod brotli_body;
 pub mod client;
 pub mod cors;
 pub mod forwarding;

@@ -83,6 +83,9 @@ pub struct Ctx {
     extra_headers: Vec<(String, String)>,
     /// This request holds one of its route's `max_in_flight` slots.
     holds_slot: bool,
+    /// The client prefers br, which the gateway encodes itself (see `edge::brotli_body`).
+    br: bool,
+    br_stream: Option<crate::edge::brotli_body::BrStream>,
 }
 
 impl Gateway {
@@ -118,6 +121,7 @@ impl Gateway {
         headers: &[(String, String)],
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+        let mut body = body;
         let has_length = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
@@ -147,6 +151,11 @@ impl Gateway {
         if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
             resp.insert_header("strict-transport-security", h.header_value())?;
         }
+        if !body.is_empty() && Self::wants_br(session, ctx, &resp, Some(body.len() as u64)) {
+            body = Bytes::from(crate::edge::brotli_body::compress_all(&body));
+            Self::br_headers(&mut resp)?;
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
         ctx.status = status;
         if crate::DRAINING.load(std::sync::atomic::Ordering::Acquire)
             || session.is_process_shutting_down()
@@ -160,6 +169,42 @@ impl Gateway {
             .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this answer gets the gateway's own br encoding.
+    fn wants_br(session: &Session, ctx: &Ctx, resp: &ResponseHeader, len: Option<u64>) -> bool {
+        let c = ctx.snapshot.config.server.compression;
+        let status = resp.status.as_u16();
+        ctx.br
+            && c.enabled
+            && ctx.route.as_ref().is_none_or(|r| r.compression)
+            && !ctx.websocket
+            && session.req_header().method != Method::HEAD
+            && !(status < 200 || status == 204 || status == 304)
+            && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
+            && len.is_none_or(|n| n >= c.min_size.0)
+            && resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(crate::edge::brotli_body::compressible)
+    }
+
+    /// Marks a response header as br-encoded.
+    fn br_headers(resp: &mut ResponseHeader) -> Result<()> {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.remove_header(&http::header::ACCEPT_RANGES);
+        resp.insert_header(http::header::CONTENT_ENCODING, "br")?;
+        resp.append_header(http::header::VARY, "Accept-Encoding")?;
+        let etag = resp
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(etag) = etag.filter(|e| e.starts_with('"')) {
+            resp.insert_header(http::header::ETAG, format!("W/{etag}"))?;
         }
         Ok(())
     }
@@ -462,6 +507,8 @@ impl ProxyHttp for Gateway {
             websocket: false,
             extra_headers: Vec::new(),
             holds_slot: false,
+            br: false,
+            br_stream: None,
             api_client: true,
         }
     }
@@ -471,17 +518,25 @@ impl ProxyHttp for Gateway {
         // answers and routes that opt out switch it off again at response time.
         let c = ctx.snapshot.config.server.compression;
         if c.enabled {
-            if let Some(m) = session
-                .downstream_modules_ctx
-                .get_mut::<ResponseCompression>()
-            {
-                m.adjust_level(c.level);
-                // Pingora 0.9.1's brotli encoder flushes but never finishes the stream, so
-                // strict decoders reject it: offer gzip and zstd only.
-                m.adjust_algorithm_level(
-                    pingora::protocols::http::compression::Algorithm::Brotli,
-                    0,
-                );
+            let accept = session
+                .req_header()
+                .headers
+                .get(http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ctx.br = crate::edge::brotli_body::prefers_br(accept);
+            if !ctx.br {
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<ResponseCompression>()
+                {
+                    m.adjust_level(c.level);
+                    // Pingora 0.9.1's brotli stream is never finished: br is ours.
+                    m.adjust_algorithm_level(
+                        pingora::protocols::http::compression::Algorithm::Brotli,
+                        0,
+                    );
+                }
             }
         }
         Ok(())
@@ -1054,6 +1109,11 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         Self::maybe_skip_compression(session, ctx, len);
+        if Self::wants_br(session, ctx, resp, len) {
+            Self::br_headers(resp)?;
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            ctx.br_stream = Some(Default::default());
+        }
         for (k, v) in &ctx.extra_headers {
             resp.insert_header(k.clone(), v.as_str())?;
         }
@@ -1108,6 +1168,26 @@ impl ProxyHttp for Gateway {
         }
         ctx.status = resp.status.as_u16();
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(stream) = ctx.br_stream.as_ref() {
+            let mut out = match body.take() {
+                Some(b) => stream.push(&b).to_vec(),
+                None => Vec::new(),
+            };
+            if end_of_stream {
+                out.extend_from_slice(&stream.finish());
+            }
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
+        }
+        Ok(None)
     }
 
     fn upstream_response_body_filter(
