@@ -3,6 +3,8 @@
 STEM.json (every raw number).
 
 Usage: report.py META_JSON ROUNDS_CSV IDLE_CSV STEM [PROFILE_FILE_NAME]
+       report.py --from-json STEM [PROFILE_FILE_NAME]   (re-render from STEM.json)
+A hand-written analysis placed after the ANALYSIS_MARK comment in STEM.md is kept.
 """
 import csv
 import json
@@ -13,13 +15,14 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 PROXIES = ["gatehouse", "nginx"]
 COLORS = {"gatehouse": "#0b6e69", "nginx": "#9aa5b1"}
 LABELS = {
     "plain": "plain proxy",
-    "auth": "JWT + Redis session",
+    "auth": "JWT + live session",
     "noauth_401": "401 (no token)",
     "not_found_404": "404",
     "landing": "landing page",
@@ -73,6 +76,8 @@ def load_rounds(path):
                     "busy_before_pct": float(r["busy_before_pct"]),
                     "idle_wait_s": int(r["idle_wait_s"]),
                     "started_utc": r["started"],
+                    "redis_commands": int(r.get("redis_commands") or 0),
+                    "redis_commands_per_request": int(r.get("redis_commands") or 0) / req if req else None,
                 }
             )
     return rows
@@ -105,7 +110,8 @@ def summarise(rows):
         summary[s] = {}
         for p, rs in per.items():
             d = {"rounds": len(rs)}
-            for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "proxy_core_util_pct", "core_other_pct"):
+            for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "proxy_core_util_pct", "core_other_pct",
+                      "redis_commands_per_request"):
                 vals = [r[k] for r in rs if r[k] is not None]
                 d[k] = statistics.median(vals) if vals else None
                 d[k + "_min"] = min(vals) if vals else None
@@ -147,15 +153,18 @@ def chart(summary, idle, scenarios, path, title):
                 lo.append(((v or 0) - (d.get(key + "_min") or 0)) * scale if v is not None else 0)
                 hi.append(((d.get(key + "_max") or 0) - (v or 0)) * scale if v is not None else 0)
             bars = ax.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=p, color=COLORS[p])
-            for b, v in zip(bars, vals):
-                txt = f"{v:,.0f}" if v >= 100 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
-                ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+            for b, v, h in zip(bars, vals, hi):
+                if v >= 1000:
+                    txt = f"{v / 1000:.1f}k"
+                else:
+                    txt = f"{v:.0f}" if v >= 100 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+                ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height() + h), ha="center",
                             va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.set_title(label, fontsize=11)
         ax.set_xticks(range(len(scenarios)))
         ax.set_xticklabels(names, rotation=25, ha="right", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=9)
+        ax.margins(y=0.12)
     ax = axes[1][1]
     vals = [(idle.get(p, {}).get("bytes_per_connection") or 0) / 1024 for p in PROXIES]
     bars = ax.bar(PROXIES, vals, 0.5, color=[COLORS[p] for p in PROXIES])
@@ -167,19 +176,39 @@ def chart(summary, idle, scenarios, path, title):
     n = max((idle.get(p, {}).get("connections_open") or 0) for p in PROXIES) if idle else 0
     ax.set_title(f"RSS growth per idle keep-alive connection ({n:,} open), KiB", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.12)
     ax.legend(fontsize=9)
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    handles = [matplotlib.patches.Patch(color=COLORS[p], label=p) for p in PROXIES]
+    fig.legend(handles=handles, loc="upper right", ncol=2, fontsize=10, frameon=False)
+    fig.suptitle(title, fontsize=12, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
 
 
+ANALYSIS_MARK = "<!-- analysis: kept when the report is regenerated -->"
+
+
 def main():
-    meta_path, rounds_path, idle_path, stem = sys.argv[1:5]
-    profile_name = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
-    with open(meta_path) as f:
-        meta = json.load(f)
-    rows = load_rounds(rounds_path)
-    idle = load_idle(idle_path)
+    if sys.argv[1] == "--from-json":
+        # Re-render STEM.md and STEM.png from STEM.json (e.g. after a change to this script).
+        stem = sys.argv[2]
+        profile_name = sys.argv[3] if len(sys.argv) > 3 else None
+        with open(stem + ".json") as f:
+            saved = json.load(f)
+        meta, rows, idle = saved["meta"], saved["rounds"], saved["idle_memory"]
+    else:
+        meta_path, rounds_path, idle_path, stem = sys.argv[1:5]
+        profile_name = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
+        with open(meta_path) as f:
+            meta = json.load(f)
+        rows = load_rounds(rounds_path)
+        idle = load_idle(idle_path)
+    kept = ""
+    if os.path.exists(stem + ".md"):
+        with open(stem + ".md") as f:
+            old = f.read()
+        if ANALYSIS_MARK in old:
+            kept = old[old.index(ANALYSIS_MARK):]
     summary = summarise(rows)
     scenarios = [s for s in LABELS if s in summary] + [s for s in summary if s not in LABELS]
     base = os.path.basename(stem)
@@ -200,7 +229,7 @@ def main():
     b = idle.get("gatehouse", {}).get("bytes_per_connection")
     targets.append(("RSS per idle keep-alive connection ≤ 4 KiB", f"{fmt(b)} B (nginx {fmt(idle.get('nginx', {}).get('bytes_per_connection'))} B)", b is not None and b <= IDLE_TARGET_BYTES))
 
-    title = f"gatehouse vs nginx {meta['nginx'].split('/')[-1]} — {meta['date'][:10]}, {meta['machine']} ({meta['nproc']} cores, proxy pinned to 1)"
+    title = f"gatehouse vs nginx {meta['nginx'].split('/')[-1]} — {meta['date'][:10]}, {meta['machine']} ({meta['nproc']} cores, proxy pinned to one core)"
     chart(summary, idle, scenarios, stem + ".png", title)
 
     with open(stem + ".json", "w") as f:
@@ -235,6 +264,12 @@ def main():
             L.append(f"| {p} | {d['connections_open']:,} | {d['rss_before_kib']:,} KiB | {d['rss_open_kib']:,} KiB | "
                      f"{d['rss_after_close_kib']:,} KiB | {fmt(d['bytes_per_connection'])} B |")
     L.append("")
+    rc = g("auth", "gatehouse", "redis_commands_per_request")
+    if rc is not None:
+        L.append(f"Redis commands per authenticated request (gatehouse, counted by Redis over the auth rounds): {rc:.3f}"
+                 + (" — the live-session check is answered by gatehouse's in-process session cache, not by a Redis round trip per request."
+                    if rc < 0.5 else "."))
+        L.append("")
     L.append("## Targets (ratios from this run)")
     L.append("")
     L.append("| target | this run | met |")
@@ -249,7 +284,7 @@ def main():
     req = {"plain": "GET /plain", "auth": "GET /auth, `Authorization: Bearer` (HS256)", "noauth_401": "GET /auth, no token",
            "not_found_404": "GET /nothing/here", "landing": "GET /", "asset": "GET /assets/css/site.css",
            "fixed_rate": f"GET /plain, ~{meta['fixed_rate']:,} req/s offered over {meta['fixed_connections']} connections"}
-    ghd = {"plain": "route → pool → upstream, forwarding headers", "auth": "JWT verify + live-session lookup in Redis, identity headers, proxy",
+    ghd = {"plain": "route → pool → upstream, forwarding headers", "auth": "HS256 JWT verify + live-session check (sessions in Redis, read through gatehouse's in-process session cache), identity headers, proxy",
            "noauth_401": "401 JSON from the auth guard", "not_found_404": "404 JSON (no route)", "landing": "renders landing.html (minijinja)",
            "asset": "served from memory (ETag, Last-Modified)", "fixed_rate": "as plain"}
     for s in scenarios:
@@ -300,8 +335,11 @@ def main():
                  f"{r['core_other_pct']:.0f} % | {r['load1']:.2f} | {r['busy_before_pct']:.0f} % | {r['idle_wait_s']} s | "
                  f"{r['non_2xx_3xx']} | {r['socket_errors']} |")
     L.append("")
+    text = "\n".join(L)
+    if kept:
+        text += "\n" + kept
     with open(stem + ".md", "w") as f:
-        f.write("\n".join(L))
+        f.write(text)
 
 
 if __name__ == "__main__":

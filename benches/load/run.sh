@@ -19,7 +19,8 @@
 #
 # Knobs (environment): ROUNDS (3), ROUND_SECONDS (5), CONNECTIONS (50), FIXED_RATE (10000),
 # FIXED_CONNECTIONS (100), IDLE_CONNECTIONS (10000), IDLE_WAIT_MAX (10 s per round),
-# IDLE_BUSY_PCT (10), PROXY_CPU (0), LOAD_CPU (1), PROFILE (1), BENCH_MACHINE, OUT_DIR,
+# IDLE_BUSY_PCT (10), PROXY_CPU (0), LOAD_CPU (1), PROFILE (1), ALLOCS (0: 1 counts heap
+# allocations per request with libc uprobes, see below), BENCH_MACHINE, OUT_DIR,
 # SCENARIOS (space-separated subset), GATEHOUSE_BIN (a binary to use instead of building).
 # Needs root or enough `ulimit -n` for IDLE_CONNECTIONS; installs nginx-light, wrk,
 # redis-server, curl and linux-perf with apt-get and matplotlib with pip when missing.
@@ -47,6 +48,7 @@ MACHINE=${BENCH_MACHINE:-$(hostname -s)-$(nproc)cpu}
 OUT_DIR=${OUT_DIR:-$REPO/benches/results}
 DATE=$(date +%F)
 STEM=$OUT_DIR/$DATE-$MACHINE
+mkdir -p "$OUT_DIR"
 CLK_TCK=$(getconf CLK_TCK)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -86,7 +88,11 @@ if [ -z "${GATEHOUSE_BIN:-}" ]; then
   step "cargo build --release --bin gatehouse"
   cargo build --release --bin gatehouse
 fi
+# The source state that was built (other work may change the tree during the run).
+BUILT_COMMIT=$(git rev-parse HEAD)
+BUILT_DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock | wc -l)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-load.XXXXXX")
+chmod 755 "$WORK" # nginx workers run as an unprivileged user when started as root
 # A private copy, so a later build in the shared target dir cannot swap it mid-run.
 BIN=$WORK/gatehouse
 cp "${GATEHOUSE_BIN:-$CARGO_TARGET_DIR/release/gatehouse}" "$BIN"
@@ -102,7 +108,7 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  rm -rf "$WORK"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -318,7 +324,7 @@ machine_busy_pct() { # the whole machine's busy share over one second
   a=$(awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat)
   sleep 1
   b=$(awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat)
-  echo "$a $b" | awk '{d = $4 - $2; printf "%.1f", d > 0 ? 100 * ($3 - $1) / d : 0}'
+  echo "$a $b" | awk '{d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
 }
 IDLE_WAITED=0
 IDLE_BUSY=0
@@ -388,7 +394,8 @@ for s in $SCENARIOS; do
 done
 
 ROUNDS_CSV=$WORK/rounds.csv
-echo "proxy,scenario,round,requests,duration_us,p50_us,p90_us,p99_us,max_us,mean_us,err_socket,non2xx3xx,cpu_ticks,clk_tck,core_busy_ticks,core_total_ticks,load1,busy_before_pct,idle_wait_s,started" >"$ROUNDS_CSV"
+echo "proxy,scenario,round,requests,duration_us,p50_us,p90_us,p99_us,max_us,mean_us,err_socket,non2xx3xx,cpu_ticks,clk_tck,core_busy_ticks,core_total_ticks,load1,busy_before_pct,idle_wait_s,started,redis_commands" >"$ROUNDS_CSV"
+redis_commands() { redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" {print $2}'; }
 run_round() { # PROXY SCENARIO ROUND
   local p=$1 s=$2 r=$3 pids c0 c1 k0 k1 out json load1 started
   read -r -a pids <<<"$(proxy_pids "$p")"
@@ -396,21 +403,23 @@ run_round() { # PROXY SCENARIO ROUND
   load1=$(cut -d' ' -f1 /proc/loadavg)
   started=$(date -u +%H:%M:%S)
   mapfile -t args < <(wrk_args "$p" "$s" "$ROUND_SECONDS")
+  rc0=$(redis_commands)
   c0=$(cpu_ticks "${pids[@]}")
   read -r k0b k0t <<<"$(core_ticks "$PROXY_CPU")"
   out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}")
   c1=$(cpu_ticks "${pids[@]}")
   read -r k1b k1t <<<"$(core_ticks "$PROXY_CPU")"
+  rc1=$(redis_commands)
   json=$(sed -n 's/^WRKJSON //p' <<<"$out")
   python3 - "$json" "$p" "$s" "$r" "$((c1 - c0))" "$CLK_TCK" "$((k1b - k0b))" "$((k1t - k0t))" \
-    "$load1" "$IDLE_BUSY" "$IDLE_WAITED" "$started" >>"$ROUNDS_CSV" <<'PY'
+    "$load1" "$IDLE_BUSY" "$IDLE_WAITED" "$started" "$((rc1 - rc0 - 1))" >>"$ROUNDS_CSV" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
-p, s, r, ticks, tck, kb, kt, load1, busy, waited, started = sys.argv[2:]
+p, s, r, ticks, tck, kb, kt, load1, busy, waited, started, redis = sys.argv[2:]
 sock = j["err_connect"] + j["err_read"] + j["err_write"] + j["err_timeout"]
 print(",".join(str(x) for x in [p, s, r, j["requests"], j["duration_us"], j["p50_us"], j["p90_us"],
       j["p99_us"], j["max_us"], j["mean_us"], sock, j["err_status"], ticks, tck, kb, kt, load1,
-      busy, waited, started]))
+      busy, waited, started, redis]))
 PY
   tail -n 1 "$ROUNDS_CSV" | awk -F, '{printf "    %-9s %-14s round %s: %8.0f req/s  p50 %5d us  p99 %6d us  cpu %5.1f us/req  (load %s, busy before %s%%, waited %ss)\n",
     $1, $2, $3, $4 / ($5 / 1e6), $6, $8, $13 * 1e6 / $14 / ($4 > 0 ? $4 : 1), $17, $18, $19}' >&2
@@ -451,6 +460,7 @@ done
 
 # --- profile -------------------------------------------------------------------------------
 PROFILE_TXT=$STEM-profile.txt
+set +o pipefail # `perf report | head` may end perf with SIGPIPE
 if [ "$PROFILE" = 1 ] && command -v perf >/dev/null 2>&1; then
   step "profiling (perf) during a plain-proxy and an auth round"
   {
@@ -478,7 +488,7 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null 2>&1; then
       echo "## $p, $s: $(printf '%.0f' "$reqs") req/s; syscalls/request ≈ $(python3 -c "print(round($sys / ($reqs * ($ROUND_SECONDS - 1)), 2))" 2>/dev/null || echo '?')"
       echo
       echo "### by shared object (self time)"
-      perf report -i "$WORK/perf-$p-$s.data" --no-children --sort dso --stdio 2>/dev/null |
+      perf report -i "$WORK/perf-$p-$s.data" --no-children --sort dso --stdio -g none 2>/dev/null |
         grep -v '^#' | grep -v '^$' | head -n 12
       echo
       echo "### top symbols (self time)"
@@ -490,10 +500,41 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null 2>&1; then
         perf report -i "$WORK/perf-$p-$s.data" --children --sort symbol --stdio -g none 2>/dev/null |
           grep -E 'gatehouse::' | head -n 30
       fi
-    } >>"$PROFILE_TXT"
+    } | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' >>"$PROFILE_TXT"
     log "$p $s profiled"
   done
+  if [ "${ALLOCS:-0}" = 1 ]; then
+    # Heap allocations per request: uprobes on libc malloc/realloc, counted for the proxy's
+    # threads only, over 1000 sequential keep-alive requests (curl). Opt-in: while the probes
+    # are enabled every process's malloc traps, which slows the rest of the machine.
+    LIBC=$(ldd "$BIN" | awk '/libc.so.6/ {print $3}')
+    if perf probe -q -x "$LIBC" -a malloc -a realloc 2>/dev/null; then
+      {
+        echo
+        echo "## heap allocations per request (malloc + realloc, 1000 sequential requests on one connection)"
+        echo
+      } >>"$PROFILE_TXT"
+      for target in "gatehouse plain" "nginx plain" "gatehouse auth" "gatehouse not_found_404" "nginx not_found_404" "gatehouse landing"; do
+        read -r p s <<<"$target"
+        read -r -a pids <<<"$(proxy_pids "$p")"
+        tids=$(for q in "${pids[@]}"; do ls "/proc/$q/task"; done | paste -sd,)
+        url="http://127.0.0.1:$(proxy_port "$p")$(scenario_path "$s")"
+        hdr=()
+        if [ "$s" = auth ]; then hdr=(-H "Authorization: Bearer $TOKEN"); fi
+        perf stat -x, -e probe_libc:malloc,probe_libc:realloc -t "$tids" -o "$WORK/allocs.txt" -- sleep 3 &
+        statpid=$!
+        sleep 0.5
+        urls=()
+        for _ in $(seq 1 1000); do urls+=("$url"); done
+        taskset -c "$LOAD_CPU" curl -s --max-time 2.4 "${hdr[@]}" "${urls[@]}" >/dev/null || true
+        wait "$statpid" || true
+        echo "- $p, $s: $(awk -F, '/probe_libc/ {n += $1} END {printf "%.1f", n / 1000}' "$WORK/allocs.txt") allocations/request" >>"$PROFILE_TXT"
+      done
+      perf probe -q -d 'probe_libc:malloc' -d 'probe_libc:realloc' 2>/dev/null || true
+    fi
+  fi
 fi
+set -o pipefail
 
 # --- report --------------------------------------------------------------------------------
 step "report"
@@ -509,8 +550,8 @@ step "report"
   echo "\"redis\": \"$(redis-server --version | cut -d' ' -f1-3)\","
   echo "\"rustc\": \"$(rustc -V)\","
   echo "\"gatehouse\": \"$("$BIN" --version)\","
-  echo "\"commit\": \"$(git rev-parse HEAD)\","
-  echo "\"dirty_files\": $(git status --porcelain -- src Cargo.toml Cargo.lock | wc -l),"
+  echo "\"commit\": \"$BUILT_COMMIT\","
+  echo "\"dirty_files\": $BUILT_DIRTY,"
   echo "\"rounds\": $ROUNDS, \"round_seconds\": $ROUND_SECONDS, \"connections\": $CONNECTIONS,"
   echo "\"fixed_rate\": $FIXED_RATE, \"fixed_connections\": $FIXED_CONNECTIONS,"
   echo "\"proxy_cpu\": $PROXY_CPU, \"load_cpu\": $LOAD_CPU, \"idle_wait_max\": $IDLE_WAIT_MAX, \"idle_busy_pct\": $IDLE_BUSY_PCT"
