@@ -109,7 +109,11 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     };
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {
-        service.add_tcp(addr);
+        // No 64 KiB read buffer held per connection for its whole life (PINGORA.md,
+        // "Memory per connection"); the header wait reads into its own small buffer.
+        let listener = pingora::listeners::ListenerConfig::tcp(addr.as_str())
+            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 1460));
+        service.add_listener(listener);
     }
     let tls_resolver = if s.tls.listen.is_empty() {
         None
