@@ -153,7 +153,9 @@ impl Request<'_> {
     }
 }
 
-fn form_decode(s: &str) -> String {
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte); bad
+/// escapes are kept as they are.
+pub(crate) fn form_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
