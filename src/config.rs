@@ -433,9 +433,13 @@ pub struct FallbackConfig {
     pub status: u16,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// JSON body. Default: the standard error body.
+    /// JSON body for API clients. Default: the standard error body.
     #[serde(default)]
     pub body: Option<serde_json::Value>,
+    /// Template (under `web.templates`) rendered for browsers instead of the error page;
+    /// it gets the usual context plus `error`.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 fn default_fallback_status() -> u16 {

@@ -18,6 +18,8 @@ pub struct Reject {
     pub headers: Vec<(String, String)>,
     /// A configured body (route fallbacks) instead of the standard error body.
     pub custom_body: Option<bytes::Bytes>,
+    /// A configured template for browsers (route fallbacks) instead of the error page.
+    pub template: Option<String>,
 }
 
 impl Reject {
@@ -28,6 +30,7 @@ impl Reject {
             message,
             headers: Vec::new(),
             custom_body: None,
+            template: None,
         }
     }
 
@@ -62,6 +65,7 @@ impl Reject {
                 let mut r = from_status(f.status);
                 r.headers = f.headers.clone();
                 r.custom_body = f.body.clone();
+                r.template = f.template.clone();
                 r
             }
         };

@@ -267,6 +267,11 @@ impl Pages {
 
     /// The HTML error page for `status`; a fixed minimal page if the template fails.
     pub fn render_error(&self, status: u16, req: &RequestView<'_>) -> String {
+        self.render_error_with(status, "error.html", req)
+    }
+
+    /// [`Pages::render_error`] with another template (route fallbacks).
+    pub fn render_error_with(&self, status: u16, template: &str, req: &RequestView<'_>) -> String {
         let (title, message) = error_text(status);
         let mut extra = serde_json::Map::new();
         extra.insert(
@@ -274,7 +279,7 @@ impl Pages {
             json!({"status": status, "title": title, "message": message}),
         );
         let ctx = self.context(req, title, extra);
-        match self.render("error.html", &ctx) {
+        match self.render(template, &ctx) {
             Ok(html) => html,
             Err(e) => {
                 tracing::error!(request_id = req.request_id, error = %e, "error page template failed");

@@ -70,6 +70,7 @@ pub struct Fallback {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Option<bytes::Bytes>,
+    pub template: Option<String>,
 }
 
 /// Route settings over pool settings over `defaults` over the built-in policy.
@@ -227,6 +228,7 @@ impl Snapshot {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     body: f.body.as_ref().map(|b| bytes::Bytes::from(b.to_string())),
+                    template: f.template.clone(),
                 }),
                 auth: r.auth,
                 compression: r.compression,
@@ -252,6 +254,17 @@ impl Snapshot {
                 None
             }
         };
+        if let Some(p) = &pages {
+            for (i, r) in config.routes.iter().enumerate() {
+                if let Some(t) = r.fallback.as_ref().and_then(|f| f.template.as_ref()) {
+                    if !p.has_template(t) {
+                        problems.push(format!(
+                            "routes[{i}].fallback.template: no template {t:?} in web.templates"
+                        ));
+                    }
+                }
+            }
+        }
         let (Some(pages), true) = (pages, problems.is_empty()) else {
             return Err(ConfigError { problems });
         };

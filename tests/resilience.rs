@@ -793,3 +793,48 @@ fn a_flapping_health_check_never_fails_a_request() {
         "the flapping backend never came back"
     );
 }
+
+#[test]
+fn fallback_template_is_rendered_for_browsers_and_its_json_body_for_api_clients() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-fallback-tpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("error.html"), "error {{ error.status }}").expect("write");
+    std::fs::write(
+        dir.join("maintenance.html"),
+        "<h1>Mantenimiento {{ error.status }}</h1>",
+    )
+    .expect("write");
+    let dead = free_port();
+    let gw = Gw::start(&format!(
+        "upstreams:\n  svc:\n    backends: http://127.0.0.1:{dead}\n    health_check: {{interval: 200ms, timeout: 200ms, rise: 1, fall: 1}}\n\
+         routes:\n  - {{prefix: /svc, upstream: svc, fallback: {{status: 503, body: {{message: maintenance}}, template: maintenance.html}}}}\n\
+         web:\n  templates: {}\n  pages: [{{path: /x, template: error.html, title: X}}]\n",
+        dir.display()
+    ));
+    let browser = gw.get_with("/svc/page", &[("Accept", "text/html")]);
+    assert_eq!(browser.status, 503);
+    assert!(
+        browser.text().contains("<h1>Mantenimiento 503</h1>"),
+        "{}",
+        browser.text()
+    );
+    assert_eq!(browser.header("x-gatehouse-fallback"), Some("1"));
+    let api = gw.get_with("/svc/page", &[("Accept", "application/json")]);
+    assert_eq!(api.status, 503);
+    assert_eq!(json(&api), serde_json::json!({"message": "maintenance"}));
+    assert_eq!(api.header("x-gatehouse-fallback"), Some("1"));
+}
+
+#[test]
+fn a_fallback_template_that_does_not_exist_is_a_config_error() {
+    let yaml = format!(
+        "upstreams:\n  svc: {{backends: 'http://127.0.0.1:9'}}\nroutes:\n  - {{prefix: /svc, upstream: svc, fallback: {{template: nope.html}}}}\nweb:\n  templates: {}/templates\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let config = gatehouse::Config::from_yaml_str(&yaml).expect("parses");
+    let err = gatehouse::check(config)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("routes[0].fallback.template"), "{err}");
+}

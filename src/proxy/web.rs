@@ -70,7 +70,12 @@ impl Gateway {
         let (body, mut headers) = if ctx.api_client || !pages.has_template("error.html") {
             (r.body(&ctx.request_id), r.headers.clone())
         } else {
-            let html = pages.render_error(r.status, &self.view(session, ctx, ""));
+            let template = r
+                .template
+                .as_deref()
+                .filter(|t| pages.has_template(t))
+                .unwrap_or("error.html");
+            let html = pages.render_error_with(r.status, template, &self.view(session, ctx, ""));
             let mut headers = html_headers();
             // Keep the protocol headers (Allow, Retry-After, WWW-Authenticate, Location …),
             // not a fallback's JSON content type.
