@@ -224,6 +224,26 @@ impl Gateway {
         }
     }
 
+    /// Runs the auth guard for this request (routes and pages share it).
+    async fn protect(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        mode: crate::config::AuthMode,
+        roles: Option<&[String]>,
+        on_store_error: crate::config::StoreFailure,
+    ) -> Decision {
+        let req = session.req_header();
+        let greq = guard::Request {
+            method: &req.method,
+            path: ctx.path.as_deref().unwrap_or("/"),
+            query: req.uri.query(),
+            headers: &req.headers,
+            api_client: ctx.api_client,
+        };
+        guard::protect(&self.auth, mode, roles, on_store_error, &greq).await
+    }
+
     fn count_auth(&self, result: &str, reason: &str) {
         self.metrics
             .auth_decisions_total
@@ -769,24 +789,15 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.deadline = Some(ctx.start + route.total_timeout);
         }
-        let decision = {
-            let req = session.req_header();
-            let greq = guard::Request {
-                method: &req.method,
-                path: ctx.path.as_deref().unwrap_or("/"),
-                query: req.uri.query(),
-                headers: &req.headers,
-                api_client: ctx.api_client,
-            };
-            guard::protect(
-                &self.auth,
+        let decision = self
+            .protect(
+                session,
+                ctx,
                 route.auth,
                 route.roles.as_deref(),
                 route.on_store_error,
-                &greq,
             )
-            .await
-        };
+            .await;
         ctx.route = Some(route.clone());
         match decision {
             Decision::Anonymous => self.rate_limit(session, ctx, &route).await,

@@ -8,20 +8,15 @@ use http::HeaderMap;
 /// `X-Requested-With` (XHR). Otherwise a request that accepts `text/html` or navigates
 /// (`Sec-Fetch-Mode: navigate`) is a browser. Anything else is treated as an API client.
 pub fn is_api_client(path: &str, headers: &HeaderMap) -> bool {
-    if path == "/api" || path.starts_with("/api/") || headers.contains_key("x-requested-with") {
+    if path == "/api" || path.starts_with("/api/") || !wants_html(headers) {
         return true;
     }
+    // A browser that asks for JSON before HTML is an API call all the same.
     let accept = headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let navigates = headers
-        .get("sec-fetch-mode")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("navigate"));
-    let wants_html = accept.contains("text/html");
-    let wants_json = accept.contains("application/json") && !wants_html;
-    !(navigates || wants_html) || wants_json
+    accept.contains("application/json") && !accept.contains("text/html")
 }
 
 /// True when the request is a browser navigation or form post expecting HTML (used where

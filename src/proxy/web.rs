@@ -3,7 +3,7 @@
 
 use super::{Ctx, Gateway};
 use crate::auth::cookies;
-use crate::auth::guard::{self, Decision};
+use crate::auth::guard::Decision;
 use crate::errors::Reject;
 use crate::pages::assets::AssetResponse;
 use crate::pages::data::{self, Fetch};
@@ -131,24 +131,15 @@ impl Gateway {
             let r = crate::errors::from_status(405).with_header("Allow", "GET, HEAD");
             return self.reject(session, ctx, r).await;
         }
-        let decision = {
-            let req = session.req_header();
-            let greq = guard::Request {
-                method: &req.method,
-                path: ctx.path.as_deref().unwrap_or("/"),
-                query: req.uri.query(),
-                headers: &req.headers,
-                api_client: ctx.api_client,
-            };
-            guard::protect(
-                &self.auth,
+        let decision = self
+            .protect(
+                session,
+                ctx,
                 page.auth,
                 page.roles.as_deref(),
                 crate::config::StoreFailure::FailClosed,
-                &greq,
             )
-            .await
-        };
+            .await;
         match decision {
             Decision::Anonymous => {}
             Decision::Allow(identity) => {
