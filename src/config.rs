@@ -470,6 +470,8 @@ pub struct ServerConfig {
     pub compression: CompressionConfig,
     /// Optional HTTPS listener.
     pub tls: crate::edge::tls::TlsConfig,
+    /// The response cache's store (routes opt in with `routes[i].cache`).
+    pub cache: crate::cache::CacheConfig,
     /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
     pub upgrade_sock: String,
     /// Where the process id is written.
@@ -490,6 +492,7 @@ impl Default for ServerConfig {
             watch_config: false,
             compression: CompressionConfig::default(),
             tls: crate::edge::tls::TlsConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
             pid_file: "/tmp/gatehouse.pid".into(),
         }
@@ -836,6 +839,13 @@ pub struct RouteConfig {
     /// Requests of this route in flight at once; more get 503 with `Retry-After`.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// Requests of this route in flight at once from one client ip; more get 429 with
+    /// `Retry-After`.
+    #[serde(default)]
+    pub max_in_flight_per_client: Option<u32>,
+    /// Cache this route's GET and HEAD answers (see `server.cache` for the store).
+    #[serde(default)]
+    pub cache: Option<crate::cache::RouteCacheConfig>,
 }
 
 fn yes() -> bool {

@@ -8,6 +8,7 @@ pub mod cors;
 pub mod forwarding;
 pub mod header_rules;
 pub mod hygiene;
+pub mod in_flight;
 pub mod ip_rules;
 pub mod listener;
 pub mod ratelimit;

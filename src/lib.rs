@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod builtin;
+pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod errors;
@@ -94,11 +95,13 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     server.bootstrap();
 
     let auth_for_admin = auth.clone();
+    let cache = cache::Cache::new(&s.cache);
     let gateway = proxy::Gateway {
         state: state.clone(),
         metrics: metrics.clone(),
         auth,
         access_log: s.log.access_log,
+        cache,
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let app = edge::listener::EdgeApp {
@@ -136,6 +139,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
                 state: state.clone(),
                 metrics: metrics.clone(),
                 auth: auth_for_admin.clone(),
+                cache,
             }),
         );
         admin.add_tcp(admin_addr);
@@ -152,6 +156,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         metrics: metrics.clone(),
         redis: auth_for_admin.redis.clone(),
         tls: tls_resolver,
+        cache,
         path: opts.config_path.clone(),
     });
     server.add_service(background_service(

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     pub connections_active: IntGauge,
     pub connections_refused_total: IntCounterVec,
+    pub in_flight_rejected_total: IntCounterVec,
+    pub cache_requests_total: IntCounterVec,
+    pub cache_purged_total: IntCounter,
+    cache_entries: IntGauge,
+    cache_size_bytes: IntGauge,
+    cache_evictions_total: IntCounter,
     process_cpu_seconds: prometheus::Counter,
     process_resident_memory_bytes: IntGauge,
     process_open_fds: IntGauge,
@@ -224,6 +230,34 @@ impl Metrics {
                 "Connections closed at once by a connection limit, by limit (total, per_ip).",
                 &["limit"],
             ),
+            in_flight_rejected_total: counter(
+                &r,
+                "in_flight_rejected_total",
+                "Requests refused by an in-flight limit, by route and scope (route: 503, client: 429).",
+                &["route", "scope"],
+            ),
+            cache_requests_total: counter(
+                &r,
+                "cache_requests_total",
+                "Requests on caching routes, by route and cache status (hit, miss, stale, updating, expired, revalidated, bypass).",
+                &["route", "status"],
+            ),
+            cache_purged_total: single_counter(
+                &r,
+                "cache_purged_total",
+                "Cached answers removed through the admin purge endpoint.",
+            ),
+            cache_entries: single_int_gauge(&r, "cache_entries", "Answers in the response cache."),
+            cache_size_bytes: single_int_gauge(
+                &r,
+                "cache_size_bytes",
+                "Memory taken by the response cache (keys, headers and bodies).",
+            ),
+            cache_evictions_total: single_counter(
+                &r,
+                "cache_evictions_total",
+                "Cached answers evicted to stay under server.cache.max_size.",
+            ),
             process_cpu_seconds: {
                 let c = prometheus::Counter::new(
                     "gatehouse_process_cpu_seconds_total",
@@ -260,9 +294,17 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with state gauges refreshed from `snap`.
-    pub fn render(&self, snap: &Snapshot) -> String {
+    /// The text exposition, with state gauges refreshed from `snap` and the cache's store.
+    pub fn render(&self, snap: &Snapshot, cache: Option<crate::cache::store::Stats>) -> String {
         let now = Instant::now();
+        if let Some(c) = cache {
+            self.cache_entries.set(c.entries as i64);
+            self.cache_size_bytes.set(c.bytes as i64);
+            let seen = self.cache_evictions_total.get();
+            if c.evictions > seen {
+                self.cache_evictions_total.inc_by(c.evictions - seen);
+            }
+        }
         let (cpu, rss, fds) = process_stats();
         // A counter: advance it to the kernel's figure (CPU time only grows).
         let seen = self.process_cpu_seconds.get();

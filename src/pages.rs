@@ -90,7 +90,8 @@ pub struct RequestView<'a> {
     pub flash: Vec<Value>,
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+/// The form-decoded value of query parameter `name`.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))

@@ -39,6 +39,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
     pub access_log: bool,
+    /// The response cache (routes opt in with `cache:`).
+    pub cache: crate::cache::Cache,
 }
 
 /// Per-request context. The snapshot is loaded once, so retries and logging see the
@@ -83,6 +85,10 @@ pub struct Ctx {
     extra_headers: Vec<(String, String)>,
     /// This request holds one of its route's `max_in_flight` slots.
     holds_slot: bool,
+    /// This request holds one of its client's `max_in_flight_per_client` slots.
+    client_slot: Option<IpAddr>,
+    /// The route caches, but this request may not use the cache (credentials).
+    cache_bypass: bool,
     /// The client prefers br, which the gateway encodes itself (see `edge::brotli_body`).
     br: bool,
     br_stream: Option<crate::edge::brotli_body::BrStream>,
@@ -527,6 +533,8 @@ impl ProxyHttp for Gateway {
             websocket: false,
             extra_headers: Vec::new(),
             holds_slot: false,
+            client_slot: None,
+            cache_bypass: false,
             br: false,
             br_stream: None,
             api_client: true,
@@ -763,6 +771,10 @@ impl ProxyHttp for Gateway {
             use std::sync::atomic::Ordering;
             if route.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
                 route.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.metrics
+                    .in_flight_rejected_total
+                    .with_label_values(&[route.name.as_str(), "route"])
+                    .inc();
                 ctx.route = Some(route);
                 let r = Reject::new(
                     503,
@@ -773,6 +785,23 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, r).await;
             }
             ctx.holds_slot = true;
+        }
+        if let (Some(slots), Some(ip)) = (&route.client_slots, ctx.client_ip) {
+            if !slots.try_take(ip) {
+                self.metrics
+                    .in_flight_rejected_total
+                    .with_label_values(&[route.name.as_str(), "client"])
+                    .inc();
+                ctx.route = Some(route);
+                let r = Reject::new(
+                    429,
+                    "too_many_in_flight",
+                    "Too many of your requests are in progress; try again shortly.",
+                )
+                .with_header("Retry-After", "1");
+                return self.reject(session, ctx, r).await;
+            }
+            ctx.client_slot = Some(ip);
         }
         if content_length.is_some_and(|n| n > route.max_body_bytes) {
             session.set_keepalive(None);
@@ -1131,6 +1160,19 @@ impl ProxyHttp for Gateway {
         if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
             resp.insert_header("strict-transport-security", h.header_value())?;
         }
+        if let Some(route) = ctx.route.as_ref().filter(|r| r.cache.is_some()) {
+            let phase = session.cache.phase();
+            if let Some(word) = crate::cache::status_word(phase, ctx.cache_bypass) {
+                self.metrics
+                    .cache_requests_total
+                    .with_label_values(&[route.name.as_str(), crate::cache::status_label(word)])
+                    .inc();
+                let header = &ctx.snapshot.config.server.cache.status_header;
+                if !header.is_empty() {
+                    resp.insert_header(header.clone(), word)?;
+                }
+            }
+        }
         if let Some(route) = ctx.route.as_ref() {
             for op in route.headers.response_ops() {
                 match op {
@@ -1179,6 +1221,84 @@ impl ProxyHttp for Gateway {
         }
         ctx.status = resp.status.as_u16();
         Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return Ok(());
+        };
+        if ctx.websocket {
+            return Ok(());
+        }
+        match policy.admits(session.req_header(), ctx.identity.is_some()) {
+            crate::cache::Admission::Use => {
+                session
+                    .cache
+                    .enable(self.cache.store, None, None, self.cache.lock, None);
+                session
+                    .cache
+                    .set_max_file_size_bytes(self.cache.store.max_object_size());
+            }
+            crate::cache::Admission::Bypass => ctx.cache_bypass = true,
+            crate::cache::Admission::Off => {}
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+    ) -> Result<pingora::cache::CacheKey> {
+        let (Some(route), Some(path)) = (ctx.route.as_ref(), ctx.path.as_deref()) else {
+            return Error::e_explain(ErrorType::InternalError, "no route in context");
+        };
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let target = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let primary = crate::cache::store::primary_key(&route.name, &host, &target);
+        Ok(pingora::cache::CacheKey::new(primary, route.name.as_str()))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<pingora::cache::RespCacheable> {
+        Ok(match ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
+            Some(policy) => policy.decide(resp, std::time::SystemTime::now()),
+            None => pingora::cache::RespCacheable::Uncacheable(
+                pingora::cache::NoCacheReason::NeverEnabled,
+            ),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora::cache::CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        crate::cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        // `None`: stale-while-revalidate, already bounded by the stored answer's window.
+        error.is_none_or(|e| crate::cache::upstream_failed(e.esource(), e.etype()))
     }
 
     fn response_body_filter(
@@ -1254,11 +1374,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if std::mem::take(&mut ctx.holds_slot) {
-            if let Some(route) = &ctx.route {
+        if let Some(route) = &ctx.route {
+            if std::mem::take(&mut ctx.holds_slot) {
                 route
                     .in_flight
                     .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            if let (Some(slots), Some(ip)) = (&route.client_slots, ctx.client_slot.take()) {
+                slots.release(ip);
             }
         }
         let status = session

@@ -25,6 +25,8 @@ pub struct Reloader {
     /// The HTTPS listener's certificate resolver: certificates are re-read on reload.
     pub tls: Option<Arc<crate::edge::tls::SniResolver>>,
     pub metrics: Arc<Metrics>,
+    /// The response cache: its bounds follow the config.
+    pub cache: crate::cache::Cache,
     /// The file `gatehouse run -c` read; `None` when the config came from memory.
     pub path: Option<PathBuf>,
 }
@@ -46,6 +48,9 @@ fn restart_needed(old: &Config, new: &Config) -> NeedsRestart {
     }
     if a.log != b.log {
         out.push("server.log");
+    }
+    if a.cache.lock_timeout != b.cache.lock_timeout {
+        out.push("server.cache.lock_timeout");
     }
     if old.auth.database_url != new.auth.database_url {
         out.push("auth.database_url");
@@ -100,6 +105,7 @@ impl Reloader {
                 }
             }
         }
+        self.cache.apply(&snap.config.server.cache);
         let restart = restart_needed(&old.config, &snap.config);
         let carried = snap
             .pools

@@ -60,6 +60,10 @@ pub struct Route {
     pub max_in_flight: Option<u32>,
     /// Requests of this route in flight now.
     pub in_flight: std::sync::atomic::AtomicU32,
+    /// `max_in_flight_per_client`: requests in flight per client ip.
+    pub client_slots: Option<crate::edge::in_flight::ClientSlots>,
+    /// `cache`: this route's answers may be cached.
+    pub cache: Option<crate::cache::Policy>,
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
 }
@@ -205,6 +209,10 @@ impl Snapshot {
                 limiters,
                 max_in_flight: r.max_in_flight,
                 in_flight: std::sync::atomic::AtomicU32::new(0),
+                client_slots: r
+                    .max_in_flight_per_client
+                    .map(crate::edge::in_flight::ClientSlots::new),
+                cache: r.cache.as_ref().map(crate::cache::Policy::new),
                 name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
                 prefix: r.prefix.clone(),
                 methods,

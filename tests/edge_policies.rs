@@ -154,23 +154,6 @@ fn tokens(headers: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The value of the counter `name{label="value"}` on the admin `/metrics` page (0 if absent).
-fn metric(admin_port: u16, name: &str, label: &str, value: &str) -> f64 {
-    let r = get_h(admin_port, "/metrics", &[]);
-    assert_eq!(r.status, 200, "/metrics: {}", r.text());
-    let selector = format!("{label}=\"{value}\"");
-    r.text()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&selector))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("bad metric line {l:?}"))
-        })
-        .sum()
-}
-
 // ------------------------------------------------------------------------------------------
 // A tiny hand-written upstream (protocol switches, binary bodies)
 // ------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 mod common;
 use common::*;
 
-use gatehouse::auth::users::{Role, UserDb};
+use common::users::{login, seed_users, unique, Account};
+use gatehouse::auth::users::Role;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,8 +19,6 @@ use std::time::Duration;
 
 /// HS256 secret of the test gateways.
 const SECRET: &str = "pages-tests-hs256-secret-0123456789abcdef-xyz";
-/// Every test user's password.
-const PASSWORD: &str = "correct-horse-battery-staple";
 const SESSION_COOKIE: &str = "predicthealth_session";
 const CSRF_COOKIE: &str = "predicthealth_csrf";
 const FLASH_COOKIE: &str = "predicthealth_flash";
@@ -32,48 +31,8 @@ const API_JSON: (&str, &str) = ("Accept", "application/json");
 // Helpers: users, gateways, HTML
 // ------------------------------------------------------------------------------------------
 
-fn unique() -> String {
-    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
-}
-
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gatehouse-pages-{}-{name}", unique()))
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-/// A user added for one test.
-#[derive(Clone, Debug)]
-struct Account {
-    id: i64,
-    email: String,
-}
-
-/// Migrates the SQLite database at `db` and adds one user per `(role, display name)`.
-fn seed_users(db: &str, users: &[(Role, &str)]) -> Vec<Account> {
-    block_on(async {
-        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
-        udb.migrate().await.expect("migrate user db");
-        let mut out = Vec::new();
-        for (role, name) in users {
-            let email = format!("{}-{}@pages.test", role.as_str(), unique());
-            let u = udb
-                .add_user(&email, PASSWORD, *role, name)
-                .await
-                .expect("add user");
-            out.push(Account {
-                id: u.id,
-                email: u.email,
-            });
-        }
-        out
-    })
 }
 
 /// The `web:` block: the repo's templates and assets, the public pages, the patient
@@ -114,7 +73,7 @@ impl Site {
     /// `routes` a whole `routes:` block (or empty).
     fn start(upstreams: &str, routes: &str, data_timeout: &str, users: &[(Role, &str)]) -> Site {
         let db = format!("sqlite://{}", temp_path("users.db").display());
-        let users = seed_users(&db, users);
+        let users = seed_users(&db, "pages.test", users);
         let rest = format!(
             "upstreams:\n{upstreams}\n{routes}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_account: 5, max_failures_per_ip: 1000, window: 15m}}\n{}",
             web_block(data_timeout)
@@ -141,20 +100,7 @@ impl Site {
 
     /// Logs `user` in through `POST /api/v1/auth/login`; returns the access token.
     fn login(&self, user: &Account) -> String {
-        let body = json!({"email": user.email, "password": PASSWORD}).to_string();
-        let r = request(
-            self.port(),
-            "POST",
-            "/api/v1/auth/login",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .expect("POST /api/v1/auth/login");
-        assert_eq!(r.status, 200, "login {}: {}", user.email, r.text());
-        json(&r)["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access_token in {}", r.text()))
-            .to_string()
+        login(self.port(), &user.email)
     }
 
     /// GET as a browser carrying the session cookie.

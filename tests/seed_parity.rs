@@ -4,7 +4,8 @@
 //! unavailable; connection limits (`server.limits.max_connections_per_ip` and
 //! `max_connections`), which close excess connections at once; and a route's
 //! `max_in_flight`, answered 503 `overloaded` with `Retry-After`, whose slots are released by
-//! every answer (success, 503, 401, 413). Response caching (item 3) is not implemented.
+//! every answer (success, 503, 401, 413), and `max_in_flight_per_client`, answered 429 to one
+//! client while another is served. Response caching (item 3) is tested in `tests/cache.rs`.
 //!
 //! Everything stays on loopback: clients on 127.0.0.1, one client bound to 127.0.0.2 to be
 //! "another address". The working directory of `cargo test` is the crate root, so
@@ -13,7 +14,8 @@
 mod common;
 use common::*;
 
-use gatehouse::auth::users::{Role, UserDb};
+use common::users::{block_on, login, seed_users, unique, Account};
+use gatehouse::auth::users::Role;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -22,8 +24,6 @@ use std::time::Duration;
 
 /// HS256 secret of the test gateways.
 const SECRET: &str = "seed-parity-tests-hs256-secret-0123456789abcdef";
-/// Every test user's password.
-const PASSWORD: &str = "correct-horse-battery-staple";
 const SESSION_COOKIE: &str = "predicthealth_session";
 /// What a browser navigating pages sends.
 const BROWSER: (&str, &str) = ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8");
@@ -38,50 +38,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 // Helpers: users, gateways, JSON
 // ------------------------------------------------------------------------------------------
 
-fn unique() -> String {
-    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
-}
-
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gatehouse-parity-{}-{name}", unique()))
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-/// A user added for one test.
-#[derive(Clone, Debug)]
-struct Account {
-    id: i64,
-    email: String,
-    name: String,
-}
-
-/// Migrates the SQLite database at `db` and adds one user per `(role, display name)`.
-fn seed_users(db: &str, users: &[(Role, &str)]) -> Vec<Account> {
-    block_on(async {
-        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
-        udb.migrate().await.expect("migrate user db");
-        let mut out = Vec::new();
-        for (role, name) in users {
-            let email = format!("{}-{}@parity.test", role.as_str(), unique());
-            let u = udb
-                .add_user(&email, PASSWORD, *role, name)
-                .await
-                .expect("add user");
-            out.push(Account {
-                id: u.id,
-                email: u.email,
-                name: name.to_string(),
-            });
-        }
-        out
-    })
 }
 
 /// The `web:` block: the repo's templates and assets, the patient dashboard (auth required,
@@ -128,7 +86,7 @@ impl Site {
         users: &[(Role, &str)],
     ) -> Site {
         let db = format!("sqlite://{}", temp_path("users.db").display());
-        let users = seed_users(&db, users);
+        let users = seed_users(&db, "parity.test", users);
         let rest = format!(
             "upstreams:\n{}\n{}\n{extra_pools}\n{routes}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_account: 5, max_failures_per_ip: 1000, window: 15m}}\n{}",
             upstream("profiles", &[profiles.to_string()], ""),
@@ -152,20 +110,7 @@ impl Site {
 
     /// Logs `user` in through `POST /api/v1/auth/login`; returns the access token.
     fn login(&self, user: &Account) -> String {
-        let body = json!({"email": user.email, "password": PASSWORD}).to_string();
-        let r = request(
-            self.port(),
-            "POST",
-            "/api/v1/auth/login",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .expect("POST /api/v1/auth/login");
-        assert_eq!(r.status, 200, "login {}: {}", user.email, r.text());
-        json(&r)["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no access_token in {}", r.text()))
-            .to_string()
+        login(self.port(), &user.email)
     }
 
     /// GET as an API client with `Authorization: Bearer token` (none when `token` is None).
@@ -261,21 +206,6 @@ fn element<'a>(html: &'a str, id: &str, end: &str) -> &'a str {
 
 /// Sum of the samples of metric `name` whose labels include `label="value"`, scraped from
 /// the admin listener (0 when there are none).
-fn metric(admin_port: u16, name: &str, label: &str, value: &str) -> f64 {
-    let r = get(admin_port, "/metrics", &[]).expect("GET admin /metrics");
-    assert_eq!(r.status, 200, "admin /metrics: {}", r.text());
-    let want = format!("{label}=\"{value}\"");
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.contains(&want)).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .sum()
-}
-
 // ------------------------------------------------------------------------------------------
 // 1. JSON dashboards
 // ------------------------------------------------------------------------------------------
@@ -526,6 +456,11 @@ fn keepalive_conn(port: u16) -> Conn {
 /// `GET /health` with `Connection: close` from a socket bound to `source` (port 0) to
 /// 127.0.0.1:`port`; the status, or an error if the connection ends without a response.
 fn health_from(source: [u8; 4], port: u16) -> Result<u16, String> {
+    status_from(source, port, "/health")
+}
+
+/// `GET path` (as an API client) on a new connection from `source`; the answer's status.
+fn status_from(source: [u8; 4], port: u16, path: &str) -> Result<u16, String> {
     let stream = block_on(async {
         let sock = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
         let from = SocketAddr::from((source, 0));
@@ -544,7 +479,10 @@ fn health_from(source: [u8; 4], port: u16) -> Result<u16, String> {
     set.map_err(|e| format!("set_read_timeout: {e}"))?;
     let mut stream = stream;
     stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .map_err(|e| format!("write: {e}"))?;
     let mut got = Vec::new();
     let read = stream.read_to_end(&mut got);
@@ -715,6 +653,61 @@ fn in_flight_limit_answers_503_overloaded_with_retry_after_and_frees_the_slot() 
         assert_eq!(r.status, 200, "sequential request {i}: {}", r.text());
         assert_eq!(r.text(), "fast");
     }
+}
+
+#[test]
+fn per_client_in_flight_limit_answers_429_to_that_client_while_another_is_served() {
+    let slow = FakeUpstream::start(Behavior::Delay {
+        delay: Duration::from_secs(1),
+        status: 200,
+        body: "slow".into(),
+    });
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{prefix: /slow, upstream: slow, max_in_flight_per_client: 1}}\n",
+        upstream("slow", &[slow.url()], "")
+    ));
+    let port = gw.port;
+    let first = std::thread::spawn(move || get(port, "/slow/first", &[API_JSON]));
+    assert!(
+        wait_until(POLL, || slow.request_count() == 1),
+        "the first request never reached the upstream"
+    );
+
+    let r = gw.get_with("/slow/second", &[API_JSON]);
+    assert_json_error(&r, 429, "too_many_in_flight", "127.0.0.1's second request");
+    let retry: u64 = r
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("429 without Retry-After: {:?}", r.headers))
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(retry >= 1, "Retry-After {retry}");
+    assert_eq!(
+        status_from([127, 0, 0, 2], port, "/slow/other"),
+        Ok(200),
+        "another client address is not limited by 127.0.0.1's requests"
+    );
+    let r = first
+        .join()
+        .expect("first request thread")
+        .expect("first request");
+    assert_eq!(r.status, 200, "first request: {}", r.text());
+    assert_eq!(
+        slow.request_count(),
+        2,
+        "the refused request reached the upstream"
+    );
+    assert_eq!(
+        metric(
+            gw.admin_port,
+            "gatehouse_in_flight_rejected_total",
+            "scope",
+            "client"
+        ),
+        1.0
+    );
+    // The slot came back: 127.0.0.1 is served again.
+    let r = gw.get_with("/slow/third", &[API_JSON]);
+    assert_eq!(r.status, 200, "after the first finished: {}", r.text());
 }
 
 #[test]

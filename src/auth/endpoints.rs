@@ -145,11 +145,7 @@ impl Request<'_> {
     }
 
     fn query_param(&self, name: &str) -> Option<String> {
-        self.query?
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| form_decode(v))
+        crate::pages::query_param(self.query, name)
     }
 }
 

@@ -51,6 +51,7 @@ pub fn validate(c: &Config) -> Vec<String> {
     if l.keepalive_timeout.0.is_zero() {
         p.push("server.limits.keepalive_timeout: must be greater than 0".into());
     }
+    p.extend(s.cache.validate("server.cache"));
     if !(1..=9).contains(&s.compression.level) {
         p.push("server.compression.level: must be between 1 and 9".into());
     }
@@ -246,6 +247,19 @@ pub fn validate(c: &Config) -> Vec<String> {
         if let Some(rw) = &r.rewrite_prefix {
             if let Err(e) = check_prefix(rw) {
                 p.push(format!("{at}.rewrite_prefix: {e}"));
+            }
+        }
+        if let Some(cache) = &r.cache {
+            p.extend(cache.validate(&format!("{at}.cache")));
+        }
+        for (key, v) in [
+            ("max_in_flight", r.max_in_flight),
+            ("max_in_flight_per_client", r.max_in_flight_per_client),
+        ] {
+            if v == Some(0) {
+                p.push(format!(
+                    "{at}.{key}: must be greater than 0 (omit it for no limit)"
+                ));
             }
         }
         if matches!(r.max_body_bytes, Some(s) if s.0 == 0) {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod upstream_and_client;
+pub mod users;
 
 pub use upstream_and_client::*;
 
@@ -85,4 +86,20 @@ pub fn upstream(name: &str, urls: &[String], extra: &str) -> String {
 /// Parses a JSON body.
 pub fn json(r: &Response) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+/// The sum of the series `name{…label="value"…}` on the admin `/metrics` page (0 if absent).
+pub fn metric(admin_port: u16, name: &str, label: &str, value: &str) -> f64 {
+    let r = get(admin_port, "/metrics", &[]).expect("GET admin /metrics");
+    assert_eq!(r.status, 200, "admin /metrics: {}", r.text());
+    let want = format!("{label}=\"{value}\"");
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.contains(&want)).then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }

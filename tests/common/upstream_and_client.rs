@@ -64,6 +64,8 @@ pub enum Behavior {
     /// 200 `application/json`:
     /// `{"method":"GET","target":"/a?b=1","headers":[["host","x"]],"body_len":0}`.
     Echo,
+    /// Like `Echo`, with these extra response headers (e.g. `Cache-Control`, `Vary`).
+    EchoWith(Vec<(String, String)>),
 }
 
 /// A request as received by the [`FakeUpstream`] (health probes are not recorded).
@@ -493,6 +495,9 @@ fn serve_conn(stream: TcpStream, sh: &Shared) {
                     Some((status, vec![], body.into(), text))
                 }
                 Behavior::Echo => Some((200, vec![], echo_json(&req).into(), "application/json")),
+                Behavior::EchoWith(extra) => {
+                    Some((200, extra, echo_json(&req).into(), "application/json"))
+                }
                 Behavior::Hang => {
                     sleep_unless_stopped(sh, Duration::from_secs(24 * 3600));
                     None
