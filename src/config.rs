@@ -456,6 +456,10 @@ pub struct ServerConfig {
     pub admin_listen: Option<String>,
     /// Worker threads. Default 2.
     pub threads: usize,
+    /// Let idle worker threads take tasks queued on busy ones (Tokio's multi-thread
+    /// scheduler). `false` runs one single-threaded runtime per worker thread instead:
+    /// cheaper scheduling, no balancing of connections between threads. Default true.
+    pub work_stealing: bool,
     /// How long in-flight requests may drain after SIGTERM/SIGINT. Default 5s.
     pub grace_period: Dur,
     /// After the grace period, how long the runtimes get to stop. Default 1s.
@@ -484,6 +488,7 @@ impl Default for ServerConfig {
             listen: OneOrMany(vec!["0.0.0.0:8080".into()]),
             admin_listen: Some("127.0.0.1:9091".into()),
             threads: 2,
+            work_stealing: true,
             grace_period: Dur::secs(5),
             shutdown_timeout: Dur::secs(1),
             trusted_proxies: Vec::new(),

@@ -78,6 +78,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     let s = &cfg.server;
     let conf = ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.0.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs_f64().ceil() as u64),
         // Attempts allowed by Pingora's loop; whether to retry is decided per failure by the

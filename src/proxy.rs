@@ -1017,49 +1017,69 @@ impl ProxyHttp for Gateway {
                 up.insert_header(http::header::CONNECTION, "upgrade")?;
             }
         }
-        let orig_host = session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()));
+        // The client's Host as it came (a cheap clone of the parsed value, no copy).
+        let orig_host: Option<http::HeaderValue> = {
+            let req = session.req_header();
+            req.headers.get(http::header::HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            })
+        };
         if let Some(host) = &route.pool.config.host {
             up.insert_header(http::header::HOST, host.as_str())?;
         } else if !up.headers.contains_key(http::header::HOST) {
             if let Some(h) = &orig_host {
-                up.insert_header(http::header::HOST, h.as_str())?;
+                up.insert_header(http::header::HOST, h.clone())?;
             }
         }
 
         let trusted_peer = ctx
             .peer_ip
             .is_some_and(|ip| forwarding::is_trusted(ip, &ctx.snapshot.trusted_proxies));
+        // One string for the peer address, reused for X-Real-IP when it is the client.
+        let mut peer_value = None;
         if let Some(peer) = ctx.peer_ip {
-            let prior: Vec<String> = up
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_string))
-                .collect();
-            let mut xff = prior.join(", ");
-            if !xff.is_empty() {
-                xff.push_str(", ");
+            use std::fmt::Write;
+            let mut xff = String::with_capacity(64);
+            for v in up.headers.get_all("x-forwarded-for") {
+                if let Ok(v) = v.to_str() {
+                    if !xff.is_empty() {
+                        xff.push_str(", ");
+                    }
+                    xff.push_str(v);
+                }
             }
-            xff.push_str(&peer.to_string());
-            up.insert_header("x-forwarded-for", xff)?;
+            let start = if xff.is_empty() {
+                0
+            } else {
+                xff.push_str(", ");
+                xff.len()
+            };
+            let _ = write!(xff, "{peer}");
+            if start == 0 {
+                let v = http::HeaderValue::try_from(xff)
+                    .map_err(|e| Error::because(ErrorType::InternalError, "peer address", e))?;
+                peer_value = Some(v.clone());
+                up.insert_header("x-forwarded-for", v)?;
+            } else {
+                up.insert_header("x-forwarded-for", xff)?;
+            }
         }
         if let Some(client) = ctx.client_ip {
-            up.insert_header("x-real-ip", client.to_string())?;
+            match peer_value.filter(|_| Some(client) == ctx.peer_ip) {
+                Some(v) => up.insert_header("x-real-ip", v)?,
+                None => up.insert_header("x-real-ip", client.to_string())?,
+            }
         }
         if ctx.tls_conn {
-            up.insert_header("x-forwarded-proto", "https")?;
+            up.insert_header("x-forwarded-proto", http::HeaderValue::from_static("https"))?;
         } else if !(trusted_peer && up.headers.contains_key("x-forwarded-proto")) {
-            up.insert_header("x-forwarded-proto", "http")?;
+            up.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
         }
         if !(trusted_peer && up.headers.contains_key("x-forwarded-host")) {
             match &orig_host {
-                Some(h) => up.insert_header("x-forwarded-host", h.as_str())?,
+                Some(h) => up.insert_header("x-forwarded-host", h.clone())?,
                 None => {
                     up.remove_header("x-forwarded-host");
                 }

@@ -40,8 +40,8 @@ fn restart_needed(old: &Config, new: &Config) -> NeedsRestart {
     if a.admin_listen != b.admin_listen {
         out.push("server.admin_listen");
     }
-    if a.threads != b.threads {
-        out.push("server.threads");
+    if (a.threads, a.work_stealing) != (b.threads, b.work_stealing) {
+        out.push("server.threads/work_stealing");
     }
     if (a.grace_period, a.shutdown_timeout) != (b.grace_period, b.shutdown_timeout) {
         out.push("server.grace_period/shutdown_timeout");

@@ -21,7 +21,8 @@
 # FIXED_CONNECTIONS (100), IDLE_CONNECTIONS (10000), IDLE_WAIT_MAX (10 s per round),
 # IDLE_BUSY_PCT (10), PROXY_CPU (0), LOAD_CPU (1), PROFILE (1), ALLOCS (0: 1 counts heap
 # allocations per request with libc uprobes, see below), BENCH_MACHINE, OUT_DIR,
-# SCENARIOS (space-separated subset), GATEHOUSE_BIN (a binary to use instead of building).
+# SCENARIOS (space-separated subset), GATEHOUSE_BIN (a binary to use instead of building),
+# WORK_STEALING (true: gatehouse's server.work_stealing).
 # Needs root or enough `ulimit -n` for IDLE_CONNECTIONS; installs nginx-light, wrk,
 # redis-server, curl and linux-perf with apt-get and matplotlib with pip when missing.
 set -euo pipefail
@@ -170,6 +171,7 @@ server:
   listen: 127.0.0.1:$GH_PORT
   admin_listen: null
   threads: 1
+  work_stealing: ${WORK_STEALING:-true}
   upgrade_sock: $WORK/gh/upgrade.sock
   pid_file: $WORK/gh/gatehouse.pid
   limits: {keepalive_timeout: 60s, keepalive_requests: 1000}

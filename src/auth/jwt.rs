@@ -280,7 +280,14 @@ pub struct Jwt {
     /// Every key by kid, the signing key included when it has one.
     by_kid: HashMap<String, DecodingKey>,
     validation: Validation,
+    /// Tokens whose signature, header and claim shapes (and issuer, audience) were already
+    /// checked, with their claims: a repeated token costs a map lookup instead of a
+    /// signature check and two JSON decodes. Time and type are checked on every use.
+    verified: std::sync::Mutex<HashMap<Box<str>, Claims>>,
 }
+
+/// Tokens kept in [`Jwt::verify`]'s cache; when full, expired ones go, then all.
+const VERIFIED_CACHE_MAX: usize = 10_000;
 
 impl fmt::Debug for Jwt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -453,6 +460,7 @@ impl Jwt {
             default_key,
             by_kid,
             validation,
+            verified: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -538,6 +546,33 @@ impl Jwt {
     /// signature, every claim present and correctly typed, `iss`/`aud` exact, `exp`/`nbf` with
     /// leeway, `iat` not beyond `now + leeway`, `typ == expected`, `sub`/`jti` non-empty.
     pub fn verify(&self, token: &str, expected: TokenType, now: i64) -> Result<Claims, JwtError> {
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
+        let claims = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.verify_signed(token)?;
+                let mut m = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+                if m.len() >= VERIFIED_CACHE_MAX {
+                    m.retain(|_, c| now < c.exp.saturating_add(self.leeway));
+                    if m.len() >= VERIFIED_CACHE_MAX {
+                        m.clear();
+                    }
+                }
+                m.insert(token.into(), c.clone());
+                c
+            }
+        };
+        self.check_time_and_type(claims, expected, now)
+    }
+
+    /// Everything about a token that does not depend on the time or the expected type:
+    /// size, shape, algorithm, key, signature, claim types, issuer and audience.
+    fn verify_signed(&self, token: &str) -> Result<Claims, JwtError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::TooLarge);
         }
@@ -601,6 +636,15 @@ impl Jwt {
         if claims.aud != self.audience {
             return Err(JwtError::WrongAudience);
         }
+        Ok(claims)
+    }
+
+    fn check_time_and_type(
+        &self,
+        claims: Claims,
+        expected: TokenType,
+        now: i64,
+    ) -> Result<Claims, JwtError> {
         if now >= claims.exp.saturating_add(self.leeway) {
             return Err(JwtError::Expired);
         }
@@ -850,6 +894,45 @@ MCowBQYDK2VwAyEALitkXLixtEtnCA5WfgK5c/cXI/ZaL4zru1GHaYb2uYo=\n\
         let header = jsonwebtoken::decode_header(&t1).unwrap();
         assert_eq!(header.kid.as_deref(), Some("k9"));
         assert_eq!(header.alg, Algorithm::HS256);
+    }
+
+    #[test]
+    fn a_cached_token_is_still_checked_for_time_and_type() {
+        let j = hs();
+        let (t, _) = j.issue("u", "admin", "s", TokenType::Access, NOW).unwrap();
+        assert!(j.verify(&t, TokenType::Access, NOW).is_ok());
+        // Now in the cache: the second verification skips the signature, not the rules.
+        assert!(matches!(
+            j.verify(&t, TokenType::Refresh, NOW),
+            Err(JwtError::WrongType)
+        ));
+        assert!(matches!(
+            j.verify(&t, TokenType::Access, NOW + 900 + 3600),
+            Err(JwtError::Expired)
+        ));
+        assert!(matches!(
+            j.verify(&t, TokenType::Access, NOW - 3600),
+            Err(JwtError::NotYetValid | JwtError::IssuedInFuture)
+        ));
+        assert!(j.verify(&t, TokenType::Access, NOW + 1).is_ok());
+        // A token differing in one signature byte is a different key: fully verified, refused.
+        let mut bad = t.clone();
+        let last = bad.pop().unwrap();
+        bad.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(j.verify(&bad, TokenType::Access, NOW).is_err());
+        // Another instance (other keys) never sees this cache.
+        let other = jwt(
+            Alg::HS256,
+            key(
+                None,
+                KeyMaterial::Secret(b"another-secret-of-at-least-32-bytes!!".to_vec()),
+            ),
+            vec![],
+        );
+        assert!(matches!(
+            other.verify(&t, TokenType::Access, NOW),
+            Err(JwtError::BadSignature)
+        ));
     }
 
     #[test]
