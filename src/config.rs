@@ -543,6 +543,10 @@ pub struct Limits {
     pub max_connections: u32,
     /// Open connections per client ip (the TCP peer); more are closed at once. 0: no limit.
     pub max_connections_per_ip: u32,
+    /// Write buffer of each client connection, kept for its life: small answers leave in
+    /// one send. 0 saves that memory per idle connection at one more send per answer.
+    /// Default 1460B (one TCP segment).
+    pub write_buffer: Size,
 }
 
 impl Default for Limits {
@@ -555,6 +559,7 @@ impl Default for Limits {
             keepalive_requests: 1000,
             max_connections: 10_000,
             max_connections_per_ip: 0,
+            write_buffer: Size(1460),
         }
     }
 }

@@ -115,8 +115,9 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     for addr in &s.listen.0 {
         // No 64 KiB read buffer held per connection for its whole life (PINGORA.md,
         // "Memory per connection"); the header wait reads into its own small buffer.
+        let write = s.limits.write_buffer.0 as usize;
         let listener = pingora::listeners::ListenerConfig::tcp(addr.as_str())
-            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 1460));
+            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, write));
         service.add_listener(listener);
     }
     let tls_resolver = if s.tls.listen.is_empty() {

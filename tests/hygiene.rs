@@ -381,6 +381,22 @@ fn two_requests_on_one_keepalive_connection_are_both_answered() {
     assert_eq!(targets(&up), ["/api/one", "/api/two"]);
 }
 
+#[test]
+fn without_a_write_buffer_keepalive_answers_are_whole_and_in_order() {
+    let (up, gw) = echo_gateway("  limits:\n    write_buffer: 0B\n", "");
+    let mut conn = Conn::open(gw.port).expect("connect");
+    for i in 0..5 {
+        let path = format!("/api/n{i}");
+        conn.send(&keepalive_get(&path)).expect("send");
+        let r = conn
+            .read_response(false)
+            .expect("response on the kept-alive connection");
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(r.text().contains(&path), "answer to {path}: {}", r.text());
+    }
+    assert_eq!(up.request_count(), 5);
+}
+
 // Known gap: Pingora 0.9.1 keeps the bytes read past a request (`take_body_overread`)
 // crate-private, and the header-deadline wrapper in src/edge/listener.rs takes the raw
 // stream for every request, so a pipelined second request is not served: the first is

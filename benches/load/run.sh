@@ -22,7 +22,8 @@
 # IDLE_BUSY_PCT (10), PROXY_CPU (0), LOAD_CPU (1), PROFILE (1), ALLOCS (0: 1 counts heap
 # allocations per request with libc uprobes, see below), BENCH_MACHINE, OUT_DIR,
 # SCENARIOS (space-separated subset), GATEHOUSE_BIN (a binary to use instead of building),
-# WORK_STEALING (true: gatehouse's server.work_stealing).
+# WORK_STEALING (true: gatehouse's server.work_stealing), WRITE_BUFFER (1460B: its
+# server.limits.write_buffer).
 # Needs root or enough `ulimit -n` for IDLE_CONNECTIONS; installs nginx-light, wrk,
 # redis-server, curl and linux-perf with apt-get and matplotlib with pip when missing.
 set -euo pipefail
@@ -174,7 +175,7 @@ server:
   work_stealing: ${WORK_STEALING:-true}
   upgrade_sock: $WORK/gh/upgrade.sock
   pid_file: $WORK/gh/gatehouse.pid
-  limits: {keepalive_timeout: 60s, keepalive_requests: 1000}
+  limits: {keepalive_timeout: 60s, keepalive_requests: 1000, write_buffer: ${WRITE_BUFFER:-1460B}}
   log: {level: warn, format: text, access_log: false}
 auth:
   database_url: sqlite://$WORK/gh/users.db

@@ -45,6 +45,9 @@ pub fn validate(c: &Config) -> Vec<String> {
     if l.max_header_bytes.0 < 1024 || l.max_header_bytes.0 > 1024 * 1024 {
         p.push("server.limits.max_header_bytes: must be between 1KiB and 1MiB".into());
     }
+    if l.write_buffer.0 > 64 * 1024 {
+        p.push("server.limits.write_buffer: must be at most 64KiB".into());
+    }
     if l.header_timeout.0.is_zero() {
         p.push("server.limits.header_timeout: must be greater than 0".into());
     }
@@ -624,6 +627,20 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.problems,
         }
+    }
+
+    #[test]
+    fn write_buffer_is_bounded() {
+        let c = crate::config::Config::from_yaml_str_with_env(
+            "server:\n  limits:\n    write_buffer: 1MiB\n",
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            c.to_string()
+                .contains("server.limits.write_buffer: must be at most 64KiB"),
+            "{c}"
+        );
     }
 
     #[test]

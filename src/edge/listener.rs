@@ -7,6 +7,13 @@
 //! block under one deadline and the size cap, then rebuilds the session with the bytes
 //! handed over as a prefix and calls the proxy. Pingora parses the same bytes, so there is
 //! one parser of record; this layer only finds the end of the head. HTTP/2 passes through.
+//!
+//! Idle keep-alive connections: Pingora keeps one task per connection, with its whole
+//! per-connection future (~15 KiB with the boxed app futures), alive while it waits for the
+//! next request. Here, after the first request of an HTTP/1 connection, the connection is
+//! handed to a small task of ours ([`EdgeApp::keep_alive`]) and Pingora's task ends; ours
+//! holds only the stream and a few fields while idle, and builds the request machinery only
+//! when the next request's first bytes arrive (its head buffer too).
 
 use crate::edge::forwarding::new_request_id;
 use crate::errors::Reject;
@@ -151,11 +158,20 @@ where
                 stream, &limits, reused, keepalive, reuses, user_ctx, shutdown,
             )
             .await;
-        if next.is_none() {
-            self.metrics.connections_active.dec();
-            self.conns.release(ip);
+        match next {
+            Some(next) if !reused => {
+                // Park the connection in our own small task; Pingora's ends here.
+                let this = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { this.keep_alive(next, ip, shutdown).await });
+                None
+            }
+            Some(next) => Some(next),
+            None => {
+                self.close_connection(ip);
+                None
+            }
         }
-        next
     }
 
     fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
@@ -175,6 +191,50 @@ impl<A> EdgeApp<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    /// Serves the following requests of a kept-alive HTTP/1 connection until it closes.
+    async fn keep_alive(
+        self: Arc<Self>,
+        mut next: ReusedHttpStream,
+        ip: Option<std::net::IpAddr>,
+        shutdown: ShutdownWatch,
+    ) {
+        loop {
+            let (stream, settings) = next.consume();
+            // The session only carries the persistent settings over; it is taken apart again
+            // at once, so an idle connection holds nothing but its stream.
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            let ServerSession::H1(mut h1) = session else {
+                break;
+            };
+            let limits = self.state.load().limits;
+            let user_ctx = h1.take_connection_user_context();
+            let keepalive = h1
+                .get_keepalive_timeout()
+                .map(|_| limits.keepalive_timeout.as_secs().max(1));
+            let reuses = h1.get_keepalive_reuses_remaining();
+            let stream = h1.into_inner();
+            match self
+                .serve_head(
+                    stream, &limits, true, keepalive, reuses, user_ctx, &shutdown,
+                )
+                .await
+            {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        self.close_connection(ip);
+    }
+
+    /// A connection is gone: its gauge and limit slots are given back.
+    fn close_connection(&self, ip: Option<std::net::IpAddr>) {
+        self.metrics.connections_active.dec();
+        self.conns.release(ip);
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn serve_head(
         self: &Arc<Self>,
@@ -229,7 +289,10 @@ async fn read_head(
 ) -> Head {
     let start = Instant::now();
     let max = limits.max_header_bytes;
-    let mut buf = BytesMut::with_capacity(2048);
+    // No buffer while the connection is idle: the first bytes land in `first` (part of this
+    // future), and the buffer is allocated once they are there.
+    let mut buf = BytesMut::new();
+    let mut first = [0u8; 256];
     let mut shutdown = shutdown.clone();
     let mut deadline = start
         + if reused {
@@ -240,14 +303,21 @@ async fn read_head(
     let mut scanned = 0usize;
     loop {
         let idle = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
-        if buf.capacity() - buf.len() < 1024 {
+        let empty = buf.capacity() == 0;
+        if !empty && buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
         let read = tokio::select! {
             // Bytes already waiting win over shutdown; a fresh connection gets its first
             // request served (with `Connection: close`) rather than reset.
             biased;
-            r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline.into(), async {
+                if empty {
+                    stream.read(&mut first).await
+                } else {
+                    stream.read_buf(&mut buf).await
+                }
+            }) => r,
             _ = shutdown.changed(), if idle && reused => return Head::Closed,
         };
         match read {
@@ -260,7 +330,12 @@ async fn read_head(
                 ))
             }
             Ok(Err(_)) | Ok(Ok(0)) => return Head::Closed,
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => {
+                if empty {
+                    buf.reserve(2048);
+                    buf.extend_from_slice(&first[..n]);
+                }
+            }
         }
         if idle && reused {
             // First byte of a new request on a kept-alive connection: its head gets the
