@@ -397,10 +397,10 @@ impl Gateway {
             return;
         };
         let pool = &route.pool;
-        let backend = addr.to_string();
+        let backend = pool.backend_label(&addr);
         self.metrics
             .upstream_requests_total
-            .with_label_values(&[pool.name.as_str(), backend.as_str(), outcome])
+            .with_label_values(&[pool.name.as_str(), backend.as_ref(), outcome])
             .inc();
         self.metrics
             .upstream_duration_seconds
@@ -1000,11 +1000,22 @@ impl ProxyHttp for Gateway {
             .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
         up.set_uri(uri);
 
-        for name in forwarding::connection_listed(&up.headers) {
-            up.remove_header(name.as_str());
-        }
-        for name in forwarding::HOP_BY_HOP {
-            up.remove_header(*name);
+        // One pass over what the client sent (usually a handful of headers) instead of a
+        // lookup per hop-by-hop and identity name; identity headers come only from the gateway.
+        let listed = forwarding::connection_listed(&up.headers);
+        let strip: Vec<http::HeaderName> = up
+            .headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                forwarding::HOP_BY_HOP.contains(&k)
+                    || IDENTITY_HEADERS.contains(&k)
+                    || listed.iter().any(|l| l == k)
+            })
+            .cloned()
+            .collect();
+        for name in &strip {
+            up.remove_header(name);
         }
         if ctx.websocket {
             let upgrade = session
@@ -1086,10 +1097,6 @@ impl ProxyHttp for Gateway {
             }
         }
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
-        // Identity headers come only from the gateway, on every route.
-        for name in ["authorization", "x-user-id", "x-user-role", "x-session-id"] {
-            up.remove_header(name);
-        }
         for op in route.headers.request_ops() {
             match op {
                 HeaderOp::Remove(n) => {
@@ -1409,14 +1416,12 @@ impl ProxyHttp for Gateway {
             .map_or(ctx.status, |r| r.status.as_u16());
         let req = session.req_header();
         let route_label = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
-        let status_label = status.to_string();
+        // StatusCode renders its number without allocating.
+        let code = http::StatusCode::from_u16(status).ok();
+        let status_label = code.as_ref().map_or("0", http::StatusCode::as_str);
         self.metrics
             .requests_total
-            .with_label_values(&[
-                route_label,
-                method_label(&req.method),
-                status_label.as_str(),
-            ])
+            .with_label_values(&[route_label, method_label(&req.method), status_label])
             .inc();
         self.metrics
             .request_duration_seconds
@@ -1452,6 +1457,10 @@ impl ProxyHttp for Gateway {
         Some(Box::new(Reused(ctx.peer_ip)))
     }
 }
+
+/// Headers only the gateway sets towards upstreams (the signed-in user's identity); a
+/// client's copies are removed on every route.
+const IDENTITY_HEADERS: &[&str] = &["authorization", "x-user-id", "x-user-role", "x-session-id"];
 
 /// The consistent-hash key of this request: client ip, a header or a cookie.
 fn hash_key(route: &Route, session: &Session, ctx: &Ctx) -> Vec<u8> {

@@ -42,6 +42,8 @@ pub struct BackendInfo {
     pub url: String,
     pub addr: SocketAddr,
     pub weight: usize,
+    /// `addr` as text, for metric labels (formatted once, not per request).
+    pub label: String,
 }
 
 enum Balancer {
@@ -81,6 +83,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The metric label of a backend of this pool.
+    pub fn backend_label(&self, addr: &SocketAddr) -> std::borrow::Cow<'_, str> {
+        match self.backends.iter().find(|b| b.addr == *addr) {
+            Some(b) => std::borrow::Cow::Borrowed(b.label.as_str()),
+            None => std::borrow::Cow::Owned(addr.to_string()),
+        }
+    }
+
     /// Resolves the backends (blocking DNS, once) and builds the balancer and health check.
     pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Pool, PoolError> {
         let mut backends = Vec::new();
@@ -108,6 +118,7 @@ impl Pool {
                 })?;
             backends.push(BackendInfo {
                 url: entry.url.clone(),
+                label: addr.to_string(),
                 addr,
                 weight: entry.weight.max(1),
             });
