@@ -389,8 +389,9 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Closes the current attempt: breaker outcome, metrics.
-    fn finish_attempt(&self, ctx: &mut Ctx, success: bool, outcome: &str) {
+    /// Closes the current attempt: breaker outcome (`None`: none, the backend is not to
+    /// blame), metrics.
+    fn finish_attempt(&self, ctx: &mut Ctx, success: Option<bool>, outcome: &str) {
         let (Some(route), Some(addr), Some(start)) =
             (ctx.route.as_ref(), ctx.backend, ctx.attempt_start.take())
         else {
@@ -406,8 +407,13 @@ impl Gateway {
             .upstream_duration_seconds
             .with_label_values(&[pool.name.as_str()])
             .observe(start.elapsed().as_secs_f64());
-        if let Some(t) = pool.record(&addr, success, Instant::now()) {
-            self.breaker_transition(&pool.name, &addr, t, &ctx.request_id);
+        match success {
+            Some(success) => {
+                if let Some(t) = pool.record(&addr, success, Instant::now()) {
+                    self.breaker_transition(&pool.name, &addr, t, &ctx.request_id);
+                }
+            }
+            None => pool.release(&addr),
         }
     }
 
@@ -940,7 +946,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.finish_attempt(ctx, false, "connect_error");
+        self.finish_attempt(ctx, Some(false), "connect_error");
         let retry = self.decide_retry(session, ctx, Failure::Connect, None);
         e.set_retry(retry);
         e
@@ -960,6 +966,13 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
+        if e.esource() == &ErrorSource::Downstream {
+            // The client went away (or broke the exchange) before the answer was through:
+            // nothing to retry, and nothing the backend did wrong.
+            self.finish_attempt(ctx, None, "client_error");
+            e.set_retry(false);
+            return e;
+        }
         let failure = Failure::of(&e);
         if e.retry == RetryType::ReusedOnly && client_reused && session.response_written().is_none()
         {
@@ -970,7 +983,7 @@ impl ProxyHttp for Gateway {
             e.set_retry(retry);
             return e;
         }
-        self.finish_attempt(ctx, false, failure.reason());
+        self.finish_attempt(ctx, Some(false), failure.reason());
         let retry = self.decide_retry(session, ctx, failure, None);
         e.set_retry(retry);
         e
@@ -1128,7 +1141,8 @@ impl ProxyHttp for Gateway {
         let status = resp.status.as_u16();
         if let Some(route) = ctx.route.clone() {
             let failed = route.pool.is_failure_status(status);
-            self.finish_attempt(ctx, !failed, if failed { "failure_status" } else { "ok" });
+            let outcome = if failed { "failure_status" } else { "ok" };
+            self.finish_attempt(ctx, Some(!failed), outcome);
             if matches!(status, 502..=504) {
                 let retry_after = resp
                     .headers

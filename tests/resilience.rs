@@ -461,6 +461,46 @@ fn breaker_opens_after_consecutive_failures_and_traffic_moves_to_the_other_backe
 }
 
 #[test]
+fn clients_that_hang_up_mid_request_never_open_the_breaker_of_a_healthy_backend() {
+    let slow = FakeUpstream::start(Behavior::Delay {
+        delay: Duration::from_millis(300),
+        status: 200,
+        body: "slow".into(),
+    });
+    let gw = gateway(
+        &[slow.url()],
+        "    circuit_breaker: {consecutive_failures: 3, cooldown: 30s}\n",
+        ", retry: {retries: 0}",
+    );
+    // Ten clients send a request and hang up while the backend is still working on it,
+    // as a browser does when the user navigates away.
+    for i in 0..10 {
+        let mut c = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        let req = format!("GET /svc/gone/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        c.write_all(req.as_bytes()).expect("send");
+        let n = i + 1;
+        assert!(
+            wait_until(Duration::from_secs(5), || slow.request_count() >= n),
+            "request {i} never reached the backend"
+        );
+        drop(c);
+    }
+    // Let every hung-up request finish on the gateway's side.
+    let settled = wait_until(Duration::from_secs(5), || {
+        metric(
+            &gw,
+            "gatehouse_upstream_requests_total",
+            &[("outcome", "client_error")],
+        ) >= 10.0
+    });
+    assert!(settled, "{}", scrape(&gw));
+    assert_eq!(breaker_state(&gw, &slow), Some(0.0), "the breaker opened");
+    let r = gw.get("/svc/after");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "slow");
+}
+
+#[test]
 fn breaker_half_opens_after_the_cooldown_and_a_successful_probe_closes_it() {
     let up = responding(500, &[], "broken");
     let gw = gateway(

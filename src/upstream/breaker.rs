@@ -148,6 +148,15 @@ impl Breaker {
         }
     }
 
+    /// Gives back a half-open probe slot without an outcome: the request ended for a reason
+    /// that says nothing about the backend (the client went away).
+    pub fn release(&self) {
+        let mut g = self.lock();
+        if g.state == BreakerState::HalfOpen {
+            g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
+        }
+    }
+
     /// Records the outcome of one request to this backend.
     pub fn record(&self, success: bool, now: Instant) -> Option<Transition> {
         let mut g = self.lock();
@@ -322,6 +331,29 @@ mod tests {
         assert!(!b.try_acquire(t1).0, "only K=1 probe at a time");
         assert_eq!(b.record(true, t1).map(|t| t.to), Some(BreakerState::Closed));
         assert!(b.try_acquire(t1).0);
+    }
+
+    #[test]
+    fn a_released_probe_frees_its_slot_without_judging_the_backend() {
+        let t0 = Instant::now();
+        let b = Breaker::new(cfg(), t0);
+        for _ in 0..3 {
+            b.record(false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(b.try_acquire(t1).0);
+        assert!(!b.try_acquire(t1).0);
+        b.release(); // the probe's client hung up
+        assert_eq!(
+            b.state(t1),
+            BreakerState::HalfOpen,
+            "neither closed nor reopened"
+        );
+        assert!(b.try_acquire(t1).0, "the slot is free for another probe");
+        // In the closed state a release changes nothing.
+        let c = Breaker::new(cfg(), t0);
+        c.release();
+        assert!(c.try_acquire(t0).0);
     }
 
     #[test]

@@ -238,6 +238,13 @@ impl Pool {
         self.breakers.get(addr).and_then(|b| b.record(success, now))
     }
 
+    /// Ends a request to `addr` without judging the backend (see [`Breaker::release`]).
+    pub fn release(&self, addr: &SocketAddr) {
+        if let Some(b) = self.breakers.get(addr) {
+            b.release();
+        }
+    }
+
     pub fn breaker_state(&self, addr: &SocketAddr, now: Instant) -> BreakerState {
         self.breakers
             .get(addr)
