@@ -250,6 +250,35 @@ impl Gateway {
         guard::protect(&self.auth, mode, roles, on_store_error, &greq).await
     }
 
+    /// Takes the route's and the client's in-flight slots (`max_in_flight`,
+    /// `max_in_flight_per_client`; `logging` gives them back). The answer when one refuses.
+    fn take_in_flight(&self, ctx: &mut Ctx, route: &Route) -> Option<Reject> {
+        use std::sync::atomic::Ordering;
+        let refused = |scope: &str, r: Reject| {
+            self.metrics
+                .in_flight_rejected_total
+                .with_label_values(&[route.name.as_str(), scope])
+                .inc();
+            Some(r.with_header("Retry-After", "1"))
+        };
+        if let Some(max) = route.max_in_flight {
+            if route.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+                route.in_flight.fetch_sub(1, Ordering::AcqRel);
+                let msg = "Too many requests in progress; try again shortly.";
+                return refused("route", Reject::new(503, "overloaded", msg));
+            }
+            ctx.holds_slot = true;
+        }
+        if let (Some(slots), Some(ip)) = (&route.client_slots, ctx.client_ip) {
+            if !slots.try_take(ip) {
+                let msg = "Too many of your requests are in progress; try again shortly.";
+                return refused("client", Reject::new(429, "too_many_in_flight", msg));
+            }
+            ctx.client_slot = Some(ip);
+        }
+        None
+    }
+
     fn count_auth(&self, result: &str, reason: &str) {
         self.metrics
             .auth_decisions_total
@@ -773,41 +802,9 @@ impl ProxyHttp for Gateway {
             );
             return self.reject(session, ctx, r).await;
         }
-        if let Some(max) = route.max_in_flight {
-            use std::sync::atomic::Ordering;
-            if route.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
-                route.in_flight.fetch_sub(1, Ordering::AcqRel);
-                self.metrics
-                    .in_flight_rejected_total
-                    .with_label_values(&[route.name.as_str(), "route"])
-                    .inc();
-                ctx.route = Some(route);
-                let r = Reject::new(
-                    503,
-                    "overloaded",
-                    "Too many requests in progress; try again shortly.",
-                )
-                .with_header("Retry-After", "1");
-                return self.reject(session, ctx, r).await;
-            }
-            ctx.holds_slot = true;
-        }
-        if let (Some(slots), Some(ip)) = (&route.client_slots, ctx.client_ip) {
-            if !slots.try_take(ip) {
-                self.metrics
-                    .in_flight_rejected_total
-                    .with_label_values(&[route.name.as_str(), "client"])
-                    .inc();
-                ctx.route = Some(route);
-                let r = Reject::new(
-                    429,
-                    "too_many_in_flight",
-                    "Too many of your requests are in progress; try again shortly.",
-                )
-                .with_header("Retry-After", "1");
-                return self.reject(session, ctx, r).await;
-            }
-            ctx.client_slot = Some(ip);
+        if let Some(r) = self.take_in_flight(ctx, &route) {
+            ctx.route = Some(route); // so that `logging` gives back a slot already taken
+            return self.reject(session, ctx, r).await;
         }
         if content_length.is_some_and(|n| n > route.max_body_bytes) {
             session.set_keepalive(None);

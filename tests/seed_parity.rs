@@ -589,15 +589,22 @@ fn total_limit_closes_a_third_connection_from_any_address() {
 // 4. In-flight limit per route
 // ------------------------------------------------------------------------------------------
 
-#[test]
-fn in_flight_limit_answers_503_overloaded_with_retry_after_and_frees_the_slot() {
+/// A gateway whose route `/slow` (with `limit`, flow-style keys) goes to a backend that
+/// answers after one second, with one request from 127.0.0.1 already in flight there.
+fn one_request_in_flight(
+    limit: &str,
+) -> (
+    FakeUpstream,
+    Gw,
+    std::thread::JoinHandle<Result<Response, String>>,
+) {
     let slow = FakeUpstream::start(Behavior::Delay {
         delay: Duration::from_secs(1),
         status: 200,
         body: "slow".into(),
     });
     let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /slow, upstream: slow, max_in_flight: 1}}\n",
+        "upstreams:\n{}\nroutes:\n  - {{prefix: /slow, upstream: slow, {limit}}}\n",
         upstream("slow", &[slow.url()], "")
     ));
     let port = gw.port;
@@ -606,6 +613,23 @@ fn in_flight_limit_answers_503_overloaded_with_retry_after_and_frees_the_slot() 
         wait_until(POLL, || slow.request_count() == 1),
         "the first request never reached the upstream"
     );
+    (slow, gw, first)
+}
+
+/// Asserts that a refusal carries `Retry-After` of at least one second.
+fn assert_retry_after(r: &Response) {
+    let retry: u64 = r
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("{} without Retry-After: {:?}", r.status, r.headers))
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(retry >= 1, "Retry-After {retry}");
+}
+
+#[test]
+fn in_flight_limit_answers_503_overloaded_with_retry_after_and_frees_the_slot() {
+    let (slow, gw, first) = one_request_in_flight("max_in_flight: 1");
+    let port = gw.port;
 
     let r = gw.get_with("/slow/second", &[API_JSON]);
     assert_json_error(
@@ -614,12 +638,7 @@ fn in_flight_limit_answers_503_overloaded_with_retry_after_and_frees_the_slot() 
         "overloaded",
         "second request while one is in flight",
     );
-    let retry: u64 = r
-        .header("retry-after")
-        .unwrap_or_else(|| panic!("503 without Retry-After: {:?}", r.headers))
-        .parse()
-        .expect("Retry-After in seconds");
-    assert!(retry >= 1, "Retry-After {retry}");
+    assert_retry_after(&r);
     assert_eq!(
         slow.request_count(),
         1,
@@ -657,30 +676,12 @@ fn in_flight_limit_answers_503_overloaded_with_retry_after_and_frees_the_slot() 
 
 #[test]
 fn per_client_in_flight_limit_answers_429_to_that_client_while_another_is_served() {
-    let slow = FakeUpstream::start(Behavior::Delay {
-        delay: Duration::from_secs(1),
-        status: 200,
-        body: "slow".into(),
-    });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /slow, upstream: slow, max_in_flight_per_client: 1}}\n",
-        upstream("slow", &[slow.url()], "")
-    ));
+    let (slow, gw, first) = one_request_in_flight("max_in_flight_per_client: 1");
     let port = gw.port;
-    let first = std::thread::spawn(move || get(port, "/slow/first", &[API_JSON]));
-    assert!(
-        wait_until(POLL, || slow.request_count() == 1),
-        "the first request never reached the upstream"
-    );
 
     let r = gw.get_with("/slow/second", &[API_JSON]);
     assert_json_error(&r, 429, "too_many_in_flight", "127.0.0.1's second request");
-    let retry: u64 = r
-        .header("retry-after")
-        .unwrap_or_else(|| panic!("429 without Retry-After: {:?}", r.headers))
-        .parse()
-        .expect("Retry-After in seconds");
-    assert!(retry >= 1, "Retry-After {retry}");
+    assert_retry_after(&r);
     assert_eq!(
         status_from([127, 0, 0, 2], port, "/slow/other"),
         Ok(200),
