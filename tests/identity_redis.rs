@@ -288,6 +288,16 @@ fn protected_routes_fail_closed_within_a_second_while_redis_is_down() {
     assert_eq!(with_bearer(port, "/private/x", &access).status, 200);
 
     s.redis.kill();
+    // Until the gateway sees its revocation subscription drop (milliseconds), the in-process
+    // session cache may still answer: no revocation can be published through the dead Redis
+    // meanwhile. From then on every protected request fails closed.
+    let noticed = wait_until(STORE_DOWN_BOUND, || {
+        with_bearer(port, "/private/x", &access).status == 503
+    });
+    assert!(
+        noticed,
+        "protected route still served 1.5 s after Redis died"
+    );
     let before = s.up.request_count();
     for i in 1..=3 {
         let r = timed(STORE_DOWN_BOUND, "protected route, store down", || {
