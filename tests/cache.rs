@@ -315,6 +315,35 @@ fn a_cached_answer_is_served_while_the_upstream_is_down_and_stale_after_it_expir
 }
 
 #[test]
+fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes_it() {
+    let up = echo_with(&[("Cache-Control", "max-age=1")]);
+    let gw = gateway(&up.url(), "{stale_while_revalidate: 30s}", "");
+    assert_eq!(status_of(&gw.get_with("/c/swr", &[API_JSON])), "MISS");
+    // Past max-age: the stale copy is answered at once and refreshed in the background.
+    let mut last = None;
+    let updating = wait_until(POLL, || {
+        let r = gw.get_with("/c/swr", &[API_JSON]);
+        let ok = status_of(&r) == "UPDATING";
+        last = Some(r);
+        ok
+    });
+    let r = last.expect("an answer");
+    assert!(updating, "never UPDATING: {:?}", r.headers);
+    assert_eq!(r.status, 200);
+    assert!(
+        wait_until(POLL, || up.request_count() == 2),
+        "the background refresh never reached the upstream"
+    );
+    let fresh = gw.get_with("/c/swr", &[API_JSON]);
+    assert_eq!(
+        (fresh.status, status_of(&fresh)),
+        (200, "HIT"),
+        "{:?}",
+        fresh.headers
+    );
+}
+
+#[test]
 fn without_stale_if_error_a_dead_pool_answers_503_once_the_copy_expires() {
     let up = echo_with(&[("Cache-Control", "max-age=1")]);
     let gw = gateway(&up.url(), "{stale_if_error: 0s}", "");
