@@ -13,3 +13,4 @@ pub mod ip_rules;
 pub mod listener;
 pub mod ratelimit;
 pub mod tls;
+pub mod write_buffer;

@@ -114,10 +114,11 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {
         // No 64 KiB read buffer held per connection for its whole life (PINGORA.md,
-        // "Memory per connection"); the header wait reads into its own small buffer.
-        let write = s.limits.write_buffer.0 as usize;
+        // "Memory per connection"); the header wait reads into its own small buffer. No
+        // write buffer either: the edge wraps each client stream in its own, which holds
+        // memory only while an answer is written (edge/write_buffer.rs).
         let listener = pingora::listeners::ListenerConfig::tcp(addr.as_str())
-            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, write));
+            .l4_buffer(pingora::listeners::L4BufferSettings::new(0, 0));
         service.add_listener(listener);
     }
     let tls_resolver = if s.tls.listen.is_empty() {

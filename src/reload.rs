@@ -37,9 +37,6 @@ fn restart_needed(old: &Config, new: &Config) -> NeedsRestart {
     if a.listen != b.listen {
         out.push("server.listen");
     }
-    if a.limits.write_buffer != b.limits.write_buffer {
-        out.push("server.limits.write_buffer");
-    }
     if a.admin_listen != b.admin_listen {
         out.push("server.admin_listen");
     }

@@ -33,6 +33,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub keepalive_requests: u32,
+    /// Write buffer of each new client connection (`server.limits.write_buffer`).
+    pub write_buffer: usize,
 }
 
 /// A route, resolved: its pool, effective timeouts and body limit.
@@ -295,6 +297,7 @@ impl Snapshot {
                 header_timeout: limits.header_timeout.0,
                 keepalive_timeout: limits.keepalive_timeout.0,
                 keepalive_requests: limits.keepalive_requests,
+                write_buffer: limits.write_buffer.0 as usize,
             },
             pages,
             cors: default_cors,

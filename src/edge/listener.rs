@@ -24,9 +24,12 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 /// Marker carried across keep-alive requests so the wrapper knows a connection is reused,
 /// and by whom (for the per-ip connection count).
@@ -136,6 +139,11 @@ where
             other => other,
         };
         let stream = h1.into_inner();
+        let stream = if reused {
+            stream
+        } else {
+            crate::edge::write_buffer::wrap(stream, limits.write_buffer)
+        };
         // One gauge count per connection: up on its first request, down when a request's
         // call returns None (the connection is not kept for another one).
         if !reused {
@@ -194,39 +202,44 @@ where
     /// Serves the following requests of a kept-alive HTTP/1 connection until it closes.
     async fn keep_alive(
         self: Arc<Self>,
-        mut next: ReusedHttpStream,
+        first: ReusedHttpStream,
         ip: Option<std::net::IpAddr>,
         shutdown: ShutdownWatch,
     ) {
-        loop {
-            let (stream, settings) = next.consume();
-            // The session only carries the persistent settings over; it is taken apart again
-            // at once, so an idle connection holds nothing but its stream.
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
-            let ServerSession::H1(mut h1) = session else {
-                break;
-            };
+        // Taken apart at once (not kept as a `ReusedHttpStream` across the wait): this
+        // future is what an idle connection holds.
+        let mut next = unpack_reused(first, &self.state.load().limits);
+        while let Some((stream, keepalive, reuses, user_ctx)) = next {
             let limits = self.state.load().limits;
-            let user_ctx = h1.take_connection_user_context();
-            let keepalive = h1
-                .get_keepalive_timeout()
-                .map(|_| limits.keepalive_timeout.as_secs().max(1));
-            let reuses = h1.get_keepalive_reuses_remaining();
-            let stream = h1.into_inner();
-            match self
+            next = self
                 .serve_head(
                     stream, &limits, true, keepalive, reuses, user_ctx, &shutdown,
                 )
                 .await
-            {
-                Some(n) => next = n,
-                None => break,
-            }
+                .and_then(|n| unpack_reused(n, &self.state.load().limits));
         }
         self.close_connection(ip);
+    }
+
+    /// Builds the session for a request whose head has arrived and returns the proxy's
+    /// (boxed) future for it. Not an `async fn` on purpose: the session is a large value, and
+    /// built inside the caller's async body it would keep room in that future, which is what
+    /// every idle keep-alive connection holds.
+    fn start_request<'a>(
+        self: &'a Arc<Self>,
+        stream: Stream,
+        buf: BytesMut,
+        keepalive: Option<u64>,
+        reuses: Option<u32>,
+        user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        let mut s = ServerSession::new_http1(stream);
+        s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
+        s.set_keepalive_reuses_remaining(reuses);
+        s.set_connection_user_context(user_ctx);
+        s.set_pipelined_prefix(buf);
+        self.inner.process_new_http(s, shutdown)
     }
 
     /// A connection is gone: its gauge and limit slots are given back.
@@ -246,37 +259,83 @@ where
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match read_head(&mut stream, limits, reused, shutdown).await {
+        let head = read_head(&mut stream, limits, reused, shutdown).await;
+        self.after_head(stream, head, keepalive, reuses, user_ctx, shutdown)
+            .await
+    }
+
+    /// What follows a head: the proxy's future for the request, or the refusal. Returns the
+    /// future rather than awaiting it, for the reason given on [`Self::start_request`].
+    fn after_head<'a>(
+        self: &'a Arc<Self>,
+        stream: Stream,
+        head: Head,
+        keepalive: Option<u64>,
+        reuses: Option<u32>,
+        user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        match head {
             Head::Ready(buf) => {
-                let mut s = ServerSession::new_http1(stream);
-                s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
-                s.set_keepalive_reuses_remaining(reuses);
-                s.set_connection_user_context(user_ctx);
-                s.set_pipelined_prefix(buf);
-                self.inner.process_new_http(s, shutdown).await
+                self.start_request(stream, buf, keepalive, reuses, user_ctx, shutdown)
             }
-            Head::Closed => None,
-            Head::Reject(r) => {
-                let id = new_request_id();
-                tracing::info!(target: "access", request_id = %id, status = r.status, reason = r.code, "request head refused");
-                let body = r.body(&id);
-                let head = format!(
-                    "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n",
-                    r.status,
-                    http::StatusCode::from_u16(r.status).ok().and_then(|s| s.canonical_reason()).unwrap_or(""),
-                    body.len()
-                );
-                let write = async {
-                    stream.write_all(head.as_bytes()).await?;
-                    stream.write_all(&body).await?;
-                    stream.flush().await?;
-                    stream.shutdown().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+            Head::Closed => Box::pin(std::future::ready(None)),
+            Head::Reject(r) => Box::pin(async move {
+                refuse_head(stream, r).await;
                 None
-            }
+            }),
         }
     }
+}
+
+/// What a kept-alive connection carries to its next request: its stream, keep-alive timeout
+/// (seconds) and remaining reuses, and the connection's user context. The session Pingora
+/// hands back is taken apart here, outside any async body, for the reason given on
+/// [`EdgeApp::start_request`].
+#[allow(clippy::type_complexity)]
+fn unpack_reused(
+    next: ReusedHttpStream,
+    limits: &crate::state::Limits,
+) -> Option<(
+    Stream,
+    Option<u64>,
+    Option<u32>,
+    Option<Box<dyn std::any::Any + Send + Sync>>,
+)> {
+    let (stream, settings) = next.consume();
+    let mut session = ServerSession::new_http1(stream);
+    if let Some(settings) = settings {
+        settings.apply_to_session(&mut session);
+    }
+    let ServerSession::H1(mut h1) = session else {
+        return None;
+    };
+    let user_ctx = h1.take_connection_user_context();
+    let keepalive = h1
+        .get_keepalive_timeout()
+        .map(|_| limits.keepalive_timeout.as_secs().max(1));
+    let reuses = h1.get_keepalive_reuses_remaining();
+    Some((h1.into_inner(), keepalive, reuses, user_ctx))
+}
+
+/// Answers a refused request head (408, 431) and closes the connection.
+async fn refuse_head(mut stream: Stream, r: Reject) {
+    let id = new_request_id();
+    tracing::info!(target: "access", request_id = %id, status = r.status, reason = r.code, "request head refused");
+    let body = r.body(&id);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n",
+        r.status,
+        http::StatusCode::from_u16(r.status).ok().and_then(|s| s.canonical_reason()).unwrap_or(""),
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
 /// Reads until the end of the header block. Idle (nothing sent yet) connections close
@@ -289,10 +348,9 @@ async fn read_head(
 ) -> Head {
     let start = Instant::now();
     let max = limits.max_header_bytes;
-    // No buffer while the connection is idle: the first bytes land in `first` (part of this
-    // future), and the buffer is allocated once they are there.
+    // No buffer while the connection is idle: the first bytes are read into a buffer on the
+    // stack of one poll (`read_first`), and the head's buffer is allocated once they are there.
     let mut buf = BytesMut::new();
-    let mut first = [0u8; 256];
     let mut shutdown = shutdown.clone();
     let mut deadline = start
         + if reused {
@@ -301,46 +359,49 @@ async fn read_head(
             limits.header_timeout
         };
     let mut scanned = 0usize;
+    // One timer for the whole head, moved when the first byte of a kept-alive request comes.
+    let sleep = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(sleep);
     loop {
         let idle = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
-        let empty = buf.capacity() == 0;
-        if !empty && buf.capacity() - buf.len() < 1024 {
+        if buf.capacity() != 0 && buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        let read = tokio::select! {
-            // Bytes already waiting win over shutdown; a fresh connection gets its first
-            // request served (with `Connection: close`) rather than reset.
-            biased;
-            r = tokio::time::timeout_at(deadline.into(), async {
-                if empty {
-                    stream.read(&mut first).await
-                } else {
-                    stream.read_buf(&mut buf).await
-                }
-            }) => r,
-            _ = shutdown.changed(), if idle && reused => return Head::Closed,
-        };
+        // Polled by hand rather than with `select!` and `timeout_at`: this future is what an
+        // idle keep-alive connection holds, so it is kept small.
+        let mut changed = std::pin::pin!(shutdown.changed());
+        let read = std::future::poll_fn(|cx| {
+            // Bytes already waiting win over shutdown and the deadline; a fresh connection
+            // gets its first request served (with `Connection: close`) rather than reset.
+            if let Poll::Ready(r) = poll_read_some(stream, &mut buf, cx) {
+                return Poll::Ready(Some(r));
+            }
+            if idle && reused && changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into()))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
         match read {
-            Err(_elapsed) if idle => return Head::Closed,
-            Err(_elapsed) => {
+            None => return Head::Closed,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut && !idle => {
                 return Head::Reject(Reject::new(
                     408,
                     "request_timeout",
                     "The request headers took too long to arrive.",
                 ))
             }
-            Ok(Err(_)) | Ok(Ok(0)) => return Head::Closed,
-            Ok(Ok(n)) => {
-                if empty {
-                    buf.reserve(2048);
-                    buf.extend_from_slice(&first[..n]);
-                }
-            }
+            Some(Err(_)) | Some(Ok(0)) => return Head::Closed,
+            Some(Ok(_)) => {}
         }
         if idle && reused {
             // First byte of a new request on a kept-alive connection: its head gets the
             // full header deadline from now.
             deadline = Instant::now() + limits.header_timeout;
+            sleep.as_mut().reset(deadline.into());
         }
         // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
         let lead = buf
@@ -362,6 +423,36 @@ async fn read_head(
             return Head::Reject(too_large());
         }
     }
+}
+
+/// One read into `buf`. While `buf` has no memory yet (an idle connection holds none), the
+/// read goes to a buffer on the stack of this poll (a read that is not ready takes nothing
+/// from it) and what arrived is copied into `buf`, allocated then. Ready(Ok(0)): closed.
+fn poll_read_some(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut rb = ReadBuf::uninit(&mut scratch);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        if !got.is_empty() {
+            buf.reserve(got.len().max(2048));
+            buf.extend_from_slice(got);
+        }
+        return Poll::Ready(Ok(got.len()));
+    }
+    // Heads that do not come in one read: rare, so the spare room is simply zeroed first.
+    let len = buf.len();
+    buf.resize(buf.capacity(), 0);
+    let mut rb = ReadBuf::new(&mut buf[len..]);
+    let r = Pin::new(&mut *stream).poll_read(cx, &mut rb);
+    let n = rb.filled().len();
+    buf.truncate(len + n);
+    std::task::ready!(r)?;
+    Poll::Ready(Ok(n))
 }
 
 fn too_large() -> Reject {
@@ -392,6 +483,29 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::find_head_end;
+
+    /// The head wait is what every idle keep-alive connection holds (its task's future is
+    /// this plus a few fields): it must not grow a buffer or a large session again (it was
+    /// 2.8 KiB for the whole task before the session was built outside the async bodies).
+    #[tokio::test]
+    async fn the_idle_head_wait_stays_small() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut s: pingora::protocols::Stream = Box::new(a);
+        let limits = crate::state::Limits {
+            max_header_bytes: 8192,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_body_bytes: 0,
+            header_timeout: std::time::Duration::from_secs(1),
+            keepalive_timeout: std::time::Duration::from_secs(1),
+            keepalive_requests: 1,
+            write_buffer: 0,
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let wait = super::read_head(&mut s, &limits, true, &rx);
+        let size = std::mem::size_of_val(&wait);
+        assert!(size <= 512, "the idle head wait takes {size} bytes");
+    }
 
     #[test]
     fn head_end_is_found_for_crlf_and_lf() {
