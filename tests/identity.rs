@@ -8,6 +8,7 @@
 //! sessions, are in `identity_redis.rs`.
 
 mod common;
+use common::users::{block_on, seed_users, unique, Account, PASSWORD};
 use common::*;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,8 +21,6 @@ use std::process::Command;
 
 /// The HS256 secret of the test gateways (forged tokens are signed with it).
 const SECRET: &str = "identity-tests-hs256-secret-0123456789abcdef";
-/// Every test user's password.
-const PASSWORD: &str = "correct-horse-battery-staple";
 const COOKIE: &str = "predicthealth_session";
 const REFRESH_COOKIE: &str = "predicthealth_refresh";
 
@@ -84,10 +83,6 @@ macro_rules! on_both_backends {
     )*};
 }
 
-fn unique() -> String {
-    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
-}
-
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("gatehouse-identity-{}-{name}", unique()))
 }
@@ -113,49 +108,9 @@ impl Drop for TempDir {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
 // ------------------------------------------------------------------------------------------
 // Users and gateways
 // ------------------------------------------------------------------------------------------
-
-/// A user added for one test.
-#[derive(Clone, Debug)]
-struct Account {
-    id: i64,
-    email: String,
-    name: String,
-    role: Role,
-}
-
-/// Migrates `db` and adds one user per `(role, name)` with a unique email.
-fn add_users(db: &str, users: &[(Role, &str)]) -> Vec<Account> {
-    block_on(async {
-        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
-        udb.migrate().await.expect("migrate user db");
-        let mut out = Vec::new();
-        for (role, name) in users {
-            let email = format!("{}-{}@identity.test", role.as_str(), unique());
-            let u = udb
-                .add_user(&email, PASSWORD, *role, name)
-                .await
-                .expect("add user");
-            out.push(Account {
-                id: u.id,
-                email: u.email,
-                name: name.to_string(),
-                role: *role,
-            });
-        }
-        out
-    })
-}
 
 /// The kinds of the latest auth events, as `(user_id, kind)`.
 fn events(db: &str) -> Vec<(Option<i64>, String)> {
@@ -218,7 +173,7 @@ impl Site {
     /// `None` when the backend's services are not configured (the test is skipped).
     fn start(backend: Backend, cfg: Cfg, users: &[(Role, &str)]) -> Option<Site> {
         let (db, redis, dir) = backend.urls()?;
-        let users = add_users(&db, users);
+        let users = seed_users(&db, "identity.test", users);
         let up = FakeUpstream::start(Behavior::Echo);
         let rest = format!(
             "upstreams:\n{}\n{ROUTES}auth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {}\n  login: {}\n{}\n",

@@ -13,7 +13,11 @@
 //! next request. Here, after the first request of an HTTP/1 connection, the connection is
 //! handed to a small task of ours ([`EdgeApp::keep_alive`]) and Pingora's task ends; ours
 //! holds only the stream and a few fields while idle, and builds the request machinery only
-//! when the next request's first bytes arrive (its head buffer too).
+//! when the next request's first bytes arrive (its head buffer too). The task's future is
+//! ~1 KiB: sessions are built and taken apart in plain functions ([`unpack_reused`],
+//! [`EdgeApp::after_head`]), never inside the async bodies, where rustc would keep room for
+//! them in the future (it was 2.8 KiB that way). The client stream's write buffer
+//! ([`crate::edge::write_buffer`]) holds memory only while an answer is written.
 
 use crate::edge::forwarding::new_request_id;
 use crate::errors::Reject;
@@ -221,27 +225,6 @@ where
         self.close_connection(ip);
     }
 
-    /// Builds the session for a request whose head has arrived and returns the proxy's
-    /// (boxed) future for it. Not an `async fn` on purpose: the session is a large value, and
-    /// built inside the caller's async body it would keep room in that future, which is what
-    /// every idle keep-alive connection holds.
-    fn start_request<'a>(
-        self: &'a Arc<Self>,
-        stream: Stream,
-        buf: BytesMut,
-        keepalive: Option<u64>,
-        reuses: Option<u32>,
-        user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
-        shutdown: &'a ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
-        let mut s = ServerSession::new_http1(stream);
-        s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
-        s.set_keepalive_reuses_remaining(reuses);
-        s.set_connection_user_context(user_ctx);
-        s.set_pipelined_prefix(buf);
-        self.inner.process_new_http(s, shutdown)
-    }
-
     /// A connection is gone: its gauge and limit slots are given back.
     fn close_connection(&self, ip: Option<std::net::IpAddr>) {
         self.metrics.connections_active.dec();
@@ -264,8 +247,10 @@ where
             .await
     }
 
-    /// What follows a head: the proxy's future for the request, or the refusal. Returns the
-    /// future rather than awaiting it, for the reason given on [`Self::start_request`].
+    /// What follows a head: the proxy's future for the request (with the session built for
+    /// it), or the refusal. Not an `async fn` on purpose: the session is a large value, and
+    /// built inside the caller's async body it would keep room in that future, which is what
+    /// every idle keep-alive connection holds; the future returned is boxed.
     fn after_head<'a>(
         self: &'a Arc<Self>,
         stream: Stream,
@@ -277,7 +262,12 @@ where
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
         match head {
             Head::Ready(buf) => {
-                self.start_request(stream, buf, keepalive, reuses, user_ctx, shutdown)
+                let mut s = ServerSession::new_http1(stream);
+                s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
+                s.set_keepalive_reuses_remaining(reuses);
+                s.set_connection_user_context(user_ctx);
+                s.set_pipelined_prefix(buf);
+                self.inner.process_new_http(s, shutdown)
             }
             Head::Closed => Box::pin(std::future::ready(None)),
             Head::Reject(r) => Box::pin(async move {
@@ -291,7 +281,7 @@ where
 /// What a kept-alive connection carries to its next request: its stream, keep-alive timeout
 /// (seconds) and remaining reuses, and the connection's user context. The session Pingora
 /// hands back is taken apart here, outside any async body, for the reason given on
-/// [`EdgeApp::start_request`].
+/// [`EdgeApp::after_head`].
 #[allow(clippy::type_complexity)]
 fn unpack_reused(
     next: ReusedHttpStream,

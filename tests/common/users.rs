@@ -11,6 +11,7 @@ pub struct Account {
     pub id: i64,
     pub email: String,
     pub name: String,
+    pub role: Role,
 }
 
 /// A string no other test (or run) uses.
@@ -50,6 +51,7 @@ pub fn seed_users(db: &str, domain: &str, users: &[(Role, &str)]) -> Vec<Account
                 id: u.id,
                 email: u.email,
                 name: name.to_string(),
+                role: *role,
             });
         }
         out
