@@ -344,8 +344,16 @@ fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes_it() {
         fresh = Some(r);
         ok
     });
-    assert!(hit, "never a HIT after the refresh: {:?}", fresh.map(|r| r.headers));
-    assert_eq!(up.request_count(), 2, "the refresh was the only upstream request");
+    assert!(
+        hit,
+        "never a HIT after the refresh: {:?}",
+        fresh.map(|r| r.headers)
+    );
+    assert_eq!(
+        up.request_count(),
+        2,
+        "the refresh was the only upstream request"
+    );
 }
 
 #[test]
