@@ -397,13 +397,9 @@ fn without_a_write_buffer_keepalive_answers_are_whole_and_in_order() {
     assert_eq!(up.request_count(), 5);
 }
 
-// Known gap: Pingora 0.9.1 keeps the bytes read past a request (`take_body_overread`)
-// crate-private, and the header-deadline wrapper in src/edge/listener.rs takes the raw
-// stream for every request, so a pipelined second request is not served: the first is
-// answered and the connection closed (Pingora's own default, RFC 9112 §9.3.2 lets clients
-// retry on a new connection). Serving it needs an IO wrapper that keeps overread bytes.
+// Pipelining (RFC 9112 §9.3.2): requests without a body that arrive behind another one are
+// answered in order on the same connection (src/edge/listener.rs, `split_pipelined`).
 #[test]
-#[ignore = "pipelining not supported yet; see comment"]
 fn pipelined_requests_on_one_connection_are_both_answered() {
     let (up, gw) = echo_gateway("", "");
     let mut conn = Conn::open(gw.port).expect("connect");
@@ -414,8 +410,73 @@ fn pipelined_requests_on_one_connection_are_both_answered() {
             .read_response_timeout(false, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("response to pipelined {path}: {e}"));
         assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(r.text().contains(path), "answer to {path}: {}", r.text());
     }
     assert_eq!(targets(&up), ["/api/p1", "/api/p2"]);
+}
+
+#[test]
+fn a_pipelined_burst_and_a_head_split_across_writes_are_answered_in_order() {
+    let (up, gw) = echo_gateway("", "");
+    let mut conn = Conn::open(gw.port).expect("connect");
+    // Three whole requests and the start of a fourth in one write; the fourth's end later.
+    let mut burst = [
+        keepalive_get("/api/b1"),
+        keepalive_get("/api/b2"),
+        keepalive_get("/api/b3"),
+    ]
+    .concat();
+    burst.extend_from_slice(b"GET /api/b4 HTTP/1.1\r\nHost: loc");
+    conn.send(&burst).expect("send burst");
+    for path in ["/api/b1", "/api/b2", "/api/b3"] {
+        let r = conn
+            .read_response_timeout(false, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("response to pipelined {path}: {e}"));
+        assert!(r.text().contains(path), "answer to {path}: {}", r.text());
+    }
+    conn.send(b"alhost\r\n\r\n").expect("send the rest");
+    let r = conn
+        .read_response_timeout(false, Duration::from_secs(5))
+        .expect("response to the split head");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("/api/b4"), "{}", r.text());
+    assert_eq!(targets(&up), ["/api/b1", "/api/b2", "/api/b3", "/api/b4"]);
+}
+
+#[test]
+fn bytes_after_a_request_with_a_body_are_never_read_as_another_request() {
+    // Behind a body (Content-Length or chunked) nothing is split off: the body goes to the
+    // upstream whole, and what follows it closes the connection after the answer instead of
+    // being taken for a request (the client may retry it on a new connection).
+    for (name, first) in [
+        (
+            "content-length",
+            "POST /api/p1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "chunked",
+            "POST /api/p1 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let (up, gw) = echo_gateway("", "");
+        let mut conn = Conn::open(gw.port).expect("connect");
+        let mut bytes = first.as_bytes().to_vec();
+        bytes.extend_from_slice(&keepalive_get("/api/smuggled"));
+        conn.send(&bytes).expect("send");
+        let r = conn
+            .read_response_timeout(false, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{name}: response to the POST: {e}"));
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let seen = up.requests();
+        assert_eq!(seen.len(), 1, "{name}: upstream saw {:?}", targets(&up));
+        assert_eq!(seen[0].target, "/api/p1", "{name}");
+        assert_eq!(seen[0].body, b"hello", "{name}: the body arrives whole");
+        assert!(
+            conn.is_closed_by_peer(Duration::from_secs(5)),
+            "{name}: the connection stays open after bytes that followed a body"
+        );
+        assert_eq!(targets(&up), ["/api/p1"], "{name}");
+    }
 }
 
 #[test]

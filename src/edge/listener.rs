@@ -106,7 +106,9 @@ impl ConnTable {
 }
 
 enum Head {
-    Ready(BytesMut),
+    /// The bytes read, starting with the head, and the head's length (what follows it is
+    /// body or a pipelined request, see [`split_pipelined`]).
+    Ready(BytesMut, usize),
     Closed,
     Reject(Reject),
 }
@@ -167,18 +169,30 @@ where
         }
         let next = self
             .serve_head(
-                stream, &limits, reused, keepalive, reuses, user_ctx, shutdown,
+                stream,
+                BytesMut::new(),
+                &limits,
+                reused,
+                keepalive,
+                reuses,
+                user_ctx,
+                shutdown,
             )
             .await;
         match next {
-            Some(next) if !reused => {
+            Some((next, carry)) if !reused => {
                 // Park the connection in our own small task; Pingora's ends here.
                 let this = self.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move { this.keep_alive(next, ip, shutdown).await });
+                tokio::spawn(async move { this.keep_alive(next, carry, ip, shutdown).await });
                 None
             }
-            Some(next) => Some(next),
+            // Pingora's own loop cannot carry pipelined bytes: close rather than lose them.
+            Some((next, carry)) if carry.is_empty() => Some(next),
+            Some(_) => {
+                self.close_connection(ip);
+                None
+            }
             None => {
                 self.close_connection(ip);
                 None
@@ -207,6 +221,7 @@ where
     async fn keep_alive(
         self: Arc<Self>,
         first: ReusedHttpStream,
+        mut carry: BytesMut,
         ip: Option<std::net::IpAddr>,
         shutdown: ShutdownWatch,
     ) {
@@ -215,12 +230,25 @@ where
         let mut next = unpack_reused(first, &self.state.load().limits);
         while let Some((stream, keepalive, reuses, user_ctx)) = next {
             let limits = self.state.load().limits;
-            next = self
+            next = match self
                 .serve_head(
-                    stream, &limits, true, keepalive, reuses, user_ctx, &shutdown,
+                    stream,
+                    std::mem::take(&mut carry),
+                    &limits,
+                    true,
+                    keepalive,
+                    reuses,
+                    user_ctx,
+                    &shutdown,
                 )
                 .await
-                .and_then(|n| unpack_reused(n, &self.state.load().limits));
+            {
+                Some((n, rest)) => {
+                    carry = rest;
+                    unpack_reused(n, &self.state.load().limits)
+                }
+                None => None,
+            };
         }
         self.close_connection(ip);
     }
@@ -232,19 +260,24 @@ where
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Reads one request head (starting with `carry`, bytes of it already read) and serves
+    /// it. Returns the connection for the next request, with the bytes already read for it
+    /// (a pipelined request), or `None` when the connection is done.
+    #[allow(clippy::too_many_arguments)]
     async fn serve_head(
         self: &Arc<Self>,
         mut stream: Stream,
+        carry: BytesMut,
         limits: &crate::state::Limits,
         reused: bool,
         keepalive: Option<u64>,
         reuses: Option<u32>,
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let head = read_head(&mut stream, limits, reused, shutdown).await;
-        self.after_head(stream, head, keepalive, reuses, user_ctx, shutdown)
-            .await
+    ) -> Option<(ReusedHttpStream, BytesMut)> {
+        let head = read_head(&mut stream, carry, limits, reused, shutdown).await;
+        let (serve, rest) = self.after_head(stream, head, keepalive, reuses, user_ctx, shutdown);
+        serve.await.map(|next| (next, rest))
     }
 
     /// What follows a head: the proxy's future for the request (with the session built for
@@ -259,21 +292,28 @@ where
         reuses: Option<u32>,
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &'a ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+    ) -> (
+        Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>,
+        BytesMut,
+    ) {
         match head {
-            Head::Ready(buf) => {
+            Head::Ready(mut buf, head_len) => {
+                let rest = split_pipelined(&mut buf, head_len);
                 let mut s = ServerSession::new_http1(stream);
                 s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
                 s.set_keepalive_reuses_remaining(reuses);
                 s.set_connection_user_context(user_ctx);
                 s.set_pipelined_prefix(buf);
-                self.inner.process_new_http(s, shutdown)
+                (self.inner.process_new_http(s, shutdown), rest)
             }
-            Head::Closed => Box::pin(std::future::ready(None)),
-            Head::Reject(r) => Box::pin(async move {
-                refuse_head(stream, r).await;
-                None
-            }),
+            Head::Closed => (Box::pin(std::future::ready(None)), BytesMut::new()),
+            Head::Reject(r) => (
+                Box::pin(async move {
+                    refuse_head(stream, r).await;
+                    None
+                }),
+                BytesMut::new(),
+            ),
         }
     }
 }
@@ -332,6 +372,7 @@ async fn refuse_head(mut stream: Stream, r: Reject) {
 /// silently after the idle timeout or on shutdown; a partial head gets 408 at the deadline.
 async fn read_head(
     stream: &mut Stream,
+    carry: BytesMut,
     limits: &crate::state::Limits,
     reused: bool,
     shutdown: &ShutdownWatch,
@@ -339,63 +380,69 @@ async fn read_head(
     let start = Instant::now();
     let max = limits.max_header_bytes;
     // No buffer while the connection is idle: the first bytes are read into a buffer on the
-    // stack of one poll (`read_first`), and the head's buffer is allocated once they are there.
-    let mut buf = BytesMut::new();
+    // stack of one poll (`poll_read_some`), and the head's buffer is allocated once they are
+    // there. `carry` holds what was read after the previous request (pipelined), if anything.
+    let mut buf = carry;
+    let waiting = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
     let mut shutdown = shutdown.clone();
     let mut deadline = start
-        + if reused {
+        + if reused && waiting {
             limits.keepalive_timeout
         } else {
             limits.header_timeout
         };
+    // Carried bytes are looked at before anything is read: they may hold a whole head.
+    let mut unscanned = !buf.is_empty();
     let mut scanned = 0usize;
     // One timer for the whole head, moved when the first byte of a kept-alive request comes.
     let sleep = tokio::time::sleep_until(deadline.into());
     tokio::pin!(sleep);
     loop {
-        let idle = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
-        if buf.capacity() != 0 && buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
-        }
-        if sleep.deadline() != deadline.into() {
-            sleep.as_mut().reset(deadline.into());
-        }
-        // Polled by hand rather than with `select!` and `timeout_at`: this future is what an
-        // idle keep-alive connection holds, so it is kept small.
-        let mut changed = std::pin::pin!(shutdown.changed());
-        let read = std::future::poll_fn(|cx| {
-            // Bytes already waiting win over shutdown and the deadline; a fresh connection
-            // gets its first request served (with `Connection: close`) rather than reset.
-            if let Poll::Ready(r) = poll_read_some(stream, &mut buf, cx) {
-                return Poll::Ready(Some(r));
+        if !std::mem::take(&mut unscanned) {
+            let idle = buf.iter().all(|b| *b == b'\r' || *b == b'\n');
+            if buf.capacity() != 0 && buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
             }
-            if idle && reused && changed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+            if sleep.deadline() != deadline.into() {
+                sleep.as_mut().reset(deadline.into());
             }
-            match sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into()))),
-                Poll::Pending => Poll::Pending,
+            // Polled by hand rather than with `select!` and `timeout_at`: this future is what an
+            // idle keep-alive connection holds, so it is kept small.
+            let mut changed = std::pin::pin!(shutdown.changed());
+            let read = std::future::poll_fn(|cx| {
+                // Bytes already waiting win over shutdown and the deadline; a fresh connection
+                // gets its first request served (with `Connection: close`) rather than reset.
+                if let Poll::Ready(r) = poll_read_some(stream, &mut buf, cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if idle && reused && changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match read {
+                None => return Head::Closed,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut && !idle => {
+                    return Head::Reject(Reject::new(
+                        408,
+                        "request_timeout",
+                        "The request headers took too long to arrive.",
+                    ))
+                }
+                Some(Err(_)) | Some(Ok(0)) => return Head::Closed,
+                Some(Ok(_)) => {}
             }
-        })
-        .await;
-        match read {
-            None => return Head::Closed,
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut && !idle => {
-                return Head::Reject(Reject::new(
-                    408,
-                    "request_timeout",
-                    "The request headers took too long to arrive.",
-                ))
+            if idle && reused {
+                // First byte of a new request on a kept-alive connection: its head gets the
+                // full header deadline from now.
+                // The timer is moved only if the head needs another read (most come whole in
+                // one): moving it to an earlier time wakes tokio's driver, one more syscall.
+                deadline = Instant::now() + limits.header_timeout;
             }
-            Some(Err(_)) | Some(Ok(0)) => return Head::Closed,
-            Some(Ok(_)) => {}
-        }
-        if idle && reused {
-            // First byte of a new request on a kept-alive connection: its head gets the
-            // full header deadline from now.
-            // The timer is moved only if the head needs another read (most come whole in
-            // one): moving it to an earlier time wakes tokio's driver, one more syscall.
-            deadline = Instant::now() + limits.header_timeout;
         }
         // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
         let lead = buf
@@ -410,13 +457,40 @@ async fn read_head(
             if lead > 0 {
                 let _ = buf.split_to(lead);
             }
-            return Head::Ready(buf);
+            return Head::Ready(buf, from + end - lead);
         }
         scanned = buf.len();
         if buf.len() - lead > max {
             return Head::Reject(too_large());
         }
     }
+}
+
+/// Splits off what follows a request head when it can only be the next (pipelined) request:
+/// a request without `Content-Length` and `Transfer-Encoding` has no body (RFC 9112 §6.3).
+/// The head goes to Pingora alone, the rest is kept for the next request on the connection.
+/// Anything that might make the bytes after the head mean something else — a body header,
+/// an upgrade or CONNECT (the bytes then belong to the tunnel) — leaves them with the head,
+/// as before: Pingora reads the body from them and, if more is left over, answers and closes
+/// the connection (the client retries the rest, RFC 9112 §9.3.2). The test is on the raw
+/// bytes, so a header Pingora would read as a body header is never missed here.
+fn split_pipelined(buf: &mut BytesMut, head_len: usize) -> BytesMut {
+    if buf.len() <= head_len {
+        return BytesMut::new();
+    }
+    let head = &buf[..head_len];
+    let mentions = |word: &[u8]| {
+        head.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    if mentions(b"content-length")
+        || mentions(b"transfer-encoding")
+        || mentions(b"upgrade")
+        || head[..head.len().min(8)].eq_ignore_ascii_case(b"CONNECT ")
+    {
+        return BytesMut::new();
+    }
+    buf.split_off(head_len)
 }
 
 /// One read into `buf`. While `buf` has no memory yet (an idle connection holds none), the
@@ -476,7 +550,38 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::find_head_end;
+    use super::{find_head_end, split_pipelined};
+    use bytes::BytesMut;
+
+    fn split(bytes: &str) -> (String, String) {
+        let mut buf = BytesMut::from(bytes);
+        let head_len = find_head_end(&buf).expect("a head");
+        let rest = split_pipelined(&mut buf, head_len);
+        (
+            String::from_utf8(buf.to_vec()).unwrap(),
+            String::from_utf8(rest.to_vec()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn only_bytes_behind_a_bodyless_request_are_split_off() {
+        let get = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let next = "GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(split(&format!("{get}{next}")), (get.into(), next.into()));
+        assert_eq!(split(get), (get.into(), String::new()));
+        for head in [
+            "POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            "POST /a HTTP/1.1\r\ncontent-LENGTH: 3\r\n\r\n",
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            // Named anywhere, even where Pingora would not read it as a body header.
+            "GET /content-length HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let all = format!("{head}abc{next}");
+            assert_eq!(split(&all), (all.clone(), String::new()), "{head:?}");
+        }
+    }
 
     /// The head wait is what every idle keep-alive connection holds (its task's future is
     /// this plus a few fields): it must not grow a buffer or a large session again (it was
@@ -496,7 +601,7 @@ mod tests {
             write_buffer: 0,
         };
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        let wait = super::read_head(&mut s, &limits, true, &rx);
+        let wait = super::read_head(&mut s, BytesMut::new(), &limits, true, &rx);
         let size = std::mem::size_of_val(&wait);
         assert!(size <= 512, "the idle head wait takes {size} bytes");
     }
