@@ -1407,8 +1407,11 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        // Statuses we raise ourselves are logged once, in the access log.
-        matches!(e.etype(), ErrorType::HTTPStatus(_))
+        // Statuses we raise ourselves are logged once, in the access log. So are the
+        // client's own failures (a hang-up mid-request, a malformed request): Pingora would
+        // log each at ERROR ("Fail to proxy: Downstream ConnectionClosed"), which is client
+        // behaviour, not a gateway fault (the access log has them, outcome `client_error`).
+        matches!(e.etype(), ErrorType::HTTPStatus(_)) || e.esource() == &ErrorSource::Downstream
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -355,6 +355,48 @@ fn access_log_has_one_json_line_per_request() {
 }
 
 #[test]
+fn a_client_hanging_up_mid_request_is_an_access_line_not_an_error() {
+    let slow = FakeUpstream::start(Behavior::Delay {
+        delay: Duration::from_millis(300),
+        status: 200,
+        body: "slow".into(),
+    });
+    let db = temp_sqlite_url(free_port());
+    add_user(&db, "gone@example.test", "patient", "correct horse battery");
+    let p = Proc::start(
+        &[],
+        &[
+            ("GATEHOUSE_LOG_FORMAT", "json".into()),
+            ("PATIENT_SERVICE_URL", slow.url()),
+            ("DATABASE_URL", db),
+        ],
+    );
+    let token = login(p.port, "gone@example.test", "correct horse battery");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", p.port)).expect("connect");
+    let req = format!(
+        "GET /api/v1/patients/1 HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: req-gone\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut c, req.as_bytes()).expect("send");
+    assert!(
+        wait_until(Duration::from_secs(5), || slow.request_count() >= 1),
+        "the request never reached the backend"
+    );
+    drop(c);
+    let logged = wait_until(Duration::from_secs(5), || {
+        p.log_lines().iter().any(|l| l.contains("req-gone"))
+    });
+    assert!(logged, "no access line:\n{}", p.log_lines().join("\n"));
+    let lines = p.log_lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("ERROR") || l.contains("Fail to proxy")),
+        "a client hang-up was logged as an error:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
 fn log_level_comes_from_log_level() {
     let p = Proc::start(&[], &[("LOG_LEVEL", "warn".into())]);
     assert_eq!(get(p.port, "/health", &[]).expect("request").status, 200);
