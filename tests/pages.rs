@@ -582,6 +582,39 @@ fn dashboard_renders_when_a_data_backend_answers_500() {
 }
 
 #[test]
+fn a_data_source_is_retried_on_another_backend_of_its_pool() {
+    // `profiles` has a dead backend and a working one; passive health may keep the dead one
+    // out after it fails, but round robin sends the first request of each to it. Every render
+    // still shows the profile: a failed GET is tried again on the other backend.
+    let good = json_upstream(&json!({"full_name": "Ana Beltrán Ocaña", "blood_type": "O+"}));
+    let busy = FakeUpstream::start(Behavior::Respond {
+        status: 503,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: r#"{"detail": "busy"}"#.into(),
+    });
+    let appts = json_upstream(&appointments_json());
+    for (what, other) in [("dead backend", dead_backend()), ("503", busy.url())] {
+        let ups = format!(
+            "{}\n{}\n",
+            upstream("profiles", &[other.clone(), good.url()], ""),
+            upstream("appointments", &[appts.url()], "")
+        );
+        let site = Site::start(&ups, "", "2s", &[(Role::Patient, "Ana")]);
+        let token = site.login(&site.users[0]);
+        for i in 0..4 {
+            let r = site.browse("/patient/dashboard", &token);
+            assert_eq!(r.status, 200, "{what} #{i}: {}", r.text());
+            let profile = element(&r.text(), "source-profile", "</section>").to_string();
+            assert!(
+                profile.contains("Ana Beltrán Ocaña") && !profile.contains("unavailable"),
+                "{what} #{i}: the profile was not fetched from the working backend:\n{profile}"
+            );
+        }
+    }
+    assert!(busy.request_count() >= 1, "the 503 backend was never tried");
+}
+
+#[test]
 fn dashboard_renders_when_a_data_backend_answers_non_json() {
     let profiles = FakeUpstream::start(Behavior::Respond {
         status: 200,

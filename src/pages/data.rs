@@ -1,8 +1,12 @@
 //! Page data sources: GETs to upstream pools on behalf of the signed-in user, fetched
-//! concurrently through the same pools (health checks and breakers) with a timeout. A
-//! failed source becomes `{"unavailable": true}`: the page still renders.
+//! concurrently through the same pools (health checks, breakers, retry budget) with a
+//! timeout. A GET that fails to connect, times out, is reset or answers 502/503/504 is tried
+//! again on another backend of the pool, with the default retry policy's backoff (as a
+//! route's GET would be). A failed source becomes `{"unavailable": true}`: the page still
+//! renders.
 
 use crate::auth::guard::Identity;
+use crate::upstream::retry::{AttemptFacts, Failure, RetryPolicy};
 use crate::upstream::Pool;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -85,66 +89,86 @@ async fn fetch_one(
     path: &str,
     headers: &[(&'static str, String)],
 ) -> Result<Value, String> {
-    let now = Instant::now();
-    let (addr, _) = pool
-        .select(b"", now, &[])
-        .ok_or("no backend can take the request")?;
-    let result = exchange(connector, pool, addr, path, headers).await;
-    let ok = matches!(&result, Ok((status, _)) if !pool.is_failure_status(*status));
-    pool.record(&addr, ok, Instant::now());
-    let (status, body) = result?;
-    if !(200..300).contains(&status) {
-        return Err(format!("status {status}"));
+    let policy = RetryPolicy::default();
+    let mut tried = Vec::new();
+    pool.budget.record_request(Instant::now());
+    loop {
+        let now = Instant::now();
+        let (addr, _) = pool
+            .select(b"", now, &tried)
+            .ok_or("no backend can take the request")?;
+        let result = exchange(connector, pool, addr, path, headers).await;
+        let failure = match &result {
+            Ok((status, _)) if pool.is_failure_status(*status) => Some(Failure::Status(*status)),
+            Ok(_) => None,
+            Err((f, _)) => Some(*f),
+        };
+        pool.record(&addr, failure.is_none(), Instant::now());
+        let retry = failure.is_some_and(|failure| {
+            tried.push(addr);
+            let facts = AttemptFacts {
+                failure,
+                method: &http::Method::GET,
+                has_idempotency_key: false,
+                attempts: tried.len() as u32,
+                body_bytes: 0,
+                body_truncated: false,
+            };
+            policy.allows(&facts).is_ok()
+                && pool.select(b"", Instant::now(), &tried).is_some()
+                && pool.budget.try_spend(Instant::now())
+        });
+        if retry {
+            let wait = policy.backoff(tried.len() as u32, rand::random::<f64>());
+            tracing::debug!(upstream = %pool.name, backend = %addr, ?wait, "page data source retried");
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        let (status, body) = result.map_err(|(_, e)| e)?;
+        if !(200..300).contains(&status) {
+            return Err(format!("status {status}"));
+        }
+        return serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
 }
 
+/// One GET to one backend: its status and body, or what went wrong (classified for the
+/// retry decision).
 async fn exchange(
     connector: &Connector,
     pool: &Pool,
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&'static str, String)],
-) -> Result<(u16, Vec<u8>), String> {
+) -> Result<(u16, Vec<u8>), (Failure, String)> {
+    // Errors of Pingora's exchange are classified; building the request cannot be retried.
+    let up = |e: Box<pingora::Error>| (Failure::of(&e), e.to_string());
+    let local = |e: Box<pingora::Error>| (Failure::Status(0), e.to_string());
     let timeouts = &pool.config.timeouts;
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout =
         Some(timeouts.connect.map_or(Duration::from_secs(2), |d| d.0));
     peer.options.read_timeout = Some(timeouts.read.map_or(Duration::from_secs(5), |d| d.0));
     peer.options.idle_timeout = Some(pool.config.keepalive_idle.0);
-    let (mut session, _reused) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut req = RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 1))
-        .map_err(|e| e.to_string())?;
+    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(up)?;
+    let mut req =
+        RequestHeader::build("GET", path.as_bytes(), Some(headers.len() + 1)).map_err(local)?;
     let host = pool.config.host.clone().unwrap_or_else(|| addr.to_string());
-    req.insert_header("host", host).map_err(|e| e.to_string())?;
+    req.insert_header("host", host).map_err(local)?;
     for (k, v) in headers {
-        req.insert_header(*k, v.as_str())
-            .map_err(|e| e.to_string())?;
+        req.insert_header(*k, v.as_str()).map_err(local)?;
     }
     session
         .write_request_header(Box::new(req))
         .await
-        .map_err(|e| e.to_string())?;
-    session
-        .finish_request_body()
-        .await
-        .map_err(|e| e.to_string())?;
-    session
-        .read_response_header()
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(up)?;
+    session.finish_request_body().await.map_err(up)?;
+    session.read_response_header().await.map_err(up)?;
     let status = session.response_header().map_or(0, |r| r.status.as_u16());
     let mut body = Vec::new();
-    while let Some(chunk) = session
-        .read_response_body()
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    while let Some(chunk) = session.read_response_body().await.map_err(up)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err("response too large".into());
+            return Err((Failure::Status(0), "response too large".into()));
         }
         body.extend_from_slice(&chunk);
     }
