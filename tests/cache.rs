@@ -70,6 +70,19 @@ fn purge(gw: &Gw, query: &str) -> Response {
     .expect("POST admin /cache/purge")
 }
 
+/// GETs `path` (as an API client) until `done` holds for the answer or [`POLL`] runs out;
+/// returns whether it held and the last answer.
+fn poll_until(gw: &Gw, path: &str, done: impl Fn(&Response) -> bool) -> (bool, Response) {
+    let mut last = None;
+    let held = wait_until(POLL, || {
+        let r = gw.get_with(path, &[API_JSON]);
+        let ok = done(&r);
+        last = Some(r);
+        ok
+    });
+    (held, last.expect("an answer"))
+}
+
 fn cache_metric(gw: &Gw, status: &str) -> f64 {
     metric(
         gw.admin_port,
@@ -294,14 +307,7 @@ fn a_cached_answer_is_served_while_the_upstream_is_down_and_stale_after_it_expir
     assert_eq!(target_of(&hit), "/c/list");
 
     // Once it is past max-age, the stale copy stands in for the dead pool.
-    let mut last = None;
-    let stale = wait_until(POLL, || {
-        let r = gw.get_with("/c/list", &[API_JSON]);
-        let ok = status_of(&r) == "STALE";
-        last = Some(r);
-        ok
-    });
-    let r = last.expect("an answer");
+    let (stale, r) = poll_until(&gw, "/c/list", |r| status_of(r) == "STALE");
     assert!(
         stale,
         "never served stale: {} {:?} {}",
@@ -320,14 +326,7 @@ fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes_it() {
     let gw = gateway(&up.url(), "{stale_while_revalidate: 30s}", "");
     assert_eq!(status_of(&gw.get_with("/c/swr", &[API_JSON])), "MISS");
     // Past max-age: the stale copy is answered at once and refreshed in the background.
-    let mut last = None;
-    let updating = wait_until(POLL, || {
-        let r = gw.get_with("/c/swr", &[API_JSON]);
-        let ok = status_of(&r) == "UPDATING";
-        last = Some(r);
-        ok
-    });
-    let r = last.expect("an answer");
+    let (updating, r) = poll_until(&gw, "/c/swr", |r| status_of(r) == "UPDATING");
     assert!(updating, "never UPDATING: {:?}", r.headers);
     assert_eq!(r.status, 200);
     assert!(
@@ -337,18 +336,8 @@ fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes_it() {
     // The refreshed copy is stored once the background request's answer has been read
     // (a moment after the upstream saw it); from then on it is a hit, without another
     // upstream request.
-    let mut fresh = None;
-    let hit = wait_until(POLL, || {
-        let r = gw.get_with("/c/swr", &[API_JSON]);
-        let ok = r.status == 200 && status_of(&r) == "HIT";
-        fresh = Some(r);
-        ok
-    });
-    assert!(
-        hit,
-        "never a HIT after the refresh: {:?}",
-        fresh.map(|r| r.headers)
-    );
+    let (hit, fresh) = poll_until(&gw, "/c/swr", |r| r.status == 200 && status_of(r) == "HIT");
+    assert!(hit, "never a HIT after the refresh: {:?}", fresh.headers);
     assert_eq!(
         up.request_count(),
         2,
@@ -362,14 +351,7 @@ fn without_stale_if_error_a_dead_pool_answers_503_once_the_copy_expires() {
     let gw = gateway(&up.url(), "{stale_if_error: 0s}", "");
     assert_eq!(status_of(&gw.get_with("/c/list", &[API_JSON])), "MISS");
     drop(up);
-    let mut last = None;
-    let failed = wait_until(POLL, || {
-        let r = gw.get_with("/c/list", &[API_JSON]);
-        let done = r.status != 200;
-        last = Some(r);
-        done
-    });
-    let r = last.expect("an answer");
+    let (failed, r) = poll_until(&gw, "/c/list", |r| r.status != 200);
     assert!(failed, "a stale copy was served: {:?}", r.headers);
     assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.text());
 }

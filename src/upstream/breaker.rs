@@ -253,6 +253,16 @@ mod tests {
         }
     }
 
+    /// A breaker of [`cfg`] opened by three consecutive failures at the returned instant.
+    fn opened() -> (Breaker, Instant) {
+        let t0 = Instant::now();
+        let b = Breaker::new(cfg(), t0);
+        for _ in 0..3 {
+            b.record(false, t0);
+        }
+        (b, t0)
+    }
+
     #[test]
     fn breaker_opens_after_consecutive_failures() {
         let t0 = Instant::now();
@@ -319,11 +329,7 @@ mod tests {
 
     #[test]
     fn half_open_after_cooldown_lets_one_probe_and_success_closes() {
-        let t0 = Instant::now();
-        let b = Breaker::new(cfg(), t0);
-        for _ in 0..3 {
-            b.record(false, t0);
-        }
+        let (b, t0) = opened();
         let t1 = t0 + Duration::from_secs(5);
         let (ok, tr) = b.try_acquire(t1);
         assert!(ok);
@@ -335,11 +341,7 @@ mod tests {
 
     #[test]
     fn a_released_probe_frees_its_slot_without_judging_the_backend() {
-        let t0 = Instant::now();
-        let b = Breaker::new(cfg(), t0);
-        for _ in 0..3 {
-            b.record(false, t0);
-        }
+        let (b, t0) = opened();
         let t1 = t0 + Duration::from_secs(5);
         assert!(b.try_acquire(t1).0);
         assert!(!b.try_acquire(t1).0);
@@ -358,11 +360,7 @@ mod tests {
 
     #[test]
     fn failed_probe_reopens_with_doubled_cooldown_up_to_the_cap() {
-        let t0 = Instant::now();
-        let b = Breaker::new(cfg(), t0);
-        for _ in 0..3 {
-            b.record(false, t0);
-        }
+        let (b, t0) = opened();
         let mut now = t0;
         let mut expected = Duration::from_secs(5);
         for _ in 0..6 {
@@ -386,11 +384,7 @@ mod tests {
 
     #[test]
     fn a_lost_probe_does_not_wedge_half_open() {
-        let t0 = Instant::now();
-        let b = Breaker::new(cfg(), t0);
-        for _ in 0..3 {
-            b.record(false, t0);
-        }
+        let (b, t0) = opened();
         let t1 = t0 + Duration::from_secs(5);
         assert!(b.try_acquire(t1).0);
         assert!(!b.try_acquire(t1 + Duration::from_secs(1)).0);
