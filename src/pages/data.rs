@@ -114,9 +114,10 @@ async fn fetch_one(
                 body_bytes: 0,
                 body_truncated: false,
             };
+            let now = Instant::now();
             policy.allows(&facts).is_ok()
-                && pool.select(b"", Instant::now(), &tried).is_some()
-                && pool.budget.try_spend(Instant::now())
+                && pool.has_candidate(&tried, now)
+                && pool.budget.try_spend(now)
         });
         if retry {
             let wait = policy.backoff(tried.len() as u32, rand::random::<f64>());
