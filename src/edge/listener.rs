@@ -189,11 +189,7 @@ where
             }
             // Pingora's own loop cannot carry pipelined bytes: close rather than lose them.
             Some((next, carry)) if carry.is_empty() => Some(next),
-            Some(_) => {
-                self.close_connection(ip);
-                None
-            }
-            None => {
+            _ => {
                 self.close_connection(ip);
                 None
             }
@@ -245,7 +241,7 @@ where
             {
                 Some((n, rest)) => {
                     carry = rest;
-                    unpack_reused(n, &self.state.load().limits)
+                    unpack_reused(n, &limits)
                 }
                 None => None,
             };
@@ -259,7 +255,6 @@ where
         self.conns.release(ip);
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Reads one request head (starting with `carry`, bytes of it already read) and serves
     /// it. Returns the connection for the next request, with the bytes already read for it
     /// (a pipelined request), or `None` when the connection is done.
