@@ -458,7 +458,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Let idle worker threads take tasks queued on busy ones (Tokio's multi-thread
     /// scheduler). `false` runs one single-threaded runtime per worker thread instead:
-    /// cheaper scheduling, no balancing of connections between threads. Default true.
+    /// cheaper scheduling, no balancing of connections between threads. Default true;
+    /// with `threads: 1` there is nothing to steal and the single-threaded runtime is used.
     pub work_stealing: bool,
     /// How long in-flight requests may drain after SIGTERM/SIGINT. Default 5s.
     pub grace_period: Dur,
