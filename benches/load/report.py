@@ -51,6 +51,8 @@ def load_rounds(path):
             tck = int(r["clk_tck"])
             cpu_s = ticks / tck
             core_total = int(r["core_total_ticks"]) or 1
+            # Kernel time (stime) of the same processes; absent from runs before it was kept.
+            sys_s = int(r["sys_ticks"]) / tck if r.get("sys_ticks") else None
             rows.append(
                 {
                     "proxy": r["proxy"],
@@ -68,6 +70,10 @@ def load_rounds(path):
                     "non_2xx_3xx": int(r["non2xx3xx"]),
                     "cpu_seconds": cpu_s,
                     "cpu_us_per_request": cpu_s * 1e6 / req if req else None,
+                    "kernel_us_per_request": sys_s * 1e6 / req if req and sys_s is not None else None,
+                    "user_us_per_request": (cpu_s - sys_s) * 1e6 / req
+                    if req and sys_s is not None
+                    else None,
                     "proxy_core_util_pct": 100 * cpu_s / dur if dur else 0.0,
                     "core_other_pct": 100
                     * max(0, int(r["core_busy_ticks"]) - ticks)
@@ -111,8 +117,8 @@ def summarise(rows):
         for p, rs in per.items():
             d = {"rounds": len(rs)}
             for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "proxy_core_util_pct", "core_other_pct",
-                      "redis_commands_per_request"):
-                vals = [r[k] for r in rs if r[k] is not None]
+                      "redis_commands_per_request", "user_us_per_request", "kernel_us_per_request"):
+                vals = [r[k] for r in rs if r.get(k) is not None]
                 d[k] = statistics.median(vals) if vals else None
                 d[k + "_min"] = min(vals) if vals else None
                 d[k + "_max"] = max(vals) if vals else None
@@ -256,6 +262,18 @@ def main():
                  f"{fmt(gh.get('p99_us'))} | {fmt(ng.get('p99_us'))} | {fmt(gh.get('cpu_us_per_request'), 1)} | "
                  f"{fmt(ng.get('cpu_us_per_request'), 1)} | {fmt(ratio(gh.get('cpu_us_per_request'), ng.get('cpu_us_per_request')), 2)} |")
     L.append("")
+    if any(summary[s].get(p, {}).get("kernel_us_per_request") is not None for s in scenarios for p in PROXIES):
+        L.append("Where the CPU per request goes: user space (utime) and the kernel (stime: system calls, and the "
+                 "loopback delivery a send does for its receiver), medians of the rounds, µs:")
+        L.append("")
+        L.append("| scenario | gatehouse user | gatehouse kernel | nginx user | nginx kernel | gatehouse kernel ÷ nginx total |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for s in scenarios:
+            gh, ng = summary[s].get("gatehouse", {}), summary[s].get("nginx", {})
+            L.append(f"| {LABELS.get(s, s)} | {fmt(gh.get('user_us_per_request'), 1)} | {fmt(gh.get('kernel_us_per_request'), 1)} | "
+                     f"{fmt(ng.get('user_us_per_request'), 1)} | {fmt(ng.get('kernel_us_per_request'), 1)} | "
+                     f"{fmt(ratio(gh.get('kernel_us_per_request'), ng.get('cpu_us_per_request')), 2)} |")
+        L.append("")
     L.append("| proxy | idle connections open | VmRSS before | VmRSS with them open | after closing them | growth per connection |")
     L.append("|---|---:|---:|---:|---:|---:|")
     for p in PROXIES:

@@ -319,6 +319,14 @@ rss_kib() { # PIDS...: summed VmRSS in KiB
   done
   echo "$total"
 }
+sys_ticks() { # PIDS...: stime (kernel time) of those processes, in clock ticks
+  local total=0 f
+  for p in "$@"; do
+    f=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $13}')
+    total=$((total + f))
+  done
+  echo "$total"
+}
 core_ticks() { # CPU: "busy total" ticks of that core from /proc/stat
   awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
 }
@@ -397,10 +405,10 @@ for s in $SCENARIOS; do
 done
 
 ROUNDS_CSV=$WORK/rounds.csv
-echo "proxy,scenario,round,requests,duration_us,p50_us,p90_us,p99_us,max_us,mean_us,err_socket,non2xx3xx,cpu_ticks,clk_tck,core_busy_ticks,core_total_ticks,load1,busy_before_pct,idle_wait_s,started,redis_commands" >"$ROUNDS_CSV"
+echo "proxy,scenario,round,requests,duration_us,p50_us,p90_us,p99_us,max_us,mean_us,err_socket,non2xx3xx,cpu_ticks,clk_tck,core_busy_ticks,core_total_ticks,load1,busy_before_pct,idle_wait_s,started,redis_commands,sys_ticks" >"$ROUNDS_CSV"
 redis_commands() { redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" {print $2}'; }
 run_round() { # PROXY SCENARIO ROUND
-  local p=$1 s=$2 r=$3 pids c0 c1 k0 k1 out json load1 started
+  local p=$1 s=$2 r=$3 pids c0 c1 s0 s1 k0 k1 out json load1 started
   read -r -a pids <<<"$(proxy_pids "$p")"
   wait_idle
   load1=$(cut -d' ' -f1 /proc/loadavg)
@@ -408,21 +416,23 @@ run_round() { # PROXY SCENARIO ROUND
   mapfile -t args < <(wrk_args "$p" "$s" "$ROUND_SECONDS")
   rc0=$(redis_commands)
   c0=$(cpu_ticks "${pids[@]}")
+  s0=$(sys_ticks "${pids[@]}")
   read -r k0b k0t <<<"$(core_ticks "$PROXY_CPU")"
   out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}")
   c1=$(cpu_ticks "${pids[@]}")
+  s1=$(sys_ticks "${pids[@]}")
   read -r k1b k1t <<<"$(core_ticks "$PROXY_CPU")"
   rc1=$(redis_commands)
   json=$(sed -n 's/^WRKJSON //p' <<<"$out")
   python3 - "$json" "$p" "$s" "$r" "$((c1 - c0))" "$CLK_TCK" "$((k1b - k0b))" "$((k1t - k0t))" \
-    "$load1" "$IDLE_BUSY" "$IDLE_WAITED" "$started" "$((rc1 - rc0 - 1))" >>"$ROUNDS_CSV" <<'PY'
+    "$load1" "$IDLE_BUSY" "$IDLE_WAITED" "$started" "$((rc1 - rc0 - 1))" "$((s1 - s0))" >>"$ROUNDS_CSV" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
-p, s, r, ticks, tck, kb, kt, load1, busy, waited, started, redis = sys.argv[2:]
+p, s, r, ticks, tck, kb, kt, load1, busy, waited, started, redis, sys_ticks = sys.argv[2:]
 sock = j["err_connect"] + j["err_read"] + j["err_write"] + j["err_timeout"]
 print(",".join(str(x) for x in [p, s, r, j["requests"], j["duration_us"], j["p50_us"], j["p90_us"],
       j["p99_us"], j["max_us"], j["mean_us"], sock, j["err_status"], ticks, tck, kb, kt, load1,
-      busy, waited, started, redis]))
+      busy, waited, started, redis, sys_ticks]))
 PY
   tail -n 1 "$ROUNDS_CSV" | awk -F, '{printf "    %-9s %-14s round %s: %8.0f req/s  p50 %5d us  p99 %6d us  cpu %5.1f us/req  (load %s, busy before %s%%, waited %ss)\n",
     $1, $2, $3, $4 / ($5 / 1e6), $6, $8, $13 * 1e6 / $14 / ($4 > 0 ? $4 : 1), $17, $18, $19}' >&2
