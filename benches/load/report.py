@@ -256,11 +256,17 @@ def main():
     L.append("")
     L.append("| scenario | gatehouse req/s | nginx req/s | gatehouse p50 µs | nginx p50 µs | gatehouse p99 µs | nginx p99 µs | gatehouse CPU µs/req | nginx CPU µs/req | CPU ratio |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in scenarios:
-        gh, ng = summary[s].get("gatehouse", {}), summary[s].get("nginx", {})
-        L.append(f"| {LABELS.get(s, s)} | {fmt(gh.get('rps'))} | {fmt(ng.get('rps'))} | {fmt(gh.get('p50_us'))} | {fmt(ng.get('p50_us'))} | "
-                 f"{fmt(gh.get('p99_us'))} | {fmt(ng.get('p99_us'))} | {fmt(gh.get('cpu_us_per_request'), 1)} | "
-                 f"{fmt(ng.get('cpu_us_per_request'), 1)} | {fmt(ratio(gh.get('cpu_us_per_request'), ng.get('cpu_us_per_request')), 2)} |")
+    def scenario_rows(cells):
+        """One table row per scenario: its label, then cells(gatehouse, nginx) of its summary."""
+        for s in scenarios:
+            gh, ng = summary[s].get("gatehouse", {}), summary[s].get("nginx", {})
+            L.append(f"| {LABELS.get(s, s)} | " + " | ".join(cells(gh, ng)) + " |")
+
+    scenario_rows(lambda gh, ng: [
+        fmt(gh.get("rps")), fmt(ng.get("rps")), fmt(gh.get("p50_us")), fmt(ng.get("p50_us")),
+        fmt(gh.get("p99_us")), fmt(ng.get("p99_us")), fmt(gh.get("cpu_us_per_request"), 1),
+        fmt(ng.get("cpu_us_per_request"), 1),
+        fmt(ratio(gh.get("cpu_us_per_request"), ng.get("cpu_us_per_request")), 2)])
     L.append("")
     if any(summary[s].get(p, {}).get("kernel_us_per_request") is not None for s in scenarios for p in PROXIES):
         L.append("Where the CPU per request goes: user space (utime) and the kernel (stime: system calls, and the "
@@ -268,11 +274,10 @@ def main():
         L.append("")
         L.append("| scenario | gatehouse user | gatehouse kernel | nginx user | nginx kernel | gatehouse kernel ÷ nginx total |")
         L.append("|---|---:|---:|---:|---:|---:|")
-        for s in scenarios:
-            gh, ng = summary[s].get("gatehouse", {}), summary[s].get("nginx", {})
-            L.append(f"| {LABELS.get(s, s)} | {fmt(gh.get('user_us_per_request'), 1)} | {fmt(gh.get('kernel_us_per_request'), 1)} | "
-                     f"{fmt(ng.get('user_us_per_request'), 1)} | {fmt(ng.get('kernel_us_per_request'), 1)} | "
-                     f"{fmt(ratio(gh.get('kernel_us_per_request'), ng.get('cpu_us_per_request')), 2)} |")
+        scenario_rows(lambda gh, ng: [
+            fmt(gh.get("user_us_per_request"), 1), fmt(gh.get("kernel_us_per_request"), 1),
+            fmt(ng.get("user_us_per_request"), 1), fmt(ng.get("kernel_us_per_request"), 1),
+            fmt(ratio(gh.get("kernel_us_per_request"), ng.get("cpu_us_per_request")), 2)])
         L.append("")
     L.append("| proxy | idle connections open | VmRSS before | VmRSS with them open | after closing them | growth per connection |")
     L.append("|---|---:|---:|---:|---:|---:|")

@@ -302,28 +302,23 @@ proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
   if [ "$1" = gatehouse ]; then echo "$GH_PID"; else echo "$NGX_PID" $(pgrep -P "$NGX_PID"); fi
 }
 proxy_port() { if [ "$1" = gatehouse ]; then echo "$GH_PORT"; else echo "$NGX_PORT"; fi; }
-cpu_ticks() { # PIDS...: utime+stime of those processes, in clock ticks
-  local total=0 f
+stat_ticks() { # AWK_EXPR PIDS...: that sum of /proc/PID/stat fields over those processes
+  local expr=$1 total=0 f
+  shift
   for p in "$@"; do
-    # Fields after "(comm) ": state is $1, utime $12, stime $13.
-    f=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
+    # Fields after "(comm) ": state is $1, utime $12, stime $13 (clock ticks).
+    f=$(sed 's/^.*) //' "/proc/$p/stat" | awk "{print $expr}")
     total=$((total + f))
   done
   echo "$total"
 }
+cpu_ticks() { stat_ticks '$12 + $13' "$@"; } # PIDS...: utime+stime, in clock ticks
+sys_ticks() { stat_ticks '$13' "$@"; }       # PIDS...: stime (kernel time), in clock ticks
 rss_kib() { # PIDS...: summed VmRSS in KiB
   local total=0 r
   for p in "$@"; do
     r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")
     total=$((total + r))
-  done
-  echo "$total"
-}
-sys_ticks() { # PIDS...: stime (kernel time) of those processes, in clock ticks
-  local total=0 f
-  for p in "$@"; do
-    f=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $13}')
-    total=$((total + f))
   done
   echo "$total"
 }
