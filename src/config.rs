@@ -459,7 +459,7 @@ pub struct ServerConfig {
     /// Let idle worker threads take tasks queued on busy ones (Tokio's multi-thread
     /// scheduler). `false` runs one single-threaded runtime per worker thread instead:
     /// cheaper scheduling, no balancing of connections between threads. Default true;
-    /// with `threads: 1` there is nothing to steal and the single-threaded runtime is used.
+    /// with `threads: 1`, `gatehouse run` uses the single-threaded runtime (nothing to steal).
     pub work_stealing: bool,
     /// How long in-flight requests may drain after SIGTERM/SIGINT. Default 5s.
     pub grace_period: Dur,

@@ -36,6 +36,13 @@ pub struct RunOptions {
     pub upgrade: bool,
     /// The file the config came from, for reloads.
     pub config_path: Option<std::path::PathBuf>,
+    /// This server is the only one the process ever runs (`gatehouse run`). It lets
+    /// `threads: 1` use Tokio's current-thread scheduler: Pingora finds that runtime through a
+    /// process-wide thread-local keyed by thread id, and thread ids are recycled, so a server
+    /// started after another one's threads exited would inherit handles of the stopped runtime
+    /// and never listen. Servers started in-process ([`spawn`]) keep the scheduler the
+    /// configuration names.
+    pub sole_server: bool,
 }
 
 /// Validates and builds everything `run` would, without binding sockets (`gatehouse check`).
@@ -62,13 +69,13 @@ pub struct Handles {
     pub reloader: Arc<reload::Reloader>,
 }
 
-/// Pingora's server settings for `server:`.
-fn server_conf(s: &config::ServerConfig) -> ServerConf {
+/// Pingora's server settings for `server:` (`sole_server`: see [`RunOptions::sole_server`]).
+fn server_conf(s: &config::ServerConfig, sole_server: bool) -> ServerConf {
     ServerConf {
         threads: s.threads,
         // One thread has no one to steal from: Tokio's current-thread scheduler does the same
-        // work for less (≈12% less CPU per proxied request in benches/load, issue 8).
-        work_stealing: s.work_stealing && s.threads > 1,
+        // work for less (≈10% less CPU per proxied request in benches/load, issue 8).
+        work_stealing: s.work_stealing && !(sole_server && s.threads == 1),
         grace_period_seconds: Some(s.grace_period.0.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs_f64().ceil() as u64),
         // Attempts allowed by Pingora's loop; whether to retry is decided per failure by the
@@ -94,7 +101,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let s = &cfg.server;
-    let conf = server_conf(s);
+    let conf = server_conf(s, opts.sole_server);
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Default::default()
@@ -323,17 +330,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_thread_runs_the_current_thread_scheduler() {
+    fn one_thread_runs_the_current_thread_scheduler_when_the_server_is_the_processs_only_one() {
         let mut s = config::ServerConfig {
             threads: 1,
             work_stealing: true,
             ..Default::default()
         };
-        assert!(!server_conf(&s).work_stealing);
+        assert!(!server_conf(&s, true).work_stealing);
+        // In-process servers (tests, embedding) keep what the configuration names: see
+        // RunOptions::sole_server (tests/cache.rs starts a dozen gateways in one process).
+        assert!(server_conf(&s, false).work_stealing);
         s.threads = 2;
-        assert!(server_conf(&s).work_stealing);
+        assert!(server_conf(&s, true).work_stealing);
         s.work_stealing = false;
-        assert!(!server_conf(&s).work_stealing);
-        assert_eq!(server_conf(&s).threads, 2);
+        assert!(!server_conf(&s, true).work_stealing);
+        assert!(!server_conf(&s, false).work_stealing);
+        assert_eq!(server_conf(&s, true).threads, 2);
     }
 }

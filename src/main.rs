@@ -250,6 +250,7 @@ fn main() -> ExitCode {
             let opts = RunOptions {
                 upgrade,
                 config_path: Some(cli.config.clone()),
+                sole_server: true,
             };
             match gatehouse::run(config, opts) {
                 Ok(()) => ExitCode::SUCCESS,
