@@ -37,6 +37,8 @@ pub struct Pages {
     pub assets: Option<Assets>,
     pages: HashMap<String, Arc<PageDef>>,
     pub site: SiteConfig,
+    /// `site` as a template value, made once: every render shares it.
+    site_value: MjValue,
     pub data_timeout: Duration,
     pub connector: Arc<pingora::connectors::http::Connector>,
 }
@@ -216,6 +218,7 @@ impl Pages {
             assets,
             pages,
             site: w.site.clone(),
+            site_value: MjValue::from(Serde(&w.site)),
             data_timeout: w.data_timeout.0,
             connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         })
@@ -229,41 +232,50 @@ impl Pages {
         self.env.get_template(name).is_ok()
     }
 
-    /// The context every template gets, plus `extra` keys.
+    /// The context every template gets, plus `extra` keys (which win over the shared ones).
+    /// Built as template values directly: going through a `serde_json` object first cost
+    /// a conversion of every key and value on each render.
     pub fn context(
         &self,
         req: &RequestView<'_>,
         title: &str,
         extra: serde_json::Map<String, Value>,
-    ) -> Value {
+    ) -> MjValue {
         let portal = query_param(req.query, "portal")
             .filter(|p| ["patient", "doctor", "institution"].contains(&p.as_str()))
             .unwrap_or_else(|| "patient".into());
         let next = query_param(req.query, "next").filter(|n| crate::auth::guard::safe_next(n));
         let error = query_param(req.query, "error")
             .filter(|e| ["invalid", "locked", "forbidden"].contains(&e.as_str()));
-        let mut ctx = json!({
-            "site": self.site,
-            "request": {"path": req.path, "query": req.query.unwrap_or(""), "request_id": req.request_id},
-            "user": req.user,
-            "page": {"path": req.path, "title": title},
-            "csrf_token": req.csrf_token,
-            "flash": req.flash,
-            "portal": portal,
-            "next": next,
-            "error": error,
-        });
-        if let Value::Object(m) = &mut ctx {
-            m.extend(extra);
+        let mut ctx: BTreeMap<String, MjValue> = BTreeMap::new();
+        ctx.insert("site".into(), self.site_value.clone());
+        ctx.insert(
+            "request".into(),
+            minijinja::context! {
+                path => req.path,
+                query => req.query.unwrap_or(""),
+                request_id => req.request_id,
+            },
+        );
+        ctx.insert("user".into(), MjValue::from(Serde(&req.user)));
+        ctx.insert(
+            "page".into(),
+            minijinja::context! { path => req.path, title => title },
+        );
+        ctx.insert("csrf_token".into(), MjValue::from(req.csrf_token));
+        ctx.insert("flash".into(), MjValue::from(Serde(&req.flash)));
+        ctx.insert("portal".into(), MjValue::from(portal));
+        ctx.insert("next".into(), MjValue::from(next));
+        ctx.insert("error".into(), MjValue::from(error));
+        for (k, v) in extra {
+            ctx.insert(k, MjValue::from(Serde(&v)));
         }
-        ctx
+        MjValue::from(ctx)
     }
 
-    /// Renders `template` with `ctx`.
-    pub fn render(&self, template: &str, ctx: &Value) -> Result<String, minijinja::Error> {
-        self.env
-            .get_template(template)?
-            .render(MjValue::from(Serde(ctx)))
+    /// Renders `template` with `ctx` (from [`Pages::context`]).
+    pub fn render(&self, template: &str, ctx: &MjValue) -> Result<String, minijinja::Error> {
+        self.env.get_template(template)?.render(ctx)
     }
 
     /// The HTML error page for `status`; a fixed minimal page if the template fails.
