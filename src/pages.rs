@@ -9,7 +9,7 @@
 pub mod assets;
 pub mod data;
 
-use crate::config::{AuthMode, Config, ConfigError, SiteConfig};
+use crate::config::{AuthMode, Config, ConfigError};
 use crate::upstream::Pool;
 use assets::Assets;
 use minijinja::value::Serde;
@@ -36,9 +36,8 @@ pub struct Pages {
     env: Environment<'static>,
     pub assets: Option<Assets>,
     pages: HashMap<String, Arc<PageDef>>,
-    pub site: SiteConfig,
-    /// `site` as a template value, made once: every render shares it.
-    site_value: MjValue,
+    /// `web.site` as a template value, made once: every render shares it.
+    site: MjValue,
     pub data_timeout: Duration,
     pub connector: Arc<pingora::connectors::http::Connector>,
 }
@@ -217,8 +216,7 @@ impl Pages {
             env,
             assets,
             pages,
-            site: w.site.clone(),
-            site_value: MjValue::from(Serde(&w.site)),
+            site: MjValue::from(Serde(&w.site)),
             data_timeout: w.data_timeout.0,
             connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         })
@@ -248,7 +246,7 @@ impl Pages {
         let error = query_param(req.query, "error")
             .filter(|e| ["invalid", "locked", "forbidden"].contains(&e.as_str()));
         let mut ctx: BTreeMap<String, MjValue> = BTreeMap::new();
-        ctx.insert("site".into(), self.site_value.clone());
+        ctx.insert("site".into(), self.site.clone());
         ctx.insert(
             "request".into(),
             minijinja::context! {
