@@ -302,18 +302,16 @@ proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
   if [ "$1" = gatehouse ]; then echo "$GH_PID"; else echo "$NGX_PID" $(pgrep -P "$NGX_PID"); fi
 }
 proxy_port() { if [ "$1" = gatehouse ]; then echo "$GH_PORT"; else echo "$NGX_PORT"; fi; }
-stat_ticks() { # AWK_EXPR PIDS...: that sum of /proc/PID/stat fields over those processes
-  local expr=$1 total=0 f
-  shift
+cpu_ticks() { # PIDS...: "total kernel" ticks of those processes (utime+stime, and stime alone)
+  local total=0 kernel=0 u k
   for p in "$@"; do
     # Fields after "(comm) ": state is $1, utime $12, stime $13 (clock ticks).
-    f=$(sed 's/^.*) //' "/proc/$p/stat" | awk "{print $expr}")
-    total=$((total + f))
+    read -r u k < <(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12, $13}')
+    total=$((total + u + k))
+    kernel=$((kernel + k))
   done
-  echo "$total"
+  echo "$total $kernel"
 }
-cpu_ticks() { stat_ticks '$12 + $13' "$@"; } # PIDS...: utime+stime, in clock ticks
-sys_ticks() { stat_ticks '$13' "$@"; }       # PIDS...: stime (kernel time), in clock ticks
 rss_kib() { # PIDS...: summed VmRSS in KiB
   local total=0 r
   for p in "$@"; do
@@ -410,12 +408,10 @@ run_round() { # PROXY SCENARIO ROUND
   started=$(date -u +%H:%M:%S)
   mapfile -t args < <(wrk_args "$p" "$s" "$ROUND_SECONDS")
   rc0=$(redis_commands)
-  c0=$(cpu_ticks "${pids[@]}")
-  s0=$(sys_ticks "${pids[@]}")
+  read -r c0 s0 <<<"$(cpu_ticks "${pids[@]}")"
   read -r k0b k0t <<<"$(core_ticks "$PROXY_CPU")"
   out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}")
-  c1=$(cpu_ticks "${pids[@]}")
-  s1=$(sys_ticks "${pids[@]}")
+  read -r c1 s1 <<<"$(cpu_ticks "${pids[@]}")"
   read -r k1b k1t <<<"$(core_ticks "$PROXY_CPU")"
   rc1=$(redis_commands)
   json=$(sed -n 's/^WRKJSON //p' <<<"$out")
