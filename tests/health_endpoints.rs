@@ -62,3 +62,21 @@ fn admin_listener_serves_health() {
     assert_eq!(r.status, 200);
     assert_eq!(json(&r)["status"], "healthy");
 }
+
+/// The harness's `free_port` is what keeps the tests of one binary, run in parallel, from
+/// starting two gateways on one port (the loser's requests then reach the winner). Asked for
+/// from several threads at once, it never hands out a port twice.
+#[test]
+fn harness_free_port_never_repeats_a_port_within_the_process() {
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| (0..500).map(|_| free_port()).collect::<Vec<u16>>()))
+        .collect();
+    let mut ports: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("free_port thread"))
+        .collect();
+    let asked = ports.len();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), asked, "free_port handed out a port twice");
+}

@@ -33,13 +33,8 @@ impl Gw {
 
     /// Same, with extra lines inside `server:` (indented two spaces).
     pub fn start_with_server(server_extra: &str, rest: &str) -> Gw {
-        let port = free_port();
-        // Two free ports asked for back to back can be the same one; the config would
-        // then (rightly) be refused for listening twice on it.
-        let mut admin_port = free_port();
-        while admin_port == port {
-            admin_port = free_port();
-        }
+        // Distinct: `free_port` never hands out a port twice in one process.
+        let (port, admin_port) = (free_port(), free_port());
         let mut yaml = format!("{}{}", server_block(port, admin_port, server_extra), rest);
         if !rest.starts_with("auth:") && !rest.contains("\nauth:") {
             yaml.push_str(&format!(

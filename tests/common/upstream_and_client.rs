@@ -18,10 +18,40 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Whole-exchange timeout used by the client helpers.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds `127.0.0.1:0`, returns the port the OS picked and drops the listener.
+/// A port on 127.0.0.1 that nothing listens on now and that no other `free_port` call in this
+/// process has returned: for a gateway to listen on (or a backend that must be down).
+///
+/// Not `bind(127.0.0.1:0)`: that draws from the kernel's ephemeral range, so while the tests of
+/// one binary run in parallel the port can be handed out again (or taken by an outgoing
+/// connection's local port) before the gateway binds it. Two gateways then race for it and the
+/// loser's test talks to the winner (CI once saw a CORS preflight answered by another test's
+/// admin listener). Ports here come from below the ephemeral range, each one once per process,
+/// starting at a per-process offset so consecutive test binaries do not reuse each other's.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("free_port: bind 127.0.0.1:0");
-    l.local_addr().expect("free_port: local_addr").port()
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let (low, high) = port_window();
+    let span = usize::from(high - low);
+    if NEXT.load(SeqCst) == usize::MAX {
+        let start = (std::process::id() as usize).wrapping_mul(7919) % span;
+        let _ = NEXT.compare_exchange(usize::MAX, start, SeqCst, SeqCst);
+    }
+    for _ in 0..span {
+        let port = low + (NEXT.fetch_add(1, SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("free_port: no free port in 127.0.0.1:{low}..{high}");
+}
+
+/// The ports `free_port` hands out: up to 12,000 just below the kernel's ephemeral range.
+fn port_window() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.clamp(2048, 32768);
+    (high.saturating_sub(12_000).max(1024), high)
 }
 
 /// Polls `f` every 20 ms until it returns true (→ `true`) or `timeout` elapses (→ `false`).
