@@ -24,8 +24,21 @@ pub fn detailed(snap: &Snapshot) -> Value {
             })
         })
         .collect();
+    let (upstreams, all_up) = upstream_health(snap);
+    json!({
+        "status": if all_up { "healthy" } else { "degraded" },
+        "service": "gatehouse",
+        "version": env!("CARGO_PKG_VERSION"),
+        "routes": routes,
+        "upstreams": upstreams,
+    })
+}
+
+/// Every pool's backends and their current health, keyed by pool name, and whether every pool
+/// has at least one healthy backend.
+pub fn upstream_health(snap: &Snapshot) -> (serde_json::Map<String, Value>, bool) {
     let mut all_up = true;
-    let upstreams: serde_json::Map<String, Value> = snap
+    let upstreams = snap
         .pools
         .iter()
         .map(|(name, pool)| {
@@ -42,13 +55,7 @@ pub fn detailed(snap: &Snapshot) -> Value {
             )
         })
         .collect();
-    json!({
-        "status": if all_up { "healthy" } else { "degraded" },
-        "service": "gatehouse",
-        "version": env!("CARGO_PKG_VERSION"),
-        "routes": routes,
-        "upstreams": upstreams,
-    })
+    (upstreams, all_up)
 }
 
 /// Every route for the docs page: name, prefix, methods, upstream, auth, roles.

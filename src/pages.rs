@@ -38,6 +38,9 @@ pub struct Pages {
     pages: HashMap<String, Arc<PageDef>>,
     /// `web.site` as a template value, made once: every render shares it.
     site: MjValue,
+    /// The docs page's route list as a template value, made on first use. `Pages` is built
+    /// with each configuration snapshot, so this is the list of the snapshot that serves it.
+    routes_doc: std::sync::OnceLock<MjValue>,
     pub data_timeout: Duration,
     pub connector: Arc<pingora::connectors::http::Connector>,
 }
@@ -217,6 +220,7 @@ impl Pages {
             assets,
             pages,
             site: MjValue::from(Serde(&w.site)),
+            routes_doc: std::sync::OnceLock::new(),
             data_timeout: w.data_timeout.0,
             connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         })
@@ -238,6 +242,18 @@ impl Pages {
         req: &RequestView<'_>,
         title: &str,
         extra: serde_json::Map<String, Value>,
+    ) -> MjValue {
+        self.context_with(req, title, extra, Vec::new())
+    }
+
+    /// [`Pages::context`] plus keys that already are template values (made once and shared,
+    /// like [`Pages::routes_doc`]); these win over everything else.
+    pub fn context_with(
+        &self,
+        req: &RequestView<'_>,
+        title: &str,
+        extra: serde_json::Map<String, Value>,
+        values: Vec<(&'static str, MjValue)>,
     ) -> MjValue {
         let portal = query_param(req.query, "portal")
             .filter(|p| ["patient", "doctor", "institution"].contains(&p.as_str()))
@@ -268,7 +284,17 @@ impl Pages {
         for (k, v) in extra {
             ctx.insert(k, MjValue::from(Serde(&v)));
         }
+        for (k, v) in values {
+            ctx.insert(k.to_string(), v);
+        }
         MjValue::from(ctx)
+    }
+
+    /// The route list for the docs page (`make` gives it as JSON), converted once per snapshot.
+    pub fn routes_doc(&self, make: impl FnOnce() -> Value) -> MjValue {
+        self.routes_doc
+            .get_or_init(|| MjValue::from(Serde(&make())))
+            .clone()
     }
 
     /// Renders `template` with `ctx` (from [`Pages::context`]).

@@ -66,6 +66,8 @@ fn web_block(data_timeout: &str) -> String {
 struct Site {
     gw: Gw,
     users: Vec<Account>,
+    /// The configuration after its `server:` block (for reloads).
+    rest: String,
 }
 
 impl Site {
@@ -81,6 +83,7 @@ impl Site {
         Site {
             gw: Gw::start(&rest),
             users,
+            rest,
         }
     }
 
@@ -96,6 +99,17 @@ impl Site {
 
     fn port(&self) -> u16 {
         self.gw.port
+    }
+
+    /// Reloads the gateway in place with `rest` (what follows the `server:` block).
+    fn reload(&self, rest: &str) {
+        let yaml = format!(
+            "{}{rest}",
+            server_block(self.gw.port, self.gw.admin_port, "")
+        );
+        let config = gatehouse::Config::from_yaml_str(&yaml)
+            .unwrap_or_else(|e| panic!("reload config invalid:\n{e}\n---\n{yaml}"));
+        self.gw.running.reload(config).expect("reload");
     }
 
     /// Logs `user` in through `POST /api/v1/auth/login`; returns the access token.
@@ -337,6 +351,39 @@ fn public_pages_render_as_html_with_strict_security_headers_and_no_inline_code()
         assert!(html.contains("</html>"), "GET {path}: truncated page");
         assert_no_inline_code(&html, path);
     }
+}
+
+/// The docs page's route list is made once per configuration, not once per process: after a
+/// reload it lists the routes now in force.
+#[test]
+fn docs_page_lists_the_routes_of_the_configuration_in_force_after_a_reload() {
+    let ups = format!(
+        "{}\n{}\n{}\n",
+        upstream("profiles", &[dead_backend()], ""),
+        upstream("appointments", &[dead_backend()], ""),
+        upstream("doctors", &[dead_backend()], ""),
+    );
+    let before = "routes:\n  - {name: doctors, prefix: /api/v1/doctors, upstream: doctors}\n";
+    let after = "routes:\n  - {name: agenda, prefix: /api/v1/agenda, upstream: appointments}\n";
+    let site = Site::start(&ups, before, "500ms", &[]);
+    let docs = || {
+        let r = site.gw.get_with("/docs", &[BROWSER]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        unescape(element(&r.text(), "routes-table", "</table>"))
+    };
+    let first = docs();
+    assert!(first.contains("<code>/api/v1/doctors</code>"), "{first}");
+    assert!(!first.contains("/api/v1/agenda"), "{first}");
+    // The list is made on first use; a second render shows the same.
+    assert_eq!(docs(), first);
+
+    site.reload(&site.rest.replace(before, after));
+    let reloaded = docs();
+    assert!(
+        reloaded.contains("<code>/api/v1/agenda</code>"),
+        "{reloaded}"
+    );
+    assert!(!reloaded.contains("/api/v1/doctors"), "{reloaded}");
 }
 
 #[test]

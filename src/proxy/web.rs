@@ -29,17 +29,22 @@ fn flash_message(code: &str) -> Option<&'static str> {
     }
 }
 
-/// The auth endpoints, for the docs page.
-fn endpoint_docs() -> Value {
-    json!([
-        {"method": "POST", "path": "/api/v1/auth/login", "description": "Inicia sesión con email y contraseña; devuelve tokens de acceso y de refresco."},
-        {"method": "POST", "path": "/api/web/auth/{patient|doctor|institution}/login", "description": "Inicio de sesión desde el portal de cada tipo de usuario."},
-        {"method": "GET", "path": "/api/v1/auth/validate", "description": "Comprueba un token y devuelve sus datos."},
-        {"method": "POST", "path": "/api/v1/auth/refresh", "description": "Cambia un token de refresco por un par nuevo."},
-        {"method": "POST", "path": "/api/v1/auth/logout", "description": "Cierra la sesión (?all=true: todas las sesiones)."},
-        {"method": "GET", "path": "/health", "description": "Estado del gateway."},
-        {"method": "GET", "path": "/api/v1/health", "description": "Rutas y salud de cada servicio."},
-    ])
+/// The auth endpoints, for the docs page, as a template value made once per process.
+fn endpoint_docs() -> minijinja::Value {
+    static DOCS: std::sync::OnceLock<minijinja::Value> = std::sync::OnceLock::new();
+    DOCS.get_or_init(|| {
+        let docs = json!([
+            {"method": "POST", "path": "/api/v1/auth/login", "description": "Inicia sesión con email y contraseña; devuelve tokens de acceso y de refresco."},
+            {"method": "POST", "path": "/api/web/auth/{patient|doctor|institution}/login", "description": "Inicio de sesión desde el portal de cada tipo de usuario."},
+            {"method": "GET", "path": "/api/v1/auth/validate", "description": "Comprueba un token y devuelve sus datos."},
+            {"method": "POST", "path": "/api/v1/auth/refresh", "description": "Cambia un token de refresco por un par nuevo."},
+            {"method": "POST", "path": "/api/v1/auth/logout", "description": "Cierra la sesión (?all=true: todas las sesiones)."},
+            {"method": "GET", "path": "/health", "description": "Estado del gateway."},
+            {"method": "GET", "path": "/api/v1/health", "description": "Rutas y salud de cada servicio."},
+        ]);
+        minijinja::Value::from(minijinja::value::Serde(&docs))
+    })
+    .clone()
 }
 
 impl Gateway {
@@ -261,12 +266,18 @@ impl Gateway {
         let snapshot = ctx.snapshot.clone();
         let mut extra = serde_json::Map::new();
         extra.insert("data".into(), Value::Object(data));
-        extra.insert("routes".into(), crate::builtin::route_docs(&snapshot));
+        // Live backend health; the route list and the endpoint list are made once.
         extra.insert(
             "upstreams".into(),
-            crate::builtin::detailed(&snapshot)["upstreams"].clone(),
+            Value::Object(crate::builtin::upstream_health(&snapshot).0),
         );
-        extra.insert("endpoints".into(), endpoint_docs());
+        let shared = vec![
+            (
+                "routes",
+                pages.routes_doc(|| crate::builtin::route_docs(&snapshot)),
+            ),
+            ("endpoints", endpoint_docs()),
+        ];
         let view = RequestView {
             path: ctx.path.as_deref().unwrap_or("/"),
             query: session.req_header().uri.query(),
@@ -275,7 +286,7 @@ impl Gateway {
             csrf_token: &csrf,
             flash,
         };
-        let context = pages.context(&view, &page.title, extra);
+        let context = pages.context_with(&view, &page.title, extra, shared);
         let (status, html) = match pages.render(&page.template, &context) {
             Ok(html) => (200, html),
             Err(e) => {
