@@ -81,6 +81,9 @@ fn main() {
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,
+        // A bench tool: SIGTERM stops it at once.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

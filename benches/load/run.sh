@@ -6,8 +6,11 @@
 #   - a throwaway Redis (live sessions of the auth scenario),      pinned to core LOAD_CPU
 #   - gatehouse (server.threads: 1, access log off, log.level warn), pinned to core PROXY_CPU
 #   - nginx as the equivalent reverse proxy (1 worker),            pinned to core PROXY_CPU
+#   - (PINGORA_FLOOR=1) Pingora's proxy alone, examples/bare_pingora.rs with the same
+#     forwarding headers,                                          pinned to core PROXY_CPU
 # and runs the same wrk load (pinned to core LOAD_CPU) against both proxies, interleaved in
-# rounds, after waiting (bounded) for an idle machine before each round. For each scenario it
+# rounds, after waiting (bounded) for an idle machine before each round; bare Pingora runs the
+# plain scenario only, as the floor under gatehouse. For each scenario it
 # records requests/s, p50/p99 latency and the proxy's CPU time per request (utime+stime from
 # /proc/PID/stat), then the RSS growth per idle keep-alive connection with IDLE_CONNECTIONS
 # open, then (PROFILE=1) a perf profile of gatehouse. It writes, in OUT_DIR:
@@ -23,7 +26,8 @@
 # allocations per request with libc uprobes, see below), BENCH_MACHINE, OUT_DIR,
 # SCENARIOS (space-separated subset), GATEHOUSE_BIN (a binary to use instead of building),
 # WORK_STEALING (true: gatehouse's server.work_stealing), WRITE_BUFFER (1460B: its
-# server.limits.write_buffer).
+# server.limits.write_buffer), PINGORA_FLOOR (1: also measure bare Pingora on the plain
+# scenario), PINGORA_BIN (a bare_pingora binary to use instead of building it).
 # Needs root or enough `ulimit -n` for IDLE_CONNECTIONS; installs nginx-light, wrk,
 # redis-server, curl and linux-perf with apt-get and matplotlib with pip when missing.
 set -euo pipefail
@@ -45,6 +49,7 @@ IDLE_BUSY_PCT=${IDLE_BUSY_PCT:-10}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-1}
+PINGORA_FLOOR=${PINGORA_FLOOR:-1}
 SCENARIOS=${SCENARIOS:-plain auth noauth_401 not_found_404 landing asset fixed_rate}
 MACHINE=${BENCH_MACHINE:-$(hostname -s)-$(nproc)cpu}
 OUT_DIR=${OUT_DIR:-$REPO/benches/results}
@@ -86,9 +91,12 @@ if ((hard < IDLE_CONNECTIONS + 1000)); then
 fi
 
 # --- build ---------------------------------------------------------------------------------
-if [ -z "${GATEHOUSE_BIN:-}" ]; then
-  step "cargo build --release --bin gatehouse"
-  cargo build --release --bin gatehouse
+targets=()
+[ -n "${GATEHOUSE_BIN:-}" ] || targets+=(--bin gatehouse)
+[ "$PINGORA_FLOOR" != 1 ] || [ -n "${PINGORA_BIN:-}" ] || targets+=(--example bare_pingora)
+if ((${#targets[@]} > 0)); then
+  step "cargo build --release ${targets[*]}"
+  cargo build --release "${targets[@]}"
 fi
 # The source state that was built (other work may change the tree during the run).
 BUILT_COMMIT=$(git rev-parse HEAD)
@@ -98,6 +106,10 @@ chmod 755 "$WORK" # nginx workers run as an unprivileged user when started as ro
 # A private copy, so a later build in the shared target dir cannot swap it mid-run.
 BIN=$WORK/gatehouse
 cp "${GATEHOUSE_BIN:-$CARGO_TARGET_DIR/release/gatehouse}" "$BIN"
+BARE_BIN=$WORK/bare_pingora
+if [ "$PINGORA_FLOOR" = 1 ]; then
+  cp "${PINGORA_BIN:-$CARGO_TARGET_DIR/release/examples/bare_pingora}" "$BARE_BIN"
+fi
 
 PIDS=()
 cleanup() {
@@ -132,6 +144,7 @@ wait_http() { # URL: up to 10 s for any HTTP answer
 UP_PORT=$(free_port)
 GH_PORT=$(free_port)
 NGX_PORT=$(free_port)
+PG_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 
 step "upstream nginx on 127.0.0.1:$UP_PORT, Redis on 127.0.0.1:$REDIS_PORT (core $LOAD_CPU)"
@@ -298,10 +311,30 @@ NGX_PID=$!
 PIDS+=("$NGX_PID")
 wait_http "http://127.0.0.1:$NGX_PORT/plain"
 
+# --- bare Pingora: the floor under gatehouse -----------------------------------------------
+PG_PID=
+if [ "$PINGORA_FLOOR" = 1 ]; then
+  step "bare Pingora (examples/bare_pingora.rs, forwarding headers) on 127.0.0.1:$PG_PORT (core $PROXY_CPU)"
+  taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:$PG_PORT" "127.0.0.1:$UP_PORT" headers \
+    >"$WORK/bare_pingora.log" 2>&1 &
+  PG_PID=$!
+  PIDS+=("$PG_PID")
+  wait_http "http://127.0.0.1:$PG_PORT/plain"
+fi
+
 proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
-  if [ "$1" = gatehouse ]; then echo "$GH_PID"; else echo "$NGX_PID" $(pgrep -P "$NGX_PID"); fi
+  case $1 in
+    gatehouse) echo "$GH_PID" ;;
+    pingora) echo "$PG_PID" ;;
+    *) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;;
+  esac
 }
-proxy_port() { if [ "$1" = gatehouse ]; then echo "$GH_PORT"; else echo "$NGX_PORT"; fi; }
+proxy_port() {
+  case $1 in gatehouse) echo "$GH_PORT" ;; pingora) echo "$PG_PORT" ;; *) echo "$NGX_PORT" ;; esac
+}
+proxies_for() { # SCENARIO: the proxies that run it (bare Pingora only proxies: plain)
+  if [ "$1" = plain ] && [ "$PINGORA_FLOOR" = 1 ]; then echo gatehouse nginx pingora; else echo gatehouse nginx; fi
+}
 cpu_ticks() { # PIDS...: "total kernel" ticks of those processes (utime+stime, and stime alone)
   local total=0 kernel=0 u k
   for p in "$@"; do
@@ -368,10 +401,10 @@ wrk_args() { # PROXY SCENARIO SECONDS: the wrk command line (without wrk itself)
   printf '%s\n' "${args[@]}"
 }
 
-step "checking every scenario on both proxies"
+step "checking every scenario on every proxy"
 : >"$STEM-responses.txt"
 for s in $SCENARIOS; do
-  for p in gatehouse nginx; do
+  for p in $(proxies_for "$s"); do
     url="http://127.0.0.1:$(proxy_port $p)$(scenario_path "$s")"
     hdr=()
     if [ "$s" = auth ]; then hdr=(-H "Authorization: Bearer $TOKEN"); fi
@@ -391,7 +424,7 @@ log "response headers: $STEM-responses.txt"
 
 step "warm-up (1 s per scenario and proxy, not recorded)"
 for s in $SCENARIOS; do
-  for p in gatehouse nginx; do
+  for p in $(proxies_for "$s"); do
     mapfile -t args < <(wrk_args "$p" "$s" 1)
     taskset -c "$LOAD_CPU" wrk "${args[@]}" >/dev/null
   done
@@ -432,7 +465,8 @@ PY
 step "$ROUNDS rounds of ${ROUND_SECONDS}s per scenario and proxy, interleaved"
 for r in $(seq 1 "$ROUNDS"); do
   for s in $SCENARIOS; do
-    if ((r % 2)); then order="gatehouse nginx"; else order="nginx gatehouse"; fi
+    order=$(proxies_for "$s")
+    if ! ((r % 2)); then order=$(tr ' ' '\n' <<<"$order" | tac | tr '\n' ' '); fi
     for p in $order; do run_round "$p" "$s" "$r"; done
   done
 done
@@ -554,6 +588,7 @@ step "report"
   echo "\"redis\": \"$(redis-server --version | cut -d' ' -f1-3)\","
   echo "\"rustc\": \"$(rustc -V)\","
   echo "\"gatehouse\": \"$("$BIN" --version)\","
+  echo "\"pingora_floor\": $([ "$PINGORA_FLOOR" = 1 ] && echo true || echo false),"
   echo "\"commit\": \"$BUILT_COMMIT\","
   echo "\"dirty_files\": $BUILT_DIRTY,"
   echo "\"rounds\": $ROUNDS, \"round_seconds\": $ROUND_SECONDS, \"connections\": $CONNECTIONS,"
