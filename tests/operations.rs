@@ -94,12 +94,7 @@ impl Reloadable {
 
     /// The full config for `rest` on this gateway's ports.
     fn config(&self, rest: &str) -> Config {
-        let yaml = format!(
-            "{}{rest}\n{}",
-            server_block(self.gw.port, self.gw.admin_port, ""),
-            self.auth
-        );
-        Config::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"))
+        self.gw.config_for(&format!("{rest}\n{}", self.auth))
     }
 }
 

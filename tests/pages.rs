@@ -103,13 +103,10 @@ impl Site {
 
     /// Reloads the gateway in place with `rest` (what follows the `server:` block).
     fn reload(&self, rest: &str) {
-        let yaml = format!(
-            "{}{rest}",
-            server_block(self.gw.port, self.gw.admin_port, "")
-        );
-        let config = gatehouse::Config::from_yaml_str(&yaml)
-            .unwrap_or_else(|e| panic!("reload config invalid:\n{e}\n---\n{yaml}"));
-        self.gw.running.reload(config).expect("reload");
+        self.gw
+            .running
+            .reload(self.gw.config_for(rest))
+            .expect("reload");
     }
 
     /// Logs `user` in through `POST /api/v1/auth/login`; returns the access token.

@@ -57,6 +57,14 @@ impl Gw {
         }
     }
 
+    /// The config `rest` (what follows the `server:` block) on this gateway's ports, with the
+    /// default test `server:` block (as [`Gw::start`] uses): for reloads.
+    pub fn config_for(&self, rest: &str) -> Config {
+        let yaml = format!("{}{rest}", server_block(self.port, self.admin_port, ""));
+        Config::from_yaml_str(&yaml)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"))
+    }
+
     pub fn get(&self, path: &str) -> Response {
         get(self.port, path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
