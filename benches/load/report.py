@@ -301,28 +301,44 @@ def main():
         L.append(f"| {t} | {v} | {'yes' if m else '**no**'} |")
     L.append("")
     floor = g("plain", "pingora", "cpu_us_per_request")
-    if floor is not None:
-        L.append("## Pingora's floor (plain proxy)")
+    engine = g("plain", "engine", "cpu_us_per_request")
+    if floor is not None or engine is not None:
+        L.append("## Floors (plain proxy)")
         L.append("")
-        L.append("The same plain-proxy rounds against Pingora 0.9.1's HTTP proxy with nothing of gatehouse in it "
-                 "(`examples/bare_pingora.rs`: one upstream, the same five forwarding headers, one current-thread "
-                 "worker, mimalloc; no routing, limits, metrics or logs). What gatehouse costs above it is gatehouse's "
-                 "own; the floor itself is Pingora's.")
-        L.append("")
+        if floor is not None:
+            L.append("The same plain-proxy rounds against Pingora 0.9.1's HTTP proxy with nothing of gatehouse in it "
+                     "(`examples/bare_pingora.rs`: one upstream, the same five forwarding headers, one current-thread "
+                     "worker, mimalloc; no routing, limits, metrics or logs). What gatehouse costs above it is "
+                     "gatehouse's own; the floor itself is Pingora's.")
+            L.append("")
+        if engine is not None:
+            L.append("And against an HTTP/1 proxy engine of nginx's shape on Tokio (`examples/tokio_http1.rs`: one "
+                     "buffer per connection, the request head forwarded as bytes with the same five forwarding "
+                     "headers spliced in, the response head passed through with `X-Request-Id` added, upstream "
+                     "keep-alive; one current-thread runtime, mimalloc; no gateway features): what an own engine "
+                     "under gatehouse's filters would start from.")
+            L.append("")
         L.append("| proxy | req/s | p99 µs | CPU µs/req | user | kernel | × nginx |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         ng_cpu = g("plain", "nginx", "cpu_us_per_request")
-        for p, name in (("nginx", "nginx"), ("pingora", "bare Pingora"), ("gatehouse", "gatehouse")):
+        for p, name in (("nginx", "nginx"), ("engine", "Tokio HTTP/1 engine"), ("pingora", "bare Pingora"),
+                        ("gatehouse", "gatehouse")):
+            if p not in summary["plain"]:
+                continue
             d = summary["plain"].get(p, {})
             L.append(f"| {name} | {fmt(d.get('rps'))} | {fmt(d.get('p99_us'))} | {fmt(d.get('cpu_us_per_request'), 1)} | "
                      f"{fmt(d.get('user_us_per_request'), 1)} | {fmt(d.get('kernel_us_per_request'), 1)} | "
                      f"{fmt(ratio(d.get('cpu_us_per_request'), ng_cpu), 2)} |")
         gh_cpu = g("plain", "gatehouse", "cpu_us_per_request")
-        if gh_cpu is not None:
+        if gh_cpu is not None and floor is not None:
             L.append("")
             L.append(f"gatehouse above the floor: {fmt(gh_cpu - floor, 1)} µs per plain request "
                      f"({fmt(100 * (gh_cpu - floor) / gh_cpu)} % of its cost); the floor alone is "
                      f"{fmt(ratio(floor, ng_cpu), 2)} × nginx.")
+        if engine is not None:
+            L.append("")
+            L.append(f"The Tokio engine: {fmt(engine, 1)} µs per plain request, {fmt(ratio(engine, ng_cpu), 2)} × nginx"
+                     + (f", {fmt(ratio(engine, floor), 2)} × bare Pingora." if floor else "."))
         L.append("")
     L.append("## What each scenario does")
     L.append("")

@@ -8,9 +8,11 @@
 #   - nginx as the equivalent reverse proxy (1 worker),            pinned to core PROXY_CPU
 #   - (PINGORA_FLOOR=1) Pingora's proxy alone, examples/bare_pingora.rs with the same
 #     forwarding headers,                                          pinned to core PROXY_CPU
+#   - (ENGINE_FLOOR=1) an HTTP/1 proxy engine of nginx's shape on Tokio,
+#     examples/tokio_http1.rs, the same forwarding headers,       pinned to core PROXY_CPU
 # and runs the same wrk load (pinned to core LOAD_CPU) against both proxies, interleaved in
-# rounds, after waiting (bounded) for an idle machine before each round; bare Pingora runs the
-# plain scenario only, as the floor under gatehouse. For each scenario it
+# rounds, after waiting (bounded) for an idle machine before each round; bare Pingora and the
+# Tokio engine run the plain scenario only, as floors under gatehouse. For each scenario it
 # records requests/s, p50/p99 latency and the proxy's CPU time per request (utime+stime from
 # /proc/PID/stat), then the RSS growth per idle keep-alive connection with IDLE_CONNECTIONS
 # open, then (PROFILE=1) a perf profile of gatehouse. It writes, in OUT_DIR:
@@ -27,7 +29,8 @@
 # SCENARIOS (space-separated subset), GATEHOUSE_BIN (a binary to use instead of building),
 # WORK_STEALING (true: gatehouse's server.work_stealing), WRITE_BUFFER (1460B: its
 # server.limits.write_buffer), PINGORA_FLOOR (1: also measure bare Pingora on the plain
-# scenario), PINGORA_BIN (a bare_pingora binary to use instead of building it).
+# scenario), PINGORA_BIN (a bare_pingora binary to use instead of building it), ENGINE_FLOOR
+# (1: also measure the Tokio engine on the plain scenario), ENGINE_BIN (a tokio_http1 binary).
 # Needs root or enough `ulimit -n` for IDLE_CONNECTIONS; installs nginx-light, wrk,
 # redis-server, curl and linux-perf with apt-get and matplotlib with pip when missing.
 set -euo pipefail
@@ -50,6 +53,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-1}
 PINGORA_FLOOR=${PINGORA_FLOOR:-1}
+ENGINE_FLOOR=${ENGINE_FLOOR:-1}
 SCENARIOS=${SCENARIOS:-plain auth noauth_401 not_found_404 landing asset fixed_rate}
 MACHINE=${BENCH_MACHINE:-$(hostname -s)-$(nproc)cpu}
 OUT_DIR=${OUT_DIR:-$REPO/benches/results}
@@ -68,6 +72,8 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+# zlib-ng (flate2's backend) builds with cmake when gatehouse is built here.
+if [ -z "${GATEHOUSE_BIN:-}" ] && ! command -v cmake >/dev/null 2>&1; then missing+=(cmake); fi
 if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
 if ((${#missing[@]} > 0)); then
   step "apt-get install ${missing[*]}"
@@ -94,6 +100,7 @@ fi
 targets=()
 [ -n "${GATEHOUSE_BIN:-}" ] || targets+=(--bin gatehouse)
 [ "$PINGORA_FLOOR" != 1 ] || [ -n "${PINGORA_BIN:-}" ] || targets+=(--example bare_pingora)
+[ "$ENGINE_FLOOR" != 1 ] || [ -n "${ENGINE_BIN:-}" ] || targets+=(--example tokio_http1)
 if ((${#targets[@]} > 0)); then
   step "cargo build --release ${targets[*]}"
   cargo build --release "${targets[@]}"
@@ -109,6 +116,10 @@ cp "${GATEHOUSE_BIN:-$CARGO_TARGET_DIR/release/gatehouse}" "$BIN"
 BARE_BIN=$WORK/bare_pingora
 if [ "$PINGORA_FLOOR" = 1 ]; then
   cp "${PINGORA_BIN:-$CARGO_TARGET_DIR/release/examples/bare_pingora}" "$BARE_BIN"
+fi
+ENGINE_COPY=$WORK/tokio_http1
+if [ "$ENGINE_FLOOR" = 1 ]; then
+  cp "${ENGINE_BIN:-$CARGO_TARGET_DIR/release/examples/tokio_http1}" "$ENGINE_COPY"
 fi
 
 PIDS=()
@@ -145,6 +156,7 @@ UP_PORT=$(free_port)
 GH_PORT=$(free_port)
 NGX_PORT=$(free_port)
 PG_PORT=$(free_port)
+ENG_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 
 step "upstream nginx on 127.0.0.1:$UP_PORT, Redis on 127.0.0.1:$REDIS_PORT (core $LOAD_CPU)"
@@ -322,18 +334,40 @@ if [ "$PINGORA_FLOOR" = 1 ]; then
   wait_http "http://127.0.0.1:$PG_PORT/plain"
 fi
 
+# --- a Tokio HTTP/1 engine of nginx's shape: what an own engine would cost -------------------
+ENG_PID=
+if [ "$ENGINE_FLOOR" = 1 ]; then
+  step "Tokio HTTP/1 engine (examples/tokio_http1.rs) on 127.0.0.1:$ENG_PORT (core $PROXY_CPU)"
+  taskset -c "$PROXY_CPU" "$ENGINE_COPY" "127.0.0.1:$ENG_PORT" "127.0.0.1:$UP_PORT" \
+    >"$WORK/tokio_http1.log" 2>&1 &
+  ENG_PID=$!
+  PIDS+=("$ENG_PID")
+  wait_http "http://127.0.0.1:$ENG_PORT/plain"
+fi
+
 proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
   case $1 in
     gatehouse) echo "$GH_PID" ;;
     pingora) echo "$PG_PID" ;;
+    engine) echo "$ENG_PID" ;;
     *) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;;
   esac
 }
 proxy_port() {
-  case $1 in gatehouse) echo "$GH_PORT" ;; pingora) echo "$PG_PORT" ;; *) echo "$NGX_PORT" ;; esac
+  case $1 in
+    gatehouse) echo "$GH_PORT" ;;
+    pingora) echo "$PG_PORT" ;;
+    engine) echo "$ENG_PORT" ;;
+    *) echo "$NGX_PORT" ;;
+  esac
 }
-proxies_for() { # SCENARIO: the proxies that run it (bare Pingora only proxies: plain)
-  if [ "$1" = plain ] && [ "$PINGORA_FLOOR" = 1 ]; then echo gatehouse nginx pingora; else echo gatehouse nginx; fi
+proxies_for() { # SCENARIO: the proxies that run it (the floors only proxy: plain)
+  local ps="gatehouse nginx"
+  if [ "$1" = plain ]; then
+    if [ "$PINGORA_FLOOR" = 1 ]; then ps+=" pingora"; fi
+    if [ "$ENGINE_FLOOR" = 1 ]; then ps+=" engine"; fi
+  fi
+  echo "$ps"
 }
 cpu_ticks() { # PIDS...: "total kernel" ticks of those processes (utime+stime, and stime alone)
   local total=0 kernel=0 u k
@@ -589,6 +623,7 @@ step "report"
   echo "\"rustc\": \"$(rustc -V)\","
   echo "\"gatehouse\": \"$("$BIN" --version)\","
   echo "\"pingora_floor\": $([ "$PINGORA_FLOOR" = 1 ] && echo true || echo false),"
+  echo "\"engine_floor\": $([ "$ENGINE_FLOOR" = 1 ] && echo true || echo false),"
   echo "\"commit\": \"$BUILT_COMMIT\","
   echo "\"dirty_files\": $BUILT_DIRTY,"
   echo "\"rounds\": $ROUNDS, \"round_seconds\": $ROUND_SECONDS, \"connections\": $CONNECTIONS,"
