@@ -9,7 +9,9 @@
 //!
 //! It is a measuring instrument, not a gateway: no routing, limits, timeouts, retries,
 //! metrics or logs; request bodies only with Content-Length (a chunked request body is
-//! answered 411 and the connection closed); no pipelining of requests to the upstream.
+//! answered 411 and the connection closed); no pipelining of requests to the upstream; a
+//! pooled upstream connection the upstream has closed fails the request instead of being
+//! retried on a new one.
 //!
 //! ```sh
 //! cargo build --release --example tokio_http1
@@ -18,11 +20,25 @@
 //! The first argument is where it listens, the second the upstream (`ip:port`, plain HTTP).
 //! It sets the same forwarding headers as the harness's nginx and bare Pingora
 //! (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`, `X-Request-Id`).
+//!
+//! With `policy CONFIG` after them, each request also goes through gatehouse's own per-request
+//! work of a plain proxy route, called from the gatehouse library as `src/proxy.rs` calls it:
+//! an `http::HeaderMap` built from the head, request id (kept when valid, else new), client ip
+//! (trusted proxies), path normalisation, client kind, route lookup in CONFIG's routes (404 /
+//! 405 answered here), ip rules, the retry budget, backend selection through the route's pool
+//! (health and breaker), the path rewrite, for routes with `auth` the guard (token, live
+//! session through the session cache, roles: `gatehouse::auth::guard::protect`, with CONFIG's
+//! `auth` section, Redis included) and the identity headers, the breaker's record of the
+//! outcome and the two request metrics. The upstream argument is then ignored: backends come
+//! from CONFIG. Not there: rate limits, CORS, header rules, timeouts, retries, access log —
+//! what the load harness's routes do not use, or what costs nothing when nothing fails.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -35,8 +51,181 @@ const BUF: usize = 4096;
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 
-/// Idle upstream connections of this thread (the engine runs on one current-thread runtime).
-type Pool = Rc<RefCell<Vec<TcpStream>>>;
+/// Idle upstream connections of this thread per backend (the engine runs on one
+/// current-thread runtime).
+type Pool = Rc<RefCell<Vec<(SocketAddr, TcpStream)>>>;
+
+/// gatehouse's configuration and metrics, for `policy` mode (see the module docs).
+struct Policy {
+    snap: gatehouse::state::Snapshot,
+    metrics: Arc<gatehouse::metrics::Metrics>,
+    auth: gatehouse::auth::Auth,
+}
+
+/// What the policy decided for one request.
+struct Decision {
+    backend: SocketAddr,
+    route: Arc<gatehouse::state::Route>,
+    request_id: String,
+    method: &'static str,
+    start: Instant,
+    /// For the auth guard.
+    headers: http::HeaderMap,
+    path: String,
+    api_client: bool,
+}
+
+impl Policy {
+    fn load(path: &str) -> io::Result<Policy> {
+        let invalid =
+            |e: gatehouse::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        let config = gatehouse::Config::load(std::path::Path::new(path)).map_err(invalid)?;
+        let auth_cfg = config.auth.clone();
+        let snap = gatehouse::check(config).map_err(invalid)?;
+        let metrics = Arc::new(gatehouse::metrics::Metrics::new());
+        let auth = gatehouse::auth::Auth::build(&auth_cfg, metrics.clone()).map_err(invalid)?;
+        Ok(Policy {
+            snap,
+            metrics,
+            auth,
+        })
+    }
+
+    /// The route's auth guard: the identity headers to add, or the status to answer.
+    async fn authorize(&self, d: &Decision, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        use gatehouse::auth::guard::{self, Decision as Guard};
+        let route = &d.route;
+        let method = http::Method::from_bytes(d.method.as_bytes()).unwrap_or(http::Method::GET);
+        let req = guard::Request {
+            method: &method,
+            path: &d.path,
+            query: None,
+            headers: &d.headers,
+            api_client: d.api_client,
+        };
+        let decision = guard::protect(
+            &self.auth,
+            route.auth,
+            route.roles.as_deref(),
+            route.on_store_error,
+            &req,
+        )
+        .await;
+        match decision {
+            Guard::Anonymous => Ok(()),
+            Guard::Allow(id) => {
+                // Before the blank line that ends the upstream head.
+                out.truncate(out.len() - 2);
+                let c = &id.claims;
+                let _ = write!(
+                    out,
+                    "authorization: Bearer {}\r\nx-user-id: {}\r\nx-user-role: {}\r\n\
+                     x-session-id: {}\r\n\r\n",
+                    id.token, c.sub, c.role, c.sid
+                );
+                Ok(())
+            }
+            Guard::Deny { .. } => Err("401 Unauthorized"),
+            Guard::Redirect { .. } => Err("303 See Other"),
+        }
+    }
+
+    /// gatehouse's request-phase work for a plain proxy route: the decision, or the status
+    /// to answer.
+    fn decide(
+        &self,
+        req: &httparse::Request<'_, '_>,
+        peer: IpAddr,
+        upstream_path: &mut String,
+    ) -> Result<Decision, &'static str> {
+        use gatehouse::edge::{client, forwarding};
+        use gatehouse::routing::Lookup;
+        let start = Instant::now();
+        let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(h.name.as_bytes()),
+                http::HeaderValue::from_bytes(h.value),
+            ) else {
+                return Err("400 Bad Request");
+            };
+            headers.append(name, value);
+        }
+        let request_id = match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if forwarding::valid_request_id(id) => id.to_string(),
+            _ => forwarding::new_request_id(),
+        };
+        let snap = &self.snap;
+        let client_ip = forwarding::client_ip(Some(peer), &headers, &snap.trusted_proxies);
+        let target = req.path.unwrap_or("/");
+        let (raw_path, query) = target
+            .split_once('?')
+            .map_or((target, None), |(p, q)| (p, Some(q)));
+        let path = gatehouse::routing::normalize_path(raw_path).map_err(|_| "400 Bad Request")?;
+        let api_client = client::is_api_client(&path, &headers);
+        let method = http::Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
+            .map_err(|_| "400 Bad Request")?;
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let route = match snap.table.lookup(host, &method, &path) {
+            Lookup::Found(i) => snap.routes[i].clone(),
+            Lookup::NotFound => return Err("404 Not Found"),
+            Lookup::MethodNotAllowed(_) => return Err("405 Method Not Allowed"),
+        };
+        if !route.ip_rules.permits(client_ip) {
+            return Err("403 Forbidden");
+        }
+        let now = Instant::now();
+        route.pool.budget.record_request(now);
+        let Some((backend, _transition)) = route.pool.select(&[], now, &[]) else {
+            return Err("503 Service Unavailable");
+        };
+        *upstream_path = gatehouse::routing::rewrite_path(
+            &path,
+            &route.prefix,
+            route.strip_prefix,
+            route.rewrite_prefix.as_deref(),
+        );
+        if let Some(q) = query {
+            upstream_path.push('?');
+            upstream_path.push_str(q);
+        }
+        Ok(Decision {
+            backend,
+            route,
+            request_id,
+            method: gatehouse::metrics::method_label(&method),
+            start,
+            headers,
+            path,
+            api_client,
+        })
+    }
+
+    /// gatehouse's logging-phase work: the breaker's record and the request metrics.
+    fn finish(&self, d: &Decision, status: u16) {
+        let route = &d.route;
+        let _ = route.pool.record(
+            &d.backend,
+            !route.pool.is_failure_status(status),
+            Instant::now(),
+        );
+        let code = http::StatusCode::from_u16(status).ok();
+        self.metrics
+            .requests_total
+            .with_label_values(&[
+                route.name.as_str(),
+                d.method,
+                code.as_ref().map_or("0", http::StatusCode::as_str),
+            ])
+            .inc();
+        self.metrics
+            .request_duration_seconds
+            .with_label_values(&[route.name.as_str()])
+            .observe(d.start.elapsed().as_secs_f64());
+    }
+}
 
 fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -47,9 +236,21 @@ fn main() -> io::Result<()> {
     let upstream: SocketAddr = upstream
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("upstream: {e}")))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
+    let policy = match (args.next().as_deref(), args.next()) {
+        (Some("policy"), Some(path)) => Some(Rc::new(Policy::load(&path)?)),
+        (None, _) => None,
+        _ => {
+            eprintln!("usage: tokio_http1 LISTEN_ADDR UPSTREAM_ADDR [policy GATEWAY_YAML]");
+            std::process::exit(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_current_thread();
+    rt.enable_io();
+    if policy.is_some() {
+        // gatehouse's session store times its Redis calls.
+        rt.enable_time();
+    }
+    let rt = rt.build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let listener = TcpListener::bind(&listen).await?;
@@ -58,9 +259,12 @@ fn main() -> io::Result<()> {
             let (client, peer) = listener.accept().await?;
             let _ = client.set_nodelay(true);
             let pool = pool.clone();
+            let policy = policy.clone();
             tokio::task::spawn_local(async move {
                 // A connection's errors end that connection only.
-                let _ = Conn::new(client, peer, upstream, pool).serve().await;
+                let _ = Conn::new(client, peer, upstream, pool, policy)
+                    .serve()
+                    .await;
             });
         }
     })
@@ -69,6 +273,12 @@ fn main() -> io::Result<()> {
 struct Conn {
     client: TcpStream,
     peer: String,
+    peer_ip: IpAddr,
+    policy: Option<Rc<Policy>>,
+    /// `policy` mode: the current request's route and backend.
+    decision: Option<Decision>,
+    /// The upstream request's path (`policy` mode: rewritten for the route).
+    upstream_path: String,
     upstream: SocketAddr,
     pool: Pool,
     /// Bytes read from the client: the current request, and whatever followed it.
@@ -78,7 +288,9 @@ struct Conn {
     /// Bytes read from the upstream.
     upb: Vec<u8>,
     /// The current request's id: sent upstream and echoed to the client, as nginx does.
-    id: u128,
+    id: String,
+    /// The current response's status.
+    status: u16,
 }
 
 /// Where a message's body ends.
@@ -91,16 +303,27 @@ enum Body {
 }
 
 impl Conn {
-    fn new(client: TcpStream, peer: SocketAddr, upstream: SocketAddr, pool: Pool) -> Self {
+    fn new(
+        client: TcpStream,
+        peer: SocketAddr,
+        upstream: SocketAddr,
+        pool: Pool,
+        policy: Option<Rc<Policy>>,
+    ) -> Self {
         Conn {
             client,
             peer: peer.ip().to_string(),
+            peer_ip: peer.ip(),
+            policy,
+            decision: None,
+            upstream_path: String::new(),
             upstream,
             pool,
             inb: Vec::with_capacity(BUF),
             out: Vec::with_capacity(BUF),
             upb: Vec::with_capacity(BUF),
-            id: 0,
+            id: String::with_capacity(32),
+            status: 0,
         }
     }
 
@@ -118,6 +341,16 @@ impl Conn {
                     return self.client.write_all(msg.as_bytes()).await;
                 }
             };
+            if let (Some(policy), Some(d)) = (&self.policy, &self.decision) {
+                if d.route.auth != gatehouse::config::AuthMode::None {
+                    if let Err(status) = policy.authorize(d, &mut self.out).await {
+                        let msg = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        return self.client.write_all(msg.as_bytes()).await;
+                    }
+                }
+            }
             let mut up = self.upstream_conn().await?;
             // The head, and the part of the request body already read, go in one write.
             let in_body = match body {
@@ -132,9 +365,13 @@ impl Conn {
             if have < in_body {
                 relay_exact(&mut self.client, &mut up, in_body - have, &mut self.inb).await?;
             }
-            let reusable = self.relay_response(&mut up, head_only, keep_alive).await?;
+            let (reusable, status) = self.relay_response(&mut up, head_only, keep_alive).await?;
+            if let (Some(policy), Some(d)) = (&self.policy, self.decision.take()) {
+                policy.finish(&d, status);
+            }
             if reusable {
-                self.pool.borrow_mut().push(up);
+                let backend = self.backend();
+                self.pool.borrow_mut().push((backend, up));
             }
             if !keep_alive {
                 return self.client.shutdown().await;
@@ -177,6 +414,22 @@ impl Conn {
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Err("400 Bad Request");
         };
+        self.id.clear();
+        let path = match &self.policy {
+            Some(policy) => {
+                let d = policy.decide(&req, self.peer_ip, &mut self.upstream_path)?;
+                self.id.push_str(&d.request_id);
+                self.decision = Some(d);
+                self.upstream_path.as_str()
+            }
+            None => {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut self.id,
+                    format_args!("{:032x}", rand::random::<u128>()),
+                );
+                path
+            }
+        };
         let out = &mut self.out;
         out.clear();
         let _ = write!(out, "{method} {path} HTTP/1.1\r\n");
@@ -205,6 +458,14 @@ impl Conn {
             {
                 continue;
             }
+            if self.policy.is_some()
+                && ["authorization", "x-user-id", "x-user-role", "x-session-id"]
+                    .iter()
+                    .any(|i| name.eq_ignore_ascii_case(i))
+            {
+                // Identity headers come only from the gateway (`authorize`).
+                continue;
+            }
             if name.eq_ignore_ascii_case("transfer-encoding") {
                 return Err("411 Length Required");
             }
@@ -219,11 +480,10 @@ impl Conn {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        self.id = rand::random::<u128>();
         let _ = write!(
             out,
             "x-forwarded-for: {ip}\r\nx-real-ip: {ip}\r\nx-forwarded-proto: http\r\n\
-             x-request-id: {id:032x}\r\nx-forwarded-host: ",
+             x-request-id: {id}\r\nx-forwarded-host: ",
             ip = self.peer,
             id = self.id
         );
@@ -233,19 +493,40 @@ impl Conn {
         Ok((keep_alive, body, head_only))
     }
 
-    /// An idle upstream connection of this thread, or a new one.
+    /// Where the current request goes: the policy's backend, or the one upstream.
+    fn backend(&self) -> SocketAddr {
+        self.decision.as_ref().map_or(self.upstream, |d| d.backend)
+    }
+
+    /// An idle upstream connection of this thread to the backend, or a new one.
     async fn upstream_conn(&mut self) -> io::Result<TcpStream> {
-        let pooled = self.pool.borrow_mut().pop();
+        let backend = self.backend();
+        let pooled = {
+            let mut pool = self.pool.borrow_mut();
+            let at = pool.iter().rposition(|(a, _)| *a == backend);
+            at.map(|i| pool.swap_remove(i).1)
+        };
         if let Some(up) = pooled {
             return Ok(up);
         }
-        let up = TcpStream::connect(self.upstream).await?;
+        let up = TcpStream::connect(backend).await?;
         let _ = up.set_nodelay(true);
         Ok(up)
     }
 
-    /// Reads the response from `up` and relays it to the client; whether `up` can be reused.
+    /// Reads the response from `up` and relays it to the client; whether `up` can be reused,
+    /// and the status.
     async fn relay_response(
+        &mut self,
+        up: &mut TcpStream,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> io::Result<(bool, u16)> {
+        let reusable = self.relay_response_inner(up, head_only, keep_alive).await?;
+        Ok((reusable, self.status))
+    }
+
+    async fn relay_response_inner(
         &mut self,
         up: &mut TcpStream,
         head_only: bool,
@@ -273,6 +554,7 @@ impl Conn {
             _ => return Err(io::Error::other("bad response head")),
         }
         let status = res.code.unwrap_or(502);
+        self.status = status;
         let out = &mut self.out;
         out.clear();
         let _ = write!(
@@ -312,7 +594,7 @@ impl Conn {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        let _ = write!(out, "x-request-id: {:032x}\r\n", self.id);
+        let _ = write!(out, "x-request-id: {}\r\n", self.id);
         let client_keep_alive = keep_alive && !matches!(body, Body::Close);
         if !client_keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
@@ -329,11 +611,14 @@ impl Conn {
                 let have = self.upb.len().min(n);
                 self.out.extend_from_slice(&self.upb[..have]);
                 self.client.write_all(&self.out).await?;
-                if have < n {
-                    self.upb.clear();
+                // Bytes past the body mean the upstream broke framing: not reused.
+                let extra = if have < n {
                     relay_exact(up, &mut self.client, n - have, &mut self.upb).await?;
-                }
-                Ok(up_keep_alive && self.upb.len() == have)
+                    self.upb.len()
+                } else {
+                    self.upb.len() - have
+                };
+                Ok(up_keep_alive && extra == 0)
             }
             Body::Chunked => {
                 self.client.write_all(&self.out).await?;
@@ -361,7 +646,8 @@ impl Conn {
     }
 }
 
-/// Copies exactly `n` bytes from `from` to `to` through `buf` (left empty).
+/// Copies exactly `n` bytes from `from` to `to` through `buf` (cleared first); whatever was
+/// read past them stays in `buf`.
 async fn relay_exact(
     from: &mut TcpStream,
     to: &mut TcpStream,

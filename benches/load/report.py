@@ -321,7 +321,8 @@ def main():
         L.append("| proxy | req/s | p99 µs | CPU µs/req | user | kernel | × nginx |")
         L.append("|---|---:|---:|---:|---:|---:|---:|")
         ng_cpu = g("plain", "nginx", "cpu_us_per_request")
-        for p, name in (("nginx", "nginx"), ("engine", "Tokio HTTP/1 engine"), ("pingora", "bare Pingora"),
+        for p, name in (("nginx", "nginx"), ("engine", "Tokio HTTP/1 engine"),
+                        ("policy", "Tokio engine + gatehouse's policy"), ("pingora", "bare Pingora"),
                         ("gatehouse", "gatehouse")):
             if p not in summary["plain"]:
                 continue
@@ -339,6 +340,22 @@ def main():
             L.append("")
             L.append(f"The Tokio engine: {fmt(engine, 1)} µs per plain request, {fmt(ratio(engine, ng_cpu), 2)} × nginx"
                      + (f", {fmt(ratio(engine, floor), 2)} × bare Pingora." if floor else "."))
+        pol = g("plain", "policy", "cpu_us_per_request")
+        pol_auth = g("auth", "policy", "cpu_us_per_request")
+        if pol is not None or pol_auth is not None:
+            L.append("")
+            L.append("**The same engine running gatehouse's own per-request work** (`tokio_http1 … policy gateway.yaml`: "
+                     "gatehouse's header map, request id, client ip, path normalisation, route lookup, ip rules, retry "
+                     "budget, backend selection with health and breakers, path rewrite, the auth guard with the live-session "
+                     "check and identity headers, the breaker's record and the request metrics, called from the gatehouse "
+                     "library with gatehouse's configuration, Redis and users) — what gatehouse would cost on an own engine:")
+            L.append("")
+            L.append("| scenario | engine + policy CPU µs/req | × nginx's plain proxy | target |")
+            L.append("|---|---:|---:|---|")
+            if pol is not None:
+                L.append(f"| plain proxy | {fmt(pol, 1)} | {fmt(ratio(pol, ng_cpu), 2)} | ≤ 1.0 |")
+            if pol_auth is not None:
+                L.append(f"| JWT + live session | {fmt(pol_auth, 1)} | {fmt(ratio(pol_auth, ng_cpu), 2)} | ≤ 1.3 |")
         L.append("")
     L.append("## What each scenario does")
     L.append("")

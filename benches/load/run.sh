@@ -10,9 +10,12 @@
 #     forwarding headers,                                          pinned to core PROXY_CPU
 #   - (ENGINE_FLOOR=1) an HTTP/1 proxy engine of nginx's shape on Tokio,
 #     examples/tokio_http1.rs, the same forwarding headers,       pinned to core PROXY_CPU
+#     and the same engine running gatehouse's own per-request work (its `policy` mode, with
+#     gatehouse's config, Redis and users: what gatehouse would cost on such an engine)
 # and runs the same wrk load (pinned to core LOAD_CPU) against both proxies, interleaved in
 # rounds, after waiting (bounded) for an idle machine before each round; bare Pingora and the
-# Tokio engine run the plain scenario only, as floors under gatehouse. For each scenario it
+# Tokio engine run the plain scenario only, as floors under gatehouse, the engine with
+# gatehouse's policy the plain and authenticated ones. For each scenario it
 # records requests/s, p50/p99 latency and the proxy's CPU time per request (utime+stime from
 # /proc/PID/stat), then the RSS growth per idle keep-alive connection with IDLE_CONNECTIONS
 # open, then (PROFILE=1) a perf profile of gatehouse. It writes, in OUT_DIR:
@@ -157,6 +160,7 @@ GH_PORT=$(free_port)
 NGX_PORT=$(free_port)
 PG_PORT=$(free_port)
 ENG_PORT=$(free_port)
+POL_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 
 step "upstream nginx on 127.0.0.1:$UP_PORT, Redis on 127.0.0.1:$REDIS_PORT (core $LOAD_CPU)"
@@ -336,6 +340,7 @@ fi
 
 # --- a Tokio HTTP/1 engine of nginx's shape: what an own engine would cost -------------------
 ENG_PID=
+POL_PID=
 if [ "$ENGINE_FLOOR" = 1 ]; then
   step "Tokio HTTP/1 engine (examples/tokio_http1.rs) on 127.0.0.1:$ENG_PORT (core $PROXY_CPU)"
   taskset -c "$PROXY_CPU" "$ENGINE_COPY" "127.0.0.1:$ENG_PORT" "127.0.0.1:$UP_PORT" \
@@ -343,6 +348,12 @@ if [ "$ENGINE_FLOOR" = 1 ]; then
   ENG_PID=$!
   PIDS+=("$ENG_PID")
   wait_http "http://127.0.0.1:$ENG_PORT/plain"
+  step "Tokio HTTP/1 engine with gatehouse's policy (tokio_http1 ... policy gateway.yaml) on 127.0.0.1:$POL_PORT (core $PROXY_CPU)"
+  taskset -c "$PROXY_CPU" "$ENGINE_COPY" "127.0.0.1:$POL_PORT" "127.0.0.1:$UP_PORT" \
+    policy "$WORK/gh/gateway.yaml" >"$WORK/tokio_http1_policy.log" 2>&1 &
+  POL_PID=$!
+  PIDS+=("$POL_PID")
+  wait_http "http://127.0.0.1:$POL_PORT/plain"
 fi
 
 proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
@@ -350,6 +361,7 @@ proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
     gatehouse) echo "$GH_PID" ;;
     pingora) echo "$PG_PID" ;;
     engine) echo "$ENG_PID" ;;
+    policy) echo "$POL_PID" ;;
     *) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;;
   esac
 }
@@ -358,6 +370,7 @@ proxy_port() {
     gatehouse) echo "$GH_PORT" ;;
     pingora) echo "$PG_PORT" ;;
     engine) echo "$ENG_PORT" ;;
+    policy) echo "$POL_PORT" ;;
     *) echo "$NGX_PORT" ;;
   esac
 }
@@ -365,8 +378,9 @@ proxies_for() { # SCENARIO: the proxies that run it (the floors only proxy: plai
   local ps="gatehouse nginx"
   if [ "$1" = plain ]; then
     if [ "$PINGORA_FLOOR" = 1 ]; then ps+=" pingora"; fi
-    if [ "$ENGINE_FLOOR" = 1 ]; then ps+=" engine"; fi
+    if [ "$ENGINE_FLOOR" = 1 ]; then ps+=" engine policy"; fi
   fi
+  if [ "$1" = auth ] && [ "$ENGINE_FLOOR" = 1 ]; then ps+=" policy"; fi
   echo "$ps"
 }
 cpu_ticks() { # PIDS...: "total kernel" ticks of those processes (utime+stime, and stime alone)
