@@ -220,20 +220,25 @@ def main():
     base = os.path.basename(stem)
 
     g = lambda s, p, k: summary.get(s, {}).get(p, {}).get(k)  # noqa: E731
+    # (target, this run's value, met: True/False, or None when this run did not measure it)
     targets = []
+
+    def target(name, measured, value, met):
+        targets.append((name, value, met) if measured else (name, "not measured in this run", None))
+
     r = ratio(g("plain", "gatehouse", "cpu_us_per_request"), g("plain", "nginx", "cpu_us_per_request"))
-    targets.append(("plain-proxy CPU per request ≤ 1.0 × nginx's", f"{fmt(r, 2)} ×", r is not None and r <= 1.0))
+    target("plain-proxy CPU per request ≤ 1.0 × nginx's", r is not None, f"{fmt(r, 2)} ×", r is not None and r <= 1.0)
     r = ratio(g("auth", "gatehouse", "cpu_us_per_request"), g("plain", "nginx", "cpu_us_per_request"))
-    targets.append(("authenticated proxy CPU per request ≤ 1.3 × nginx's plain proxy", f"{fmt(r, 2)} ×", r is not None and r <= 1.3))
+    target("authenticated proxy CPU per request ≤ 1.3 × nginx's plain proxy", r is not None, f"{fmt(r, 2)} ×",
+           r is not None and r <= 1.3)
     gp, np_ = g("fixed_rate", "gatehouse", "p99_us"), g("fixed_rate", "nginx", "p99_us")
     r = ratio(gp, np_)
-    targets.append((
-        f"p99 at a fixed offered load (~{meta['fixed_rate']:,} req/s) no worse than nginx's",
-        f"{fmt(gp)} µs vs {fmt(np_)} µs ({fmt(r, 2)} ×)",
-        r is not None and r <= 1.0,
-    ))
+    target(f"p99 at a fixed offered load (~{meta['fixed_rate']:,} req/s) no worse than nginx's", r is not None,
+           f"{fmt(gp)} µs vs {fmt(np_)} µs ({fmt(r, 2)} ×)", r is not None and r <= 1.0)
     b = idle.get("gatehouse", {}).get("bytes_per_connection")
-    targets.append(("RSS per idle keep-alive connection ≤ 4 KiB", f"{fmt(b)} B (nginx {fmt(idle.get('nginx', {}).get('bytes_per_connection'))} B)", b is not None and b <= IDLE_TARGET_BYTES))
+    target("RSS per idle keep-alive connection ≤ 4 KiB", b is not None,
+           f"{fmt(b)} B (nginx {fmt(idle.get('nginx', {}).get('bytes_per_connection'))} B)",
+           b is not None and b <= IDLE_TARGET_BYTES)
 
     title = f"gatehouse vs nginx {meta['nginx'].split('/')[-1]} — {meta['date'][:10]}, {meta['machine']} ({meta['nproc']} cores, proxy pinned to one core)"
     chart(summary, idle, scenarios, stem + ".png", title)
@@ -298,7 +303,7 @@ def main():
     L.append("| target | this run | met |")
     L.append("|---|---|---|")
     for t, v, m in targets:
-        L.append(f"| {t} | {v} | {'yes' if m else '**no**'} |")
+        L.append(f"| {t} | {v} | {'–' if m is None else 'yes' if m else '**no**'} |")
     L.append("")
     floor = g("plain", "pingora", "cpu_us_per_request")
     engine = g("plain", "engine", "cpu_us_per_request")
