@@ -796,6 +796,111 @@ mod tests {
         assert_eq!(scan.feed(b"ffffffffffffffffffffffff\r\n"), None);
     }
 
+    /// A policy from a gateway.yaml with one plain and one authenticated route (the
+    /// in-process session store, a throwaway SQLite file).
+    fn policy(tag: &str) -> (Policy, std::path::PathBuf) {
+        let dir = std::env::temp_dir();
+        let pid = std::process::id();
+        let db = dir.join(format!("gatehouse-tokio-http1-{pid}-{tag}.db"));
+        let yaml = dir.join(format!("gatehouse-tokio-http1-{pid}-{tag}.yaml"));
+        let _ = std::fs::remove_file(&db);
+        let text = format!(
+            "auth:\n  database_url: sqlite://{}\n  jwt: {{algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\"}}\n\
+             upstreams:\n  backend:\n    backends: http://127.0.0.1:9\n\
+             routes:\n  - {{name: plain, prefix: /plain, upstream: backend}}\n\
+             \x20 - {{name: svc, prefix: /svc, upstream: backend, strip_prefix: true, auth: required}}\n",
+            db.display()
+        );
+        std::fs::write(&yaml, text).expect("write config");
+        let p = Policy::load(yaml.to_str().expect("path")).expect("policy");
+        let _ = std::fs::remove_file(&yaml);
+        (p, db)
+    }
+
+    fn decide(p: &Policy, head: &[u8]) -> Result<(Decision, String), &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(head).expect("head").is_complete());
+        let mut path = String::new();
+        p.decide(&req, "127.0.0.1".parse().expect("ip"), &mut path)
+            .map(|d| (d, path))
+    }
+
+    #[test]
+    fn the_policy_routes_rewrites_and_refuses_as_gatehouse_does() {
+        let (p, db) = policy("routes");
+        let (d, path) =
+            decide(&p, b"GET /svc/a/./b?x=1 HTTP/1.1\r\nHost: h\r\n\r\n").expect("found");
+        assert_eq!(d.route.name, "svc");
+        assert_eq!(path, "/a/b?x=1", "normalised, prefix stripped, query kept");
+        assert_eq!(d.backend, "127.0.0.1:9".parse().expect("addr"));
+        assert_eq!(d.request_id.len(), 32, "a new request id");
+        let (d, _) =
+            decide(&p, b"GET /plain HTTP/1.1\r\nX-Request-Id: abc-123\r\n\r\n").expect("found");
+        assert_eq!(d.request_id, "abc-123", "a valid client id is kept");
+        assert_eq!(
+            decide(&p, b"GET /nothing HTTP/1.1\r\n\r\n").err(),
+            Some("404 Not Found")
+        );
+        assert_eq!(
+            decide(&p, b"GET /plain/%2e%2e/%2e%2e/x HTTP/1.1\r\n\r\n").err(),
+            Some("400 Bad Request")
+        );
+        let _ = std::fs::remove_file(db);
+    }
+
+    #[test]
+    fn the_policy_guard_refuses_a_missing_token_and_admits_a_live_session() {
+        // Built outside a runtime: the auth layer starts its own (as `main` does).
+        let (p, db) = policy("guard");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (d, _) = decide(&p, b"GET /svc/x HTTP/1.1\r\n\r\n").expect("found");
+            let mut out = b"GET /x HTTP/1.1\r\n\r\n".to_vec();
+            assert_eq!(p.authorize(&d, &mut out).await, Err("401 Unauthorized"));
+
+            let now = gatehouse::auth::unix_now();
+            let pair = p
+                .auth
+                .sessions
+                .start("42", "patient", now)
+                .await
+                .expect("session");
+            let head = format!(
+                "GET /svc/x HTTP/1.1\r\nAuthorization: Bearer {}\r\n\r\n",
+                pair.access_token
+            );
+            let (d, _) = decide(&p, head.as_bytes()).expect("found");
+            assert_eq!(p.authorize(&d, &mut out).await, Ok(()));
+            let out = String::from_utf8(out).expect("utf-8");
+            assert!(
+                out.contains("x-user-id: 42\r\nx-user-role: patient\r\n"),
+                "{out}"
+            );
+            assert!(
+                out.ends_with("\r\n\r\n") && !out.ends_with("\r\n\r\n\r\n"),
+                "{out}"
+            );
+
+            p.auth
+                .sessions
+                .end_session(&pair.access.sid)
+                .await
+                .expect("logout");
+            let (d, _) = decide(&p, head.as_bytes()).expect("found");
+            let mut out = Vec::from(&b"GET /x HTTP/1.1\r\n\r\n"[..]);
+            assert_eq!(
+                p.authorize(&d, &mut out).await,
+                Err("401 Unauthorized"),
+                "revoked"
+            );
+        });
+        let _ = std::fs::remove_file(db);
+    }
+
     #[test]
     fn heads_end_at_the_blank_line_and_connection_tokens_are_found_in_lists() {
         assert_eq!(
