@@ -155,6 +155,8 @@ impl Pages {
         // Escape every template, not only *.html (minijinja's default).
         env.set_auto_escape_callback(|_| AutoEscape::Html);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+        env.add_filter("keys_by", keys_by);
+        env.add_test("table", is_table);
         let tdir = cfg.resolve(&w.templates);
         let mut problems = Vec::new();
         if tdir.is_dir() {
@@ -344,9 +346,68 @@ pub fn minimal_error_page(status: u16, title: &str, message: &str, request_id: &
     )
 }
 
+/// The `keys_by` template filter: `obj|keys_by(priority)` gives a mapping's keys, those listed
+/// in `priority` first and in its order, then the others in the mapping's order, `id` last
+/// (the dashboards' field order, `templates/partials/data.html`). Not a mapping: no keys. One
+/// pass in Rust instead of `select`/`reject` with `in` tests, which cost a dashboard render a
+/// fifth of its time.
+fn keys_by(obj: MjValue, priority: MjValue) -> Result<MjValue, minijinja::Error> {
+    let map = match obj.as_object() {
+        Some(o) if obj.kind() == minijinja::value::ValueKind::Map => o,
+        _ => return Ok(MjValue::from(Vec::<MjValue>::new())),
+    };
+    // What the templates' `key in obj` tests.
+    let has = |k: &MjValue| map.get_value(k).is_some();
+    let first: Vec<MjValue> = priority.try_iter()?.filter(|k| has(k)).collect();
+    let id = MjValue::from("id");
+    let mut keys = first.clone();
+    keys.extend(obj.try_iter()?.filter(|k| *k != id && !first.contains(k)));
+    if has(&id) && !first.contains(&id) {
+        keys.push(id);
+    }
+    Ok(MjValue::from(keys))
+}
+
+/// The `table` template test: `v is table` for a non-empty list whose first item is a
+/// mapping (rendered as a table by `templates/partials/data.html`). A test instead of a
+/// macro: a macro call costs a render thousands of instructions.
+fn is_table(v: MjValue) -> bool {
+    use minijinja::value::ValueKind;
+    v.kind() == ValueKind::Seq
+        && v.get_item_by_index(0)
+            .is_ok_and(|first| first.kind() == ValueKind::Map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_is_a_non_empty_list_of_mappings() {
+        let v = |j: Value| MjValue::from(Serde(j));
+        assert!(is_table(v(json!([{"a": 1}, 2]))));
+        assert!(!is_table(v(json!([]))));
+        assert!(!is_table(v(json!([1, {"a": 1}]))));
+        assert!(!is_table(v(json!({"a": [1]}))));
+        assert!(!is_table(v(json!("text"))));
+    }
+
+    #[test]
+    fn keys_by_puts_priority_keys_first_then_the_rest_then_id() {
+        let obj = MjValue::from(Serde(
+            json!({"id": 7, "zeta": 1, "name": "Ana", "alpha": 2, "date": "x"}),
+        ));
+        let priority = MjValue::from(vec!["name", "title", "date"]);
+        let keys = keys_by(obj, priority.clone()).expect("keys");
+        let keys: Vec<String> = keys
+            .try_iter()
+            .expect("list")
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(keys, ["name", "date", "alpha", "zeta", "id"]);
+        let none = keys_by(MjValue::from(vec![1, 2]), priority).expect("keys");
+        assert_eq!(none.len(), Some(0), "not a mapping: no keys");
+    }
 
     #[test]
     fn every_template_is_escaped_whatever_its_name() {
