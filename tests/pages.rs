@@ -63,6 +63,14 @@ fn web_block(data_timeout: &str) -> String {
 }
 
 /// A gateway with pages, a fresh SQLite user database and its users.
+/// YAML for pools of these names whose one backend is down (pages that only list them).
+fn dead_pools(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| upstream(n, &[dead_backend()], "") + "\n")
+        .collect()
+}
+
 struct Site {
     gw: Gw,
     users: Vec<Account>,
@@ -354,12 +362,7 @@ fn public_pages_render_as_html_with_strict_security_headers_and_no_inline_code()
 /// reload it lists the routes now in force.
 #[test]
 fn docs_page_lists_the_routes_of_the_configuration_in_force_after_a_reload() {
-    let ups = format!(
-        "{}\n{}\n{}\n",
-        upstream("profiles", &[dead_backend()], ""),
-        upstream("appointments", &[dead_backend()], ""),
-        upstream("doctors", &[dead_backend()], ""),
-    );
+    let ups = dead_pools(&["profiles", "appointments", "doctors"]);
     let before = "routes:\n  - {name: doctors, prefix: /api/v1/doctors, upstream: doctors}\n";
     let after = "routes:\n  - {name: agenda, prefix: /api/v1/agenda, upstream: appointments}\n";
     let site = Site::start(&ups, before, "500ms", &[]);
@@ -385,13 +388,7 @@ fn docs_page_lists_the_routes_of_the_configuration_in_force_after_a_reload() {
 
 #[test]
 fn docs_page_lists_every_route_with_its_prefix_upstream_and_auth_mode() {
-    let ups = format!(
-        "{}\n{}\n{}\n{}\n",
-        upstream("profiles", &[dead_backend()], ""),
-        upstream("appointments", &[dead_backend()], ""),
-        upstream("doctors", &[dead_backend()], ""),
-        upstream("catalog", &[dead_backend()], ""),
-    );
+    let ups = dead_pools(&["profiles", "appointments", "doctors", "catalog"]);
     let routes = "routes:
   - {name: doctors, prefix: /api/v1/doctors, upstream: doctors, auth: required}
   - {name: catalog, prefix: /api/v1/catalog, upstream: catalog, auth: optional}
