@@ -67,7 +67,7 @@ struct Decision {
     backend: SocketAddr,
     route: Arc<gatehouse::state::Route>,
     request_id: String,
-    method: &'static str,
+    method: http::Method,
     start: Instant,
     /// For the auth guard.
     headers: http::HeaderMap,
@@ -95,9 +95,8 @@ impl Policy {
     async fn authorize(&self, d: &Decision, out: &mut Vec<u8>) -> Result<(), &'static str> {
         use gatehouse::auth::guard::{self, Decision as Guard};
         let route = &d.route;
-        let method = http::Method::from_bytes(d.method.as_bytes()).unwrap_or(http::Method::GET);
         let req = guard::Request {
-            method: &method,
+            method: &d.method,
             path: &d.path,
             query: None,
             headers: &d.headers,
@@ -195,7 +194,7 @@ impl Policy {
             backend,
             route,
             request_id,
-            method: gatehouse::metrics::method_label(&method),
+            method,
             start,
             headers,
             path,
@@ -216,7 +215,7 @@ impl Policy {
             .requests_total
             .with_label_values(&[
                 route.name.as_str(),
-                d.method,
+                gatehouse::metrics::method_label(&d.method),
                 code.as_ref().map_or("0", http::StatusCode::as_str),
             ])
             .inc();
@@ -334,20 +333,12 @@ impl Conn {
             };
             let (keep_alive, body, head_only) = match self.request_head(head_len) {
                 Ok(parsed) => parsed,
-                Err(status) => {
-                    let msg = format!(
-                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
-                    return self.client.write_all(msg.as_bytes()).await;
-                }
+                Err(status) => return self.refuse(status).await,
             };
             if let (Some(policy), Some(d)) = (&self.policy, &self.decision) {
                 if d.route.auth != gatehouse::config::AuthMode::None {
                     if let Err(status) = policy.authorize(d, &mut self.out).await {
-                        let msg = format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        );
-                        return self.client.write_all(msg.as_bytes()).await;
+                        return self.refuse(status).await;
                     }
                 }
             }
@@ -377,6 +368,12 @@ impl Conn {
                 return self.client.shutdown().await;
             }
         }
+    }
+
+    /// Answers `status` (e.g. "404 Not Found") with an empty body and ends the connection.
+    async fn refuse(&mut self, status: &str) -> io::Result<()> {
+        let msg = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        self.client.write_all(msg.as_bytes()).await
     }
 
     /// Reads until `inb` holds a whole request head; its length, or `None` when the client
@@ -459,7 +456,7 @@ impl Conn {
                 continue;
             }
             if self.policy.is_some()
-                && ["authorization", "x-user-id", "x-user-role", "x-session-id"]
+                && gatehouse::edge::forwarding::IDENTITY_HEADERS
                     .iter()
                     .any(|i| name.eq_ignore_ascii_case(i))
             {

@@ -1022,7 +1022,7 @@ impl ProxyHttp for Gateway {
             .filter(|k| {
                 let k = k.as_str();
                 forwarding::HOP_BY_HOP.contains(&k)
-                    || IDENTITY_HEADERS.contains(&k)
+                    || forwarding::IDENTITY_HEADERS.contains(&k)
                     || listed.iter().any(|l| l == k)
             })
             .cloned()
@@ -1474,10 +1474,6 @@ impl ProxyHttp for Gateway {
         Some(Box::new(Reused(ctx.peer_ip)))
     }
 }
-
-/// Headers only the gateway sets towards upstreams (the signed-in user's identity); a
-/// client's copies are removed on every route.
-const IDENTITY_HEADERS: &[&str] = &["authorization", "x-user-id", "x-user-role", "x-session-id"];
 
 /// The consistent-hash key of this request: client ip, a header or a cookie.
 fn hash_key(route: &Route, session: &Session, ctx: &Ctx) -> Vec<u8> {

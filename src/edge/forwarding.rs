@@ -81,6 +81,11 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Headers only the gateway sets towards upstreams (the signed-in user's identity); a
+/// client's copies are removed on every route.
+pub const IDENTITY_HEADERS: &[&str] =
+    &["authorization", "x-user-id", "x-user-role", "x-session-id"];
+
 /// Names listed in `Connection:` (also hop-by-hop), lower-cased.
 pub fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
