@@ -1,5 +1,6 @@
 //! The admin listener (`server.admin_listen`, default `127.0.0.1:9091`): `GET /health` for
-//! liveness probes, `GET /ready` (configuration loaded; session store and database reachable)
+//! liveness probes, `GET /ready` (configuration loaded; proxy listeners accepting; session store
+//! and database reachable),
 //! `GET /metrics` in the Prometheus text format, and the response cache: `GET /cache` (its
 //! size) and `POST /cache/purge` (`?route=NAME`, `?prefix=/path`, both, or `?all=true`).
 
@@ -13,6 +14,29 @@ pub struct Admin {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub auth: std::sync::Arc<crate::auth::Auth>,
     pub cache: crate::cache::Cache,
+    /// Set once every proxy listener has accepted a connection (see [`Admin::proxy_listening`]).
+    pub listening: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a TCP connection to listen address `addr` succeeds within a second (an unspecified
+/// address, `0.0.0.0` or `[::]`, is tried on the loopback address of its family).
+pub async fn accepts(addr: &str) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let target = match addr.parse::<SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            a.set_ip(match a.ip() {
+                IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+            a.to_string()
+        }
+        _ => addr.to_string(),
+    };
+    let connect = tokio::net::TcpStream::connect(target);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 fn error_body(status: u16, code: &str, message: &str) -> String {
@@ -20,23 +44,49 @@ fn error_body(status: u16, code: &str, message: &str) -> String {
 }
 
 impl Admin {
-    /// Ready when the configuration is loaded and the session store and database answer.
+    /// Ready when the configuration is loaded, the proxy listeners accept connections and the
+    /// session store and database answer.
     async fn ready(&self) -> (u16, String) {
         let timeout = std::time::Duration::from_secs(2);
         let store = tokio::time::timeout(timeout, self.auth.sessions.store.ping()).await;
         let db = tokio::time::timeout(timeout, self.auth.users.ping()).await;
         let store_ok = matches!(store, Ok(Ok(())));
         let db_ok = matches!(db, Ok(Ok(())));
-        let ok = store_ok && db_ok;
+        let listener_ok = self.proxy_listening().await;
+        let ok = store_ok && db_ok && listener_ok;
         let body = serde_json::json!({
             "status": if ok { "ready" } else { "not_ready" },
             "checks": {
                 "config": "ok",
+                "listener": {"ok": listener_ok},
                 "session_store": {"kind": self.auth.sessions.store.kind(), "ok": store_ok},
                 "database": {"kind": self.auth.users.backend(), "ok": db_ok},
             },
         });
         (if ok { 200 } else { 503 }, body.to_string())
+    }
+
+    /// Whether every proxy listener (`server.listen`, `server.tls.listen`) accepts connections.
+    /// Pingora binds each service's listeners when that service starts, on its own thread, so
+    /// the admin listener can answer before the proxy's are bound: without this, `/ready` could
+    /// send traffic to an instance that refuses it. Checked by connecting until it holds once.
+    async fn proxy_listening(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.listening.load(Ordering::Acquire) {
+            return true;
+        }
+        let addrs: Vec<String> = {
+            let snap = self.state.load();
+            let s = &snap.config.server;
+            s.listen.0.iter().chain(&s.tls.listen).cloned().collect()
+        };
+        for addr in &addrs {
+            if !accepts(addr).await {
+                return false;
+            }
+        }
+        self.listening.store(true, Ordering::Release);
+        true
     }
 
     /// `POST /cache/purge`: removes the answers the query selects.
@@ -119,5 +169,25 @@ impl ServeHttp for Admin {
             .header("content-length", body.len())
             .body(body.into_bytes())
             .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts;
+
+    #[tokio::test]
+    async fn a_listen_address_accepts_only_while_something_listens_on_it() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert!(accepts(&format!("127.0.0.1:{port}")).await);
+        assert!(
+            accepts(&format!("0.0.0.0:{port}")).await,
+            "an unspecified address is tried on loopback"
+        );
+        drop(l);
+        assert!(!accepts(&format!("127.0.0.1:{port}")).await);
     }
 }

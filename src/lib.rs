@@ -157,6 +157,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
                 metrics: metrics.clone(),
                 auth: auth_for_admin.clone(),
                 cache,
+                listening: std::sync::atomic::AtomicBool::new(false),
             }),
         );
         admin.add_tcp(admin_addr);

@@ -363,6 +363,11 @@ fn ready_and_health_answer_200_with_the_in_process_store_and_sqlite() {
     assert_eq!(v["status"], "ready", "{v}");
     assert_eq!(v["checks"]["config"], "ok", "{v}");
     assert_eq!(
+        v["checks"]["listener"],
+        serde_json::json!({"ok": true}),
+        "{v}"
+    );
+    assert_eq!(
         v["checks"]["session_store"],
         serde_json::json!({"kind": "memory", "ok": true})
     );
