@@ -65,8 +65,19 @@ pub fn valid_request_id(id: &str) -> bool {
 
 /// 128 random bits as 32 lower-case hex digits.
 pub fn new_request_id() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
+    hex32(rand::random())
+}
+
+/// `v` as 32 lower-case hex digits, written directly: `format!("{v:032x}")` goes through the
+/// formatting machinery (width, padding) on every request.
+fn hex32(v: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Only ASCII hex digits were written.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Headers meaningful only for one hop (RFC 9110 §7.6.1), plus the legacy ones proxies drop.
@@ -152,6 +163,16 @@ mod tests {
         assert!(!valid_request_id(&"a".repeat(129)));
         let id = new_request_id();
         assert_eq!(id.len(), 32);
+        assert!(valid_request_id(&id));
         assert_ne!(id, new_request_id());
+        for v in [
+            0,
+            1,
+            0xdead_beef,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            assert_eq!(hex32(v), format!("{v:032x}"));
+        }
     }
 }
