@@ -481,6 +481,10 @@ pub struct ServerConfig {
     pub upgrade_sock: String,
     /// Where the process id is written.
     pub pid_file: String,
+    /// Serve plain-HTTP/1 proxy requests on gatehouse's own HTTP/1 engine where it can
+    /// finish them itself (see `proxy::native`); everything else stays on Pingora's.
+    /// Default false. Read per request: a reload switches it.
+    pub native_http1: bool,
 }
 
 impl Default for ServerConfig {
@@ -500,6 +504,7 @@ impl Default for ServerConfig {
             tls: crate::edge::tls::TlsConfig::default(),
             cache: crate::cache::CacheConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
+            native_http1: false,
             pid_file: "/tmp/gatehouse.pid".into(),
         }
     }

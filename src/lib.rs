@@ -118,12 +118,14 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         access_log: s.log.access_log,
         cache,
     };
+    let native = gateway.clone();
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let app = edge::listener::EdgeApp {
         inner: Arc::new(proxy),
         state: state.clone(),
         metrics: metrics.clone(),
         conns: Default::default(),
+        native: Some(native),
     };
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {

@@ -18,6 +18,7 @@ use crate::upstream::breaker::Transition;
 use crate::upstream::retry::{parse_retry_after, AttemptFacts, Failure, NoRetry};
 use async_trait::async_trait;
 
+pub mod native;
 mod web;
 
 use bytes::Bytes;
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 pub use web::{CSRF_COOKIE, FLASH_COOKIE};
 
 /// The gateway's proxy logic; long-lived handles only. Per-request state is [`Ctx`].
+#[derive(Clone)]
 pub struct Gateway {
     pub state: SharedState,
     pub metrics: Arc<Metrics>,
@@ -95,6 +97,28 @@ pub struct Ctx {
     /// future, which is moved (copied whole) as it is built; inline it made every request
     /// copy it (issue 8: ~3 % of the plain proxy's CPU was that copy).
     br_stream: Option<Box<crate::edge::brotli_body::BrStream>>,
+}
+
+/// What the retry decision needs to know of the request, whichever lane carries it.
+struct Sent<'a> {
+    method: &'a Method,
+    headers: &'a http::HeaderMap,
+    /// Part of the body was sent upstream and not kept for a retry.
+    body_truncated: bool,
+    /// The client already has the start of an answer.
+    response_started: bool,
+}
+
+impl<'a> Sent<'a> {
+    fn of(session: &'a Session) -> Sent<'a> {
+        let req = session.req_header();
+        Sent {
+            method: &req.method,
+            headers: &req.headers,
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+            response_started: session.response_written().is_some(),
+        }
+    }
 }
 
 impl Gateway {
@@ -467,7 +491,7 @@ impl Gateway {
     /// Decides whether the failed attempt is retried; on yes, sets the delay and counts it.
     fn decide_retry(
         &self,
-        session: &Session,
+        sent: &Sent<'_>,
         ctx: &mut Ctx,
         failure: Failure,
         retry_after: Option<Duration>,
@@ -475,18 +499,17 @@ impl Gateway {
         let Some(route) = ctx.route.clone() else {
             return false;
         };
-        let req = session.req_header();
         let facts = AttemptFacts {
             failure,
-            method: &req.method,
-            has_idempotency_key: req.headers.contains_key("idempotency-key"),
+            method: sent.method,
+            has_idempotency_key: sent.headers.contains_key("idempotency-key"),
             attempts: ctx.attempts,
             body_bytes: ctx.body_bytes,
-            body_truncated: session.as_ref().retry_buffer_truncated(),
+            body_truncated: sent.body_truncated,
         };
         let now = Instant::now();
         let decision = route.retry.allows(&facts).and_then(|()| {
-            if session.response_written().is_some() {
+            if sent.response_started {
                 return Err(NoRetry::ResponseStarted);
             }
             let delay = match (failure, retry_after) {
@@ -531,6 +554,61 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// The end of a request, whichever lane served it: in-flight slots given back, the
+    /// request metrics, the access log line.
+    fn log_request(
+        &self,
+        ctx: &mut Ctx,
+        method: &Method,
+        raw_path: &str,
+        status: u16,
+        bytes: usize,
+        error: &str,
+    ) {
+        if let Some(route) = &ctx.route {
+            if std::mem::take(&mut ctx.holds_slot) {
+                route
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            if let (Some(slots), Some(ip)) = (&route.client_slots, ctx.client_slot.take()) {
+                slots.release(ip);
+            }
+        }
+        let route_label = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        // StatusCode renders its number without allocating.
+        let code = http::StatusCode::from_u16(status).ok();
+        let status_label = code.as_ref().map_or("0", http::StatusCode::as_str);
+        self.metrics
+            .requests_total
+            .with_label_values(&[route_label, method_label(method), status_label])
+            .inc();
+        self.metrics
+            .request_duration_seconds
+            .with_label_values(&[route_label])
+            .observe(ctx.start.elapsed().as_secs_f64());
+        if !self.access_log {
+            return;
+        }
+        let path = ctx.path.as_deref().unwrap_or(raw_path);
+        let route = ctx.route.as_ref();
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            method = %method,
+            path = %path,
+            route = route.map_or("-", |r| r.name.as_str()),
+            upstream = route.map_or("-", |r| r.pool.name.as_str()),
+            backend = %ctx.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            status,
+            bytes,
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            attempts = ctx.attempts,
+            error,
+        );
     }
 
     async fn reject(&self, session: &mut Session, ctx: &mut Ctx, r: Reject) -> Result<bool> {
@@ -900,7 +978,7 @@ impl ProxyHttp for Gateway {
         if ctx.attempts == 0 {
             route.pool.budget.record_request(now);
         }
-        let key = hash_key(&route, _session, ctx);
+        let key = hash_key(&route, &_session.req_header().headers, ctx);
         let mut pick = route.pool.select(&key, now, &ctx.tried);
         if pick.is_none() && ctx.same_backend_ok && !ctx.tried.is_empty() {
             pick = route.pool.select(&key, now, &[]);
@@ -947,7 +1025,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.finish_attempt(ctx, Some(false), "connect_error");
-        let retry = self.decide_retry(session, ctx, Failure::Connect, None);
+        let retry = self.decide_retry(&Sent::of(session), ctx, Failure::Connect, None);
         e.set_retry(retry);
         e
     }
@@ -979,12 +1057,12 @@ impl ProxyHttp for Gateway {
             // A pooled connection the upstream had already closed: nothing was processed,
             // so this is as safe to retry as a connect failure, and not the backend's fault.
             ctx.attempt_start = None;
-            let retry = self.decide_retry(session, ctx, Failure::Connect, None);
+            let retry = self.decide_retry(&Sent::of(session), ctx, Failure::Connect, None);
             e.set_retry(retry);
             return e;
         }
         self.finish_attempt(ctx, Some(false), failure.reason());
-        let retry = self.decide_retry(session, ctx, failure, None);
+        let retry = self.decide_retry(&Sent::of(session), ctx, failure, None);
         e.set_retry(retry);
         e
     }
@@ -1150,7 +1228,7 @@ impl ProxyHttp for Gateway {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
                 let failure = Failure::Status(status);
-                if self.decide_retry(session, ctx, failure, retry_after) {
+                if self.decide_retry(&Sent::of(session), ctx, failure, retry_after) {
                     ctx.status_retry = Some(failure);
                     return Error::e_explain(
                         ErrorType::HTTPStatus(status),
@@ -1418,52 +1496,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let Some(route) = &ctx.route {
-            if std::mem::take(&mut ctx.holds_slot) {
-                route
-                    .in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            }
-            if let (Some(slots), Some(ip)) = (&route.client_slots, ctx.client_slot.take()) {
-                slots.release(ip);
-            }
-        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
+        let bytes = session.body_bytes_sent();
         let req = session.req_header();
-        let route_label = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
-        // StatusCode renders its number without allocating.
-        let code = http::StatusCode::from_u16(status).ok();
-        let status_label = code.as_ref().map_or("0", http::StatusCode::as_str);
-        self.metrics
-            .requests_total
-            .with_label_values(&[route_label, method_label(&req.method), status_label])
-            .inc();
-        self.metrics
-            .request_duration_seconds
-            .with_label_values(&[route_label])
-            .observe(ctx.start.elapsed().as_secs_f64());
-        if !self.access_log {
-            return;
-        }
-        let path = ctx.path.as_deref().unwrap_or_else(|| req.uri.path());
-        let route = ctx.route.as_ref();
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-            method = %req.method,
-            path = %path,
-            route = route.map_or("-", |r| r.name.as_str()),
-            upstream = route.map_or("-", |r| r.pool.name.as_str()),
-            backend = %ctx.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
-            status,
-            bytes = session.body_bytes_sent(),
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-            attempts = ctx.attempts,
-            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-        );
+        let error = e.map(|e| e.etype().as_str()).unwrap_or("");
+        self.log_request(ctx, &req.method, req.uri.path(), status, bytes, error);
     }
 
     fn persist_connection_context(
@@ -1476,7 +1515,7 @@ impl ProxyHttp for Gateway {
 }
 
 /// The consistent-hash key of this request: client ip, a header or a cookie.
-fn hash_key(route: &Route, session: &Session, ctx: &Ctx) -> Vec<u8> {
+fn hash_key(route: &Route, headers: &http::HeaderMap, ctx: &Ctx) -> Vec<u8> {
     use crate::config::HashKeySpec;
     match &route.pool.hash_key {
         None => Vec::new(),
@@ -1484,15 +1523,11 @@ fn hash_key(route: &Route, session: &Session, ctx: &Ctx) -> Vec<u8> {
             .client_ip
             .map(|i| i.to_string().into_bytes())
             .unwrap_or_default(),
-        Some(HashKeySpec::Header(h)) => session
-            .req_header()
-            .headers
+        Some(HashKeySpec::Header(h)) => headers
             .get(h)
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
-        Some(HashKeySpec::Cookie(name)) => session
-            .req_header()
-            .headers
+        Some(HashKeySpec::Cookie(name)) => headers
             .get_all(http::header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())

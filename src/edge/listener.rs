@@ -46,6 +46,34 @@ pub struct EdgeApp<A> {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Open connections per client ip, and in total (for `server.limits`).
     pub conns: ConnTable,
+    /// The native HTTP/1 lane (`server.native_http1`, [`crate::proxy::native`]): the
+    /// gateway whose requests it serves instead of `inner`, when it can.
+    pub native: Option<crate::proxy::Gateway>,
+}
+
+/// A connection kept for its next request, and by which lane its last one was served.
+enum Next {
+    Pingora(ReusedHttpStream),
+    Native(Kept),
+}
+
+/// What a kept-alive connection carries to its next request: its stream, keep-alive timeout
+/// (seconds) and remaining reuses, and the connection's user context.
+type Kept = (
+    Stream,
+    Option<u64>,
+    Option<u32>,
+    Option<Box<dyn std::any::Any + Send + Sync>>,
+);
+
+/// A boxed request future (see [`EdgeApp::after_head`]).
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Option<T>> + Send + 'a>>;
+
+/// The future serving one request, by lane.
+enum Serve<'a> {
+    Pingora(Boxed<'a, ReusedHttpStream>),
+    /// With the bytes read after the request (the next one), which it owns while it runs.
+    Native(Boxed<'a, (Kept, BytesMut)>),
 }
 
 /// Open connections per peer ip and in total.
@@ -172,6 +200,7 @@ where
                 stream,
                 BytesMut::new(),
                 &limits,
+                ip,
                 reused,
                 keepalive,
                 reuses,
@@ -188,7 +217,7 @@ where
                 None
             }
             // Pingora's own loop cannot carry pipelined bytes: close rather than lose them.
-            Some((next, carry)) if carry.is_empty() => Some(next),
+            Some((Next::Pingora(next), carry)) if carry.is_empty() => Some(next),
             _ => {
                 self.close_connection(ip);
                 None
@@ -216,14 +245,14 @@ where
     /// Serves the following requests of a kept-alive HTTP/1 connection until it closes.
     async fn keep_alive(
         self: Arc<Self>,
-        first: ReusedHttpStream,
+        first: Next,
         mut carry: BytesMut,
         ip: Option<std::net::IpAddr>,
         shutdown: ShutdownWatch,
     ) {
         // Taken apart at once (not kept as a `ReusedHttpStream` across the wait): this
         // future is what an idle connection holds.
-        let mut next = unpack_reused(first, &self.state.load().limits);
+        let mut next = unpack_next(first, &self.state.load().limits);
         while let Some((stream, keepalive, reuses, user_ctx)) = next {
             let limits = self.state.load().limits;
             next = match self
@@ -231,6 +260,7 @@ where
                     stream,
                     std::mem::take(&mut carry),
                     &limits,
+                    ip,
                     true,
                     keepalive,
                     reuses,
@@ -241,7 +271,7 @@ where
             {
                 Some((n, rest)) => {
                     carry = rest;
-                    unpack_reused(n, &limits)
+                    unpack_next(n, &limits)
                 }
                 None => None,
             };
@@ -264,69 +294,99 @@ where
         mut stream: Stream,
         carry: BytesMut,
         limits: &crate::state::Limits,
+        ip: Option<std::net::IpAddr>,
         reused: bool,
         keepalive: Option<u64>,
         reuses: Option<u32>,
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &ShutdownWatch,
-    ) -> Option<(ReusedHttpStream, BytesMut)> {
+    ) -> Option<(Next, BytesMut)> {
         let head = read_head(&mut stream, carry, limits, reused, shutdown).await;
-        let (serve, rest) = self.after_head(stream, head, keepalive, reuses, user_ctx, shutdown);
-        serve.await.map(|next| (next, rest))
+        let (serve, rest) =
+            self.after_head(stream, head, ip, keepalive, reuses, user_ctx, shutdown);
+        match serve {
+            Serve::Pingora(f) => f.await.map(|next| (Next::Pingora(next), rest)),
+            Serve::Native(f) => f.await.map(|(kept, rest)| (Next::Native(kept), rest)),
+        }
     }
 
     /// What follows a head: the proxy's future for the request (with the session built for
     /// it), or the refusal. Not an `async fn` on purpose: the session is a large value, and
     /// built inside the caller's async body it would keep room in that future, which is what
     /// every idle keep-alive connection holds; the future returned is boxed.
+    #[allow(clippy::too_many_arguments)]
     fn after_head<'a>(
         self: &'a Arc<Self>,
         stream: Stream,
         head: Head,
+        ip: Option<std::net::IpAddr>,
         keepalive: Option<u64>,
         reuses: Option<u32>,
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &'a ShutdownWatch,
-    ) -> (
-        Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>,
-        BytesMut,
-    ) {
+    ) -> (Serve<'a>, BytesMut) {
         match head {
             Head::Ready(mut buf, head_len) => {
+                let plan = self
+                    .native
+                    .as_ref()
+                    .filter(|_| stream.get_ssl_digest().is_none())
+                    .and_then(|gw| Some((gw, gw.native_plan(&buf[..head_len], ip)?)));
+                if let Some((gw, plan)) = plan {
+                    // The lane takes only requests without a body: what follows the head
+                    // is the next request.
+                    let mut rest = buf.split_off(head_len);
+                    let may_keep = keepalive.is_some() && !*shutdown.borrow() && reuses != Some(0);
+                    let serve = async move {
+                        let mut stream = stream;
+                        let keep = gw
+                            .native_serve(&mut stream, &mut rest, plan, may_keep)
+                            .await;
+                        keep.then(|| {
+                            let reuses = reuses.map(|r| r.saturating_sub(1));
+                            ((stream, keepalive, reuses, user_ctx), rest)
+                        })
+                    };
+                    return (Serve::Native(Box::pin(serve)), BytesMut::new());
+                }
                 let rest = split_pipelined(&mut buf, head_len);
                 let mut s = ServerSession::new_http1(stream);
                 s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
                 s.set_keepalive_reuses_remaining(reuses);
                 s.set_connection_user_context(user_ctx);
                 s.set_pipelined_prefix(buf);
-                (self.inner.process_new_http(s, shutdown), rest)
+                (
+                    Serve::Pingora(self.inner.process_new_http(s, shutdown)),
+                    rest,
+                )
             }
-            Head::Closed => (Box::pin(std::future::ready(None)), BytesMut::new()),
+            Head::Closed => (
+                Serve::Pingora(Box::pin(std::future::ready(None))),
+                BytesMut::new(),
+            ),
             Head::Reject(r) => (
-                Box::pin(async move {
+                Serve::Pingora(Box::pin(async move {
                     refuse_head(stream, r).await;
                     None
-                }),
+                })),
                 BytesMut::new(),
             ),
         }
     }
 }
 
-/// What a kept-alive connection carries to its next request: its stream, keep-alive timeout
-/// (seconds) and remaining reuses, and the connection's user context. The session Pingora
-/// hands back is taken apart here, outside any async body, for the reason given on
-/// [`EdgeApp::after_head`].
-#[allow(clippy::type_complexity)]
-fn unpack_reused(
-    next: ReusedHttpStream,
-    limits: &crate::state::Limits,
-) -> Option<(
-    Stream,
-    Option<u64>,
-    Option<u32>,
-    Option<Box<dyn std::any::Any + Send + Sync>>,
-)> {
+/// What a kept-alive connection carries to its next request ([`Kept`]), whichever lane
+/// served the last one.
+fn unpack_next(next: Next, limits: &crate::state::Limits) -> Option<Kept> {
+    match next {
+        Next::Pingora(r) => unpack_reused(r, limits),
+        Next::Native(kept) => Some(kept),
+    }
+}
+
+/// What Pingora hands back, as [`Kept`]. The session is taken apart here, outside any
+/// async body, for the reason given on [`EdgeApp::after_head`].
+fn unpack_reused(next: ReusedHttpStream, limits: &crate::state::Limits) -> Option<Kept> {
     let (stream, settings) = next.consume();
     let mut session = ServerSession::new_http1(stream);
     if let Some(settings) = settings {

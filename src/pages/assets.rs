@@ -166,6 +166,11 @@ impl Assets {
         &self.prefix
     }
 
+    /// Whether [`Assets::serve`] answers `path` (a path without its query).
+    pub fn claims(&self, path: &str) -> bool {
+        path.starts_with(self.prefix.as_str()) || path == self.prefix.trim_end_matches('/')
+    }
+
     /// Number of servable assets (precompressed siblings are not counted).
     pub fn len(&self) -> usize {
         self.files.len()

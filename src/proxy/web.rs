@@ -49,14 +49,14 @@ fn endpoint_docs() -> minijinja::Value {
 
 impl Gateway {
     /// A request view for templates, from the context (no database lookups).
-    fn view<'a>(&self, session: &'a Session, ctx: &'a Ctx, csrf: &'a str) -> RequestView<'a> {
+    fn view<'a>(&self, query: Option<&'a str>, ctx: &'a Ctx, csrf: &'a str) -> RequestView<'a> {
         let user = ctx
             .identity
             .as_ref()
             .map(|i| json!({"id": i.claims.sub, "role": i.claims.role, "name": "", "email": ""}));
         RequestView {
             path: ctx.path.as_deref().unwrap_or("/"),
-            query: session.req_header().uri.query(),
+            query,
             request_id: &ctx.request_id,
             user,
             csrf_token: csrf,
@@ -71,7 +71,19 @@ impl Gateway {
         ctx: &mut Ctx,
         r: &Reject,
     ) -> Result<()> {
-        let pages = ctx.snapshot.pages.clone();
+        let (body, headers) = self.reject_answer(ctx, r, session.req_header().uri.query());
+        self.send_json(session, ctx, r.status, body, &headers).await
+    }
+
+    /// The body and headers of `r` for this request: an HTML page for browsers, JSON for
+    /// API clients (both lanes answer through it).
+    pub(super) fn reject_answer(
+        &self,
+        ctx: &Ctx,
+        r: &Reject,
+        query: Option<&str>,
+    ) -> (Bytes, Vec<(String, String)>) {
+        let pages = &ctx.snapshot.pages;
         let (body, mut headers) = if ctx.api_client || !pages.has_template("error.html") {
             (r.body(&ctx.request_id), r.headers.clone())
         } else {
@@ -80,7 +92,7 @@ impl Gateway {
                 .as_deref()
                 .filter(|t| pages.has_template(t))
                 .unwrap_or("error.html");
-            let html = pages.render_error_with(r.status, template, &self.view(session, ctx, ""));
+            let html = pages.render_error_with(r.status, template, &self.view(query, ctx, ""));
             let mut headers = html_headers();
             // Keep the protocol headers (Allow, Retry-After, WWW-Authenticate, Location …),
             // not a fallback's JSON content type.
@@ -93,7 +105,7 @@ impl Gateway {
             (Bytes::from(html), headers)
         };
         headers.push(("Vary".into(), "Accept".into()));
-        self.send_json(session, ctx, r.status, body, &headers).await
+        (body, headers)
     }
 
     /// Serves a static asset answer; 404/405 become the usual error answers.
