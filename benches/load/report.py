@@ -305,6 +305,24 @@ def main():
     for t, v, m in targets:
         L.append(f"| {t} | {v} | {'–' if m is None else 'yes' if m else '**no**'} |")
     L.append("")
+    ghp = g("plain", "ghpingora", "cpu_us_per_request")
+    ghp_auth = g("auth", "ghpingora", "cpu_us_per_request")
+    if ghp is not None or ghp_auth is not None:
+        ng = g("plain", "nginx", "cpu_us_per_request")
+        lane = "on" if meta.get("native_http1", True) else "off"
+        L.append("## The native HTTP/1 lane")
+        L.append("")
+        L.append(f"gatehouse above runs with `server.native_http1` {lane}. The same gatehouse with it off "
+                 "(every request through Pingora's proxy), in the same rounds:")
+        L.append("")
+        L.append("| scenario | gatehouse CPU µs/req | gatehouse, native_http1 off | × nginx's plain proxy | × nginx's plain proxy, off |")
+        L.append("|---|---:|---:|---:|---:|")
+        for sc, off in (("plain", ghp), ("auth", ghp_auth)):
+            on = g(sc, "gatehouse", "cpu_us_per_request")
+            if off is None or on is None:
+                continue
+            L.append(f"| {LABELS.get(sc, sc)} | {fmt(on, 1)} | {fmt(off, 1)} | {fmt(ratio(on, ng), 2)} | {fmt(ratio(off, ng), 2)} |")
+        L.append("")
     floor = g("plain", "pingora", "cpu_us_per_request")
     engine = g("plain", "engine", "cpu_us_per_request")
     if floor is not None or engine is not None:
@@ -328,7 +346,7 @@ def main():
         ng_cpu = g("plain", "nginx", "cpu_us_per_request")
         for p, name in (("nginx", "nginx"), ("engine", "Tokio HTTP/1 engine"),
                         ("policy", "Tokio engine + gatehouse's policy"), ("pingora", "bare Pingora"),
-                        ("gatehouse", "gatehouse")):
+                        ("gatehouse", "gatehouse"), ("ghpingora", "gatehouse, native_http1 off")):
             if p not in summary["plain"]:
                 continue
             d = summary["plain"].get(p, {})
