@@ -99,6 +99,19 @@ pub struct Ctx {
     br_stream: Option<Box<crate::edge::brotli_body::BrStream>>,
 }
 
+/// The start of an attempt to a backend, whichever lane makes it ([`Gateway::next_attempt`]).
+enum Attempt {
+    /// Send it to `addr`; `remaining` is what is left of the route's total timeout.
+    Go {
+        addr: SocketAddr,
+        remaining: Duration,
+    },
+    /// The total timeout ran out (waiting for the backoff, say).
+    Expired,
+    /// No backend can take it: the route's fallback answers.
+    Fallback(Reject),
+}
+
 /// What the retry decision needs to know of the request, whichever lane carries it.
 struct Sent<'a> {
     method: &'a Method,
@@ -556,6 +569,55 @@ impl Gateway {
         }
     }
 
+    /// Starts the next attempt of a proxied request: the backoff waited out, the retry
+    /// budget told of a new request, a backend chosen (health, breakers, consistent hash; a
+    /// status retry may go back to the same one) and the context updated.
+    async fn next_attempt(
+        &self,
+        ctx: &mut Ctx,
+        route: &Route,
+        headers: &http::HeaderMap,
+    ) -> Attempt {
+        if let Some(delay) = ctx.next_delay.take() {
+            let left = ctx
+                .deadline
+                .map_or(delay, |d| d.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(delay.min(left)).await;
+        }
+        let now = Instant::now();
+        let remaining = ctx
+            .deadline
+            .map_or(route.total_timeout, |d| d.saturating_duration_since(now));
+        if remaining.is_zero() {
+            return Attempt::Expired;
+        }
+        if ctx.attempts == 0 {
+            route.pool.budget.record_request(now);
+        }
+        let key = hash_key(route, headers, ctx);
+        let mut pick = route.pool.select(&key, now, &ctx.tried);
+        if pick.is_none() && ctx.same_backend_ok && !ctx.tried.is_empty() {
+            pick = route.pool.select(&key, now, &[]);
+        }
+        let Some((addr, transition)) = pick else {
+            self.metrics
+                .fallbacks_total
+                .with_label_values(&[route.name.as_str()])
+                .inc();
+            tracing::warn!(request_id = %ctx.request_id, route = %route.name, upstream = %route.pool.name, attempts = ctx.attempts, "no backend can take the request; fallback");
+            return Attempt::Fallback(Reject::fallback(route.fallback.as_ref()));
+        };
+        if let Some(t) = transition {
+            self.breaker_transition(&route.pool.name, &addr, t, &ctx.request_id);
+        }
+        ctx.attempts += 1;
+        ctx.tried.push(addr);
+        ctx.backend = Some(addr);
+        ctx.attempt_start = Some(now);
+        ctx.status_retry = None;
+        Attempt::Go { addr, remaining }
+    }
+
     /// The end of a request, whichever lane served it: in-flight slots given back, the
     /// request metrics, the access log line.
     fn log_request(
@@ -957,51 +1019,25 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no route in context");
         };
-        if let Some(delay) = ctx.next_delay.take() {
-            let left = ctx
-                .deadline
-                .map_or(delay, |d| d.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(delay.min(left)).await;
-        }
-        let now = Instant::now();
-        let remaining = ctx
-            .deadline
-            .map_or(route.total_timeout, |d| d.saturating_duration_since(now));
-        if remaining.is_zero() {
-            let mut e = Error::explain(
-                ErrorType::ReadTimedout,
-                "total timeout exhausted before connect",
-            );
-            e.as_up();
-            return Err(e);
-        }
-        if ctx.attempts == 0 {
-            route.pool.budget.record_request(now);
-        }
-        let key = hash_key(&route, &_session.req_header().headers, ctx);
-        let mut pick = route.pool.select(&key, now, &ctx.tried);
-        if pick.is_none() && ctx.same_backend_ok && !ctx.tried.is_empty() {
-            pick = route.pool.select(&key, now, &[]);
-        }
-        let Some((addr, transition)) = pick else {
-            self.metrics
-                .fallbacks_total
-                .with_label_values(&[route.name.as_str()])
-                .inc();
-            tracing::warn!(request_id = %ctx.request_id, route = %route.name, upstream = %route.pool.name, attempts = ctx.attempts, "no backend can take the request; fallback");
-            let r = Reject::fallback(route.fallback.as_ref());
-            let status = r.status;
-            ctx.reject = Some(r);
-            return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
+        let (addr, remaining) = match self
+            .next_attempt(ctx, &route, &_session.req_header().headers)
+            .await
+        {
+            Attempt::Go { addr, remaining } => (addr, remaining),
+            Attempt::Expired => {
+                let mut e = Error::explain(
+                    ErrorType::ReadTimedout,
+                    "total timeout exhausted before connect",
+                );
+                e.as_up();
+                return Err(e);
+            }
+            Attempt::Fallback(r) => {
+                let status = r.status;
+                ctx.reject = Some(r);
+                return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
+            }
         };
-        if let Some(t) = transition {
-            self.breaker_transition(&route.pool.name, &addr, t, &ctx.request_id);
-        }
-        ctx.attempts += 1;
-        ctx.tried.push(addr);
-        ctx.backend = Some(addr);
-        ctx.attempt_start = Some(now);
-        ctx.status_retry = None;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let opts = &mut peer.options;
         opts.connection_timeout = Some(route.connect_timeout.min(remaining));

@@ -353,16 +353,23 @@ def main():
             L.append(f"| {name} | {fmt(d.get('rps'))} | {fmt(d.get('p99_us'))} | {fmt(d.get('cpu_us_per_request'), 1)} | "
                      f"{fmt(d.get('user_us_per_request'), 1)} | {fmt(d.get('kernel_us_per_request'), 1)} | "
                      f"{fmt(ratio(d.get('cpu_us_per_request'), ng_cpu), 2)} |")
-        gh_cpu = g("plain", "gatehouse", "cpu_us_per_request")
+        # Above Pingora's floor is gatehouse on Pingora's proxy: with the native lane on, that
+        # is the run with it off.
+        gh_cpu = g("plain", "ghpingora" if ghp is not None else "gatehouse", "cpu_us_per_request")
         if gh_cpu is not None and floor is not None:
             L.append("")
-            L.append(f"gatehouse above the floor: {fmt(gh_cpu - floor, 1)} µs per plain request "
+            L.append(f"gatehouse on Pingora's proxy above the floor: {fmt(gh_cpu - floor, 1)} µs per plain request "
                      f"({fmt(100 * (gh_cpu - floor) / gh_cpu)} % of its cost); the floor alone is "
                      f"{fmt(ratio(floor, ng_cpu), 2)} × nginx.")
         if engine is not None:
             L.append("")
             L.append(f"The Tokio engine: {fmt(engine, 1)} µs per plain request, {fmt(ratio(engine, ng_cpu), 2)} × nginx"
                      + (f", {fmt(ratio(engine, floor), 2)} × bare Pingora." if floor else "."))
+            native = g("plain", "gatehouse", "cpu_us_per_request") if ghp is not None else None
+            if native is not None:
+                L.append("")
+                L.append(f"gatehouse on its native lane above the Tokio engine: {fmt(native - engine, 1)} µs per plain "
+                         "request (gatehouse's per-request work and its lane's machinery).")
         pol = g("plain", "policy", "cpu_us_per_request")
         pol_auth = g("auth", "policy", "cpu_us_per_request")
         if pol is not None or pol_auth is not None:

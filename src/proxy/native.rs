@@ -31,7 +31,7 @@
 //! chunked, or until the upstream closes) are relayed as bytes. Upstream keep-alive
 //! connections are kept per worker thread and backend.
 
-use super::{hash_key, Ctx, Gateway, Sent};
+use super::{Attempt, Ctx, Gateway, Sent};
 use crate::auth::endpoints;
 use crate::auth::guard::{self, Decision};
 use crate::edge::{client, forwarding};
@@ -476,51 +476,22 @@ impl Gateway {
             response_started: false,
         };
         loop {
-            if let Some(delay) = ctx.next_delay.take() {
-                let left = ctx
-                    .deadline
-                    .map_or(delay, |d| d.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(delay.min(left)).await;
-            }
-            let now = Instant::now();
-            let remaining = ctx
-                .deadline
-                .map_or(route.total_timeout, |d| d.saturating_duration_since(now));
-            if remaining.is_zero() {
-                let (r, error) = AttemptError::Timeout.answer();
-                *keep = false;
-                self.native_reject(client, ctx, method, headers, uri, &r, keep, bytes)
-                    .await;
-                return Some(error);
-            }
-            if ctx.attempts == 0 {
-                route.pool.budget.record_request(now);
-            }
-            let key = hash_key(&route, headers, ctx);
-            let mut pick = route.pool.select(&key, now, &ctx.tried);
-            if pick.is_none() && ctx.same_backend_ok && !ctx.tried.is_empty() {
-                pick = route.pool.select(&key, now, &[]);
-            }
-            let Some((addr, transition)) = pick else {
-                self.metrics
-                    .fallbacks_total
-                    .with_label_values(&[route.name.as_str()])
-                    .inc();
-                tracing::warn!(request_id = %ctx.request_id, route = %route.name, upstream = %route.pool.name, attempts = ctx.attempts, "no backend can take the request; fallback");
-                let r = Reject::fallback(route.fallback.as_ref());
-                *keep = false;
-                self.native_reject(client, ctx, method, headers, uri, &r, keep, bytes)
-                    .await;
-                return Some(ErrorType::HTTPStatus(r.status).as_str());
+            let (addr, remaining) = match self.next_attempt(ctx, &route, headers).await {
+                Attempt::Go { addr, remaining } => (addr, remaining),
+                Attempt::Expired => {
+                    let (r, error) = AttemptError::Timeout.answer();
+                    *keep = false;
+                    self.native_reject(client, ctx, method, headers, uri, &r, keep, bytes)
+                        .await;
+                    return Some(error);
+                }
+                Attempt::Fallback(r) => {
+                    *keep = false;
+                    self.native_reject(client, ctx, method, headers, uri, &r, keep, bytes)
+                        .await;
+                    return Some(ErrorType::HTTPStatus(r.status).as_str());
+                }
             };
-            if let Some(t) = transition {
-                self.breaker_transition(&route.pool.name, &addr, t, &ctx.request_id);
-            }
-            ctx.attempts += 1;
-            ctx.tried.push(addr);
-            ctx.backend = Some(addr);
-            ctx.attempt_start = Some(now);
-            ctx.status_retry = None;
             let connect_timeout = route.connect_timeout.min(remaining);
             let read_timeout = route.read_timeout.min(remaining);
             let idle = route.pool.config.keepalive_idle.0;
@@ -735,26 +706,18 @@ impl Gateway {
         keep: bool,
     ) -> Result<Head, &'static str> {
         let head = &up.buf[..up.head_len];
-        let config = httparse::ParserConfig::default();
-        let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut []);
-        match config.parse_response_with_uninit_headers(&mut res, head, &mut raw) {
-            Ok(httparse::Status::Complete(_)) => {
-                self.response_head_of(ctx, method, req_headers, up, keep, &res)
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                // Rare: the larger array only then (zeroing it costs on every answer).
-                let mut raw =
-                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
-                let mut res = httparse::Response::new(&mut []);
-                match config.parse_response_with_uninit_headers(&mut res, head, &mut raw) {
-                    Ok(httparse::Status::Complete(_)) => {
-                        self.response_head_of(ctx, method, req_headers, up, keep, &res)
-                    }
-                    _ => Err("unreadable response head"),
-                }
-            }
-            _ => Err("unreadable response head"),
+        let build = |res: &httparse::Response<'_, '_>| {
+            self.response_head_of(ctx, method, req_headers, up, keep, res)
+        };
+        // Room for 64 headers first; the larger array only when needed (zeroing or even
+        // reserving it costs on every answer).
+        match parse_response::<MAX_HEADERS, _>(head, &build) {
+            Ok(Some(r)) => r,
+            Ok(None) => match parse_response::<MAX_RESPONSE_HEADERS, _>(head, &build) {
+                Ok(Some(r)) => r,
+                _ => Err("unreadable response head"),
+            },
+            Err(()) => Err("unreadable response head"),
         }
     }
 
@@ -1240,6 +1203,22 @@ async fn send_and_read(
         if got == 0 {
             return Err((AttemptError::Reset, !buf.is_empty()));
         }
+    }
+}
+
+/// Parses a whole response head with room for `N` headers and hands it to `f`; `Ok(None)`
+/// when it has more headers than that, `Err` when it is not a valid head.
+fn parse_response<const N: usize, T>(
+    head: &[u8],
+    f: impl FnOnce(&httparse::Response<'_, '_>) -> T,
+) -> Result<Option<T>, ()> {
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
+    let mut res = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    match config.parse_response_with_uninit_headers(&mut res, head, &mut raw) {
+        Ok(httparse::Status::Complete(_)) => Ok(Some(f(&res))),
+        Err(httparse::Error::TooManyHeaders) => Ok(None),
+        _ => Err(()),
     }
 }
 
