@@ -472,13 +472,14 @@ impl Gateway {
             .upstream_requests_total
             .with_label_values(&[pool.name.as_str(), backend.as_ref(), outcome])
             .inc();
+        let now = Instant::now();
         self.metrics
             .upstream_duration_seconds
             .with_label_values(&[pool.name.as_str()])
-            .observe(start.elapsed().as_secs_f64());
+            .observe(now.saturating_duration_since(start).as_secs_f64());
         match success {
             Some(success) => {
-                if let Some(t) = pool.record(&addr, success, Instant::now()) {
+                if let Some(t) = pool.record(&addr, success, now) {
                     self.breaker_transition(&pool.name, &addr, t, &ctx.request_id);
                 }
             }
@@ -647,10 +648,11 @@ impl Gateway {
             .requests_total
             .with_label_values(&[route_label, method_label(method), status_label])
             .inc();
+        let elapsed = ctx.start.elapsed().as_secs_f64();
         self.metrics
             .request_duration_seconds
             .with_label_values(&[route_label])
-            .observe(ctx.start.elapsed().as_secs_f64());
+            .observe(elapsed);
         if !self.access_log {
             return;
         }
@@ -667,7 +669,7 @@ impl Gateway {
             backend = %ctx.backend.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
             status,
             bytes,
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = elapsed * 1000.0,
             attempts = ctx.attempts,
             error,
         );

@@ -141,9 +141,14 @@ fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let now = Instant::now();
-        idle.retain(|(_, _, since)| now.duration_since(*since) < max_idle);
+        // Kept oldest first: the stale ones are at the front (usually none; a look at one).
+        let stale = idle
+            .iter()
+            .take_while(|(_, _, since)| now.duration_since(*since) >= max_idle)
+            .count();
+        idle.drain(..stale);
         let at = idle.iter().rposition(|(a, _, _)| *a == addr)?;
-        Some(idle.swap_remove(at).1)
+        Some(idle.remove(at).1)
     })
 }
 
