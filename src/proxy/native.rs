@@ -298,10 +298,6 @@ impl Gateway {
 
         let mut ctx = ProxyHttp::new_ctx(self);
         let snapshot = ctx.snapshot.clone();
-        ctx.request_id = match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-            Some(id) if forwarding::valid_request_id(id) => id.to_string(),
-            _ => forwarding::new_request_id(),
-        };
         ctx.peer_ip = peer_ip;
         ctx.client_ip = forwarding::client_ip(peer_ip, &headers, &snapshot.trusted_proxies);
         ctx.tls = peer_ip.is_some_and(|ip| forwarding::is_trusted(ip, &snapshot.trusted_proxies))
@@ -342,6 +338,11 @@ impl Gateway {
         {
             return None;
         }
+        // Only now: a request handed to Pingora gets its id there.
+        ctx.request_id = match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if forwarding::valid_request_id(id) => id.to_string(),
+            _ => forwarding::new_request_id(),
+        };
         ctx.api_client = client::is_api_client(&path, &headers);
         ctx.path = Some(path);
         ctx.cors = Some(route.cors.clone());
