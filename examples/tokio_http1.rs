@@ -25,7 +25,8 @@
 //! (src/proxy/native.rs, gatehouse's own HTTP/1 lane, which grew out of this example and
 //! shares its chunked-body scanner).
 
-use gatehouse::proxy::native::{contains_token, find_head_end, ChunkScan};
+use gatehouse::edge::listener::find_head_end;
+use gatehouse::proxy::native::{contains_token, ChunkScan};
 use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::SocketAddr;

@@ -99,6 +99,44 @@ pub struct Ctx {
     br_stream: Option<Box<crate::edge::brotli_body::BrStream>>,
 }
 
+impl Ctx {
+    /// A fresh context for a request served with `snapshot` (both lanes).
+    fn new(snapshot: Arc<Snapshot>) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            snapshot,
+            request_id: String::new(),
+            peer_ip: None,
+            client_ip: None,
+            path: None,
+            route: None,
+            backend: None,
+            deadline: None,
+            body_bytes: 0,
+            reject: None,
+            status: 0,
+            attempts: 0,
+            tried: Vec::new(),
+            attempt_start: None,
+            next_delay: None,
+            same_backend_ok: false,
+            status_retry: None,
+            identity: None,
+            tls: false,
+            tls_conn: false,
+            cors: None,
+            websocket: false,
+            extra_headers: Vec::new(),
+            holds_slot: false,
+            client_slot: None,
+            cache_bypass: false,
+            br: false,
+            br_stream: None,
+            api_client: true,
+        }
+    }
+}
+
 /// The start of an attempt to a backend, whichever lane makes it ([`Gateway::next_attempt`]).
 enum Attempt {
     /// Send it to `addr`; `remaining` is what is left of the route's total timeout.
@@ -687,38 +725,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            snapshot: self.state.load_full(),
-            request_id: String::new(),
-            peer_ip: None,
-            client_ip: None,
-            path: None,
-            route: None,
-            backend: None,
-            deadline: None,
-            body_bytes: 0,
-            reject: None,
-            status: 0,
-            attempts: 0,
-            tried: Vec::new(),
-            attempt_start: None,
-            next_delay: None,
-            same_backend_ok: false,
-            status_retry: None,
-            identity: None,
-            tls: false,
-            tls_conn: false,
-            cors: None,
-            websocket: false,
-            extra_headers: Vec::new(),
-            holds_slot: false,
-            client_slot: None,
-            cache_bypass: false,
-            br: false,
-            br_stream: None,
-            api_client: true,
-        }
+        Ctx::new(self.state.load_full())
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {

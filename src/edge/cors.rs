@@ -405,6 +405,18 @@ impl Cors {
         (header::VARY, HeaderValue::from_static(PREFLIGHT_VARY))
     }
 
+    /// Adds [`Cors::response_headers`] to an answer's `headers`: `Vary` appended to what it
+    /// has, the others set.
+    pub fn add_response_headers(&self, request_headers: &HeaderMap, headers: &mut HeaderMap) {
+        for (k, v) in self.response_headers(request_headers) {
+            if k == header::VARY {
+                headers.append(k, v);
+            } else {
+                headers.insert(k, v);
+            }
+        }
+    }
+
     /// Headers to add to an actual (non-preflight) response, given the request's headers:
     /// `Access-Control-Allow-Origin` (the request's origin echoed, or `*` when `"*"` is
     /// configured without credentials), `Access-Control-Allow-Credentials: true` when
@@ -656,6 +668,28 @@ mod tests {
         assert!(c
             .preflight(&preflight_req("https://a.com", "GET", ""))
             .is_none());
+    }
+
+    #[test]
+    fn response_headers_are_added_to_an_answer_vary_appended_the_others_set() {
+        let c = cors(&["https://app.example.com"]);
+        let mut answer = HeaderMap::new();
+        answer.insert(header::VARY, HeaderValue::from_static("Accept"));
+        answer.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("https://upstream.example"),
+        );
+        c.add_response_headers(&origin("https://app.example.com"), &mut answer);
+        let vary: Vec<_> = answer.get_all(header::VARY).iter().collect();
+        assert_eq!(vary.len(), 2, "{answer:?}");
+        assert_eq!(vary[0], "Accept");
+        assert_eq!(
+            answer
+                .get_all(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .iter()
+                .collect::<Vec<_>>(),
+            vec!["https://app.example.com"]
+        );
     }
 
     #[test]

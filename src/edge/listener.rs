@@ -586,8 +586,9 @@ fn too_large() -> Reject {
     )
 }
 
-/// Position just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`).
-fn find_head_end(b: &[u8]) -> Option<usize> {
+/// Position just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`), for
+/// request heads here and response heads in the native lane.
+pub fn find_head_end(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\n' {

@@ -34,6 +34,7 @@
 use super::{Attempt, Ctx, Gateway, Sent};
 use crate::auth::endpoints;
 use crate::auth::guard::{self, Decision};
+use crate::edge::listener::find_head_end;
 use crate::edge::{client, forwarding};
 use crate::errors::Reject;
 use crate::routing::{self, Lookup};
@@ -42,7 +43,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use pingora::protocols::Stream;
-use pingora::proxy::ProxyHttp;
 use pingora::ErrorType;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -94,20 +94,8 @@ impl AttemptError {
 
     /// What the client gets when this is the last attempt, and the access log's error.
     fn answer(&self) -> (Reject, &'static str) {
-        let timeout = || {
-            Reject::new(
-                504,
-                "upstream_timeout",
-                "The upstream service did not answer in time.",
-            )
-        };
-        let failed = || {
-            Reject::new(
-                502,
-                "upstream_error",
-                "The upstream service failed to answer.",
-            )
-        };
+        let timeout = || crate::errors::from_status(504);
+        let failed = || crate::errors::from_status(502);
         match self {
             AttemptError::Connect { timed_out: true } => {
                 (timeout(), ErrorType::ConnectTimedout.as_str())
@@ -166,11 +154,6 @@ fn put_idle(addr: SocketAddr, conn: TcpStream) {
 pub fn contains_token(v: &[u8], token: &str) -> bool {
     v.split(|&c| c == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// The length of the head (through the blank line) at the start of `b`, if it is complete.
-pub fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// An address as text; IPv4 without the formatting machinery (a Display per request showed
@@ -296,11 +279,9 @@ impl Gateway {
             }
         }
 
-        let mut ctx = ProxyHttp::new_ctx(self);
-        let snapshot = ctx.snapshot.clone();
-        ctx.peer_ip = peer_ip;
-        ctx.client_ip = forwarding::client_ip(peer_ip, &headers, &snapshot.trusted_proxies);
-        ctx.tls = peer_ip.is_some_and(|ip| forwarding::is_trusted(ip, &snapshot.trusted_proxies))
+        let snapshot = self.state.load_full();
+        let client_ip = forwarding::client_ip(peer_ip, &headers, &snapshot.trusted_proxies);
+        let tls = peer_ip.is_some_and(|ip| forwarding::is_trusted(ip, &snapshot.trusted_proxies))
             && headers
                 .get("x-forwarded-proto")
                 .and_then(|v| v.to_str().ok())
@@ -310,7 +291,7 @@ impl Gateway {
             return None;
         }
         let config = &snapshot.config;
-        if (config.server.tls.redirect_http && !ctx.tls)
+        if (config.server.tls.redirect_http && !tls)
             || crate::edge::cors::Cors::is_preflight(&method, &headers)
             || endpoints::route(&method, &path).is_some()
         {
@@ -334,11 +315,15 @@ impl Gateway {
         if route.cache.is_some()
             || !route.limiters.is_empty()
             || compression
-            || !route.ip_rules.permits(ctx.client_ip)
+            || !route.ip_rules.permits(client_ip)
         {
             return None;
         }
-        // Only now: a request handed to Pingora gets its id there.
+        // The context only now: a request handed to Pingora gets its own there.
+        let mut ctx = Ctx::new(snapshot);
+        ctx.peer_ip = peer_ip;
+        ctx.client_ip = client_ip;
+        ctx.tls = tls;
         ctx.request_id = match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
             Some(id) if forwarding::valid_request_id(id) => id.to_string(),
             _ => forwarding::new_request_id(),
@@ -836,13 +821,7 @@ impl Gateway {
                 for k in theirs {
                     map.remove(&k);
                 }
-                for (k, v) in cors.response_headers(req_headers) {
-                    if k == header::VARY {
-                        map.append(k, v);
-                    } else {
-                        map.insert(k, v);
-                    }
-                }
+                cors.add_response_headers(req_headers, &mut map);
             }
             if let Some(c) = cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
                 map.append(header::SET_COOKIE, c);
@@ -1035,13 +1014,7 @@ impl Gateway {
             }
         }
         if let Some(cors) = ctx.cors.as_ref().filter(|c| c.is_enabled()) {
-            for (k, v) in cors.response_headers(req_headers) {
-                if k == header::VARY {
-                    map.append(k, v);
-                } else {
-                    map.insert(k, v);
-                }
-            }
+            cors.add_response_headers(req_headers, &mut map);
         }
         ctx.status = status;
         let reason = http::StatusCode::from_u16(status)
