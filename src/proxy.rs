@@ -498,22 +498,33 @@ impl Gateway {
 
     /// Closes the current attempt: breaker outcome (`None`: none, the backend is not to
     /// blame), metrics.
-    fn finish_attempt(&self, ctx: &mut Ctx, success: Option<bool>, outcome: &str) {
+    fn finish_attempt(&self, ctx: &mut Ctx, success: Option<bool>, outcome: &'static str) {
         let (Some(route), Some(addr), Some(start)) =
             (ctx.route.as_ref(), ctx.backend, ctx.attempt_start.take())
         else {
             return;
         };
         let pool = &route.pool;
-        let backend = pool.backend_label(&addr);
-        self.metrics
-            .upstream_requests_total
-            .with_label_values(&[pool.name.as_str(), backend.as_ref(), outcome])
+        let series = &pool.series;
+        series
+            .attempts
+            .get((addr, outcome), || {
+                let backend = pool.backend_label(&addr);
+                self.metrics.upstream_requests_total.with_label_values(&[
+                    pool.name.as_str(),
+                    backend.as_ref(),
+                    outcome,
+                ])
+            })
             .inc();
         let now = Instant::now();
-        self.metrics
-            .upstream_duration_seconds
-            .with_label_values(&[pool.name.as_str()])
+        series
+            .duration
+            .get_or_init(|| {
+                self.metrics
+                    .upstream_duration_seconds
+                    .with_label_values(&[pool.name.as_str()])
+            })
             .observe(now.saturating_duration_since(start).as_secs_f64());
         match success {
             Some(success) => {
@@ -679,18 +690,31 @@ impl Gateway {
             }
         }
         let route_label = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
-        // StatusCode renders its number without allocating.
-        let code = http::StatusCode::from_u16(status).ok();
-        let status_label = code.as_ref().map_or("0", http::StatusCode::as_str);
-        self.metrics
-            .requests_total
-            .with_label_values(&[route_label, method_label(method), status_label])
-            .inc();
+        let method_l = method_label(method);
+        let requests = || {
+            // StatusCode renders its number without allocating.
+            let code = http::StatusCode::from_u16(status).ok();
+            let status_label = code.as_ref().map_or("0", http::StatusCode::as_str);
+            self.metrics
+                .requests_total
+                .with_label_values(&[route_label, method_l, status_label])
+        };
+        let duration = || {
+            self.metrics
+                .request_duration_seconds
+                .with_label_values(&[route_label])
+        };
         let elapsed = ctx.start.elapsed().as_secs_f64();
-        self.metrics
-            .request_duration_seconds
-            .with_label_values(&[route_label])
-            .observe(elapsed);
+        match &ctx.route {
+            Some(r) => {
+                r.series.requests.get((method_l, status), requests).inc();
+                r.series.duration.get_or_init(duration).observe(elapsed);
+            }
+            None => {
+                requests().inc();
+                duration().observe(elapsed);
+            }
+        }
         if !self.access_log {
             return;
         }

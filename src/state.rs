@@ -68,6 +68,8 @@ pub struct Route {
     pub cache: Option<crate::cache::Policy>,
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
+    /// This route's request metrics, resolved once.
+    pub series: crate::metrics::RouteSeries,
 }
 
 /// A route's configured fallback answer.
@@ -251,6 +253,7 @@ impl Snapshot {
                 websocket: r.websocket,
                 roles: r.roles.clone(),
                 on_store_error: r.on_store_error,
+                series: Default::default(),
             }));
         }
         let tls = &config.server.tls;

@@ -645,27 +645,55 @@ fn open_breakers_without_a_fallback_give_503_upstream_unavailable() {
 
 #[test]
 fn a_dead_pool_answers_503_without_trying_any_backend() {
-    let dead = [dead_url(), dead_url(), dead_url()];
-    let gw = gateway(&dead, QUICK_CHECK, "");
-    wait_all_unhealthy(&gw, 3);
+    // One backend (picked without the balancer) and several (picked through it).
+    for n in [1, 3] {
+        let dead: Vec<String> = (0..n).map(|_| dead_url()).collect();
+        let gw = gateway(&dead, QUICK_CHECK, "");
+        wait_all_unhealthy(&gw, n);
 
-    let r = get(gw.port, "/svc/x", &[])
-        .unwrap_or_else(|e| panic!("no answer within the client's 10s: {e}"));
+        let r = get(gw.port, "/svc/x", &[])
+            .unwrap_or_else(|e| panic!("no answer within the client's 10s: {e}"));
+
+        assert_gateway_error(&r, 503, "upstream_unavailable");
+        assert!(r.header("retry-after").is_some(), "no Retry-After");
+        assert_fallback_marked(&r);
+        let attempts = metric(
+            &gw,
+            "gatehouse_upstream_requests_total",
+            &[("upstream", "svc")],
+        );
+        assert_eq!(
+            attempts, 0.0,
+            "{n} backends: the gateway tried a backend known to be down"
+        );
+        let fallbacks = metric(&gw, "gatehouse_fallbacks_total", &[("route", "svc")]);
+        assert!(fallbacks > 0.0, "{n} backends: fallback not counted");
+    }
+}
+
+#[test]
+fn a_single_backend_behind_an_open_breaker_is_not_tried() {
+    let a = responding(500, &[], "broken");
+    let gw = gateway(
+        &[a.url()],
+        "    circuit_breaker: {consecutive_failures: 1, cooldown: 30s}\n",
+        ", retry: {retries: 0}",
+    );
+    let open = wait_until(Duration::from_secs(5), || {
+        gw.get("/svc/x");
+        breaker_state(&gw, &a) == Some(1.0)
+    });
+    assert!(open, "the breaker should open after one failure");
+    let before = recorded(&[&a]);
+
+    let r = gw.get("/svc/y");
 
     assert_gateway_error(&r, 503, "upstream_unavailable");
-    assert!(r.header("retry-after").is_some(), "no Retry-After");
-    assert_fallback_marked(&r);
-    let attempts = metric(
-        &gw,
-        "gatehouse_upstream_requests_total",
-        &[("upstream", "svc")],
-    );
     assert_eq!(
-        attempts, 0.0,
-        "the gateway tried a backend known to be down"
+        recorded(&[&a]),
+        before,
+        "an open breaker let a request through"
     );
-    let fallbacks = metric(&gw, "gatehouse_fallbacks_total", &[("route", "svc")]);
-    assert!(fallbacks > 0.0, "fallback not counted");
 }
 
 // ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::RequestHeader;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,10 +76,17 @@ pub struct Pool {
     /// While set, one failed or passed check flips a backend: used for the first pass so
     /// that a dead backend is out before the first request, not after `fall` intervals.
     priming: Arc<AtomicBool>,
-    /// One breaker per backend; empty when `circuit_breaker.enabled` is false.
-    breakers: HashMap<SocketAddr, Breaker>,
+    /// One breaker per backend; empty when `circuit_breaker.enabled` is false. Found by a
+    /// linear look (pools are small; a SipHash per lookup showed in profiles).
+    breakers: Vec<(SocketAddr, Breaker)>,
     failure_statuses: Vec<u16>,
     pub budget: RetryBudget,
+    /// This pool's attempt metrics, resolved once.
+    pub series: crate::metrics::PoolSeries,
+    /// The balancer's readiness of each backend (in `backends` order), copied after every
+    /// health-check pass (the only thing that changes it): asking the balancer costs two
+    /// SipHashes and a map lookup per pick.
+    ready: Vec<AtomicBool>,
 }
 
 impl Pool {
@@ -174,7 +181,7 @@ impl Pool {
                 .map(|b| (b.addr, Breaker::new(breaker_cfg.clone(), now)))
                 .collect()
         } else {
-            HashMap::new()
+            Vec::new()
         };
         let rb = &cfg.retry_budget;
         let budget = RetryBudget::new(
@@ -198,7 +205,10 @@ impl Pool {
             next_check: Mutex::new(Instant::now()),
             checking: AtomicBool::new(false),
             priming,
-        })
+            series: Default::default(),
+            ready: Vec::new(),
+        }
+        .with_readiness())
     }
 
     /// Picks a backend that is healthy, not in `exclude` and allowed by its breaker (which,
@@ -210,18 +220,35 @@ impl Pool {
         now: Instant,
         exclude: &[SocketAddr],
     ) -> Option<(SocketAddr, Option<Transition>)> {
-        let max = self.backends.len().max(1) * 4 + 16;
         let transition = std::cell::Cell::new(None);
+        let accept = |addr: &SocketAddr, ready: bool| {
+            ready
+                && !exclude.contains(addr)
+                && self.breaker(addr).is_none_or(|br| {
+                    let (ok, t) = br.try_acquire(now);
+                    transition.set(t);
+                    ok
+                })
+        };
+        // One backend (the usual pool): nothing to balance, and the balancer's walk (a
+        // hash set of the backends seen, a SipHash each) is most of the cost of a pick.
+        if let [only] = self.backends.as_slice() {
+            let ready = !exclude.contains(&only.addr) && self.is_healthy(&only.addr);
+            return accept(&only.addr, ready).then(|| (only.addr, transition.get()));
+        }
+        let max = self.backends.len().max(1) * 4 + 16;
         let pick = with_lb!(&self.balancer, lb => lb.select_with(key, max, |b, ready| {
-            let Some(addr) = b.addr.as_inet() else { return false };
-            ready && !exclude.contains(addr) && self.breakers.get(addr).is_none_or(|br| {
-                let (ok, t) = br.try_acquire(now);
-                transition.set(t);
-                ok
-            })
+            b.addr.as_inet().is_some_and(|addr| accept(addr, ready))
         }));
         pick.and_then(|b| b.addr.as_inet().copied())
             .map(|a| (a, transition.get()))
+    }
+
+    fn breaker(&self, addr: &SocketAddr) -> Option<&Breaker> {
+        self.breakers
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, b)| b)
     }
 
     /// Whether some backend outside `exclude` could take a request now (no probe taken).
@@ -235,19 +262,18 @@ impl Pool {
 
     /// Feeds one attempt's outcome to the backend's breaker.
     pub fn record(&self, addr: &SocketAddr, success: bool, now: Instant) -> Option<Transition> {
-        self.breakers.get(addr).and_then(|b| b.record(success, now))
+        self.breaker(addr).and_then(|b| b.record(success, now))
     }
 
     /// Ends a request to `addr` without judging the backend (see [`Breaker::release`]).
     pub fn release(&self, addr: &SocketAddr) {
-        if let Some(b) = self.breakers.get(addr) {
+        if let Some(b) = self.breaker(addr) {
             b.release();
         }
     }
 
     pub fn breaker_state(&self, addr: &SocketAddr, now: Instant) -> BreakerState {
-        self.breakers
-            .get(addr)
+        self.breaker(addr)
             .map_or(BreakerState::Closed, |b| b.state(now))
     }
 
@@ -256,8 +282,32 @@ impl Pool {
         self.failure_statuses.contains(&status)
     }
 
-    /// Whether the balancer currently counts `addr` as ready (enabled and healthy).
+    /// Whether the balancer counts `addr` as ready (enabled and healthy), as of the last
+    /// health-check pass.
     pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
+        match self.backends.iter().position(|b| b.addr == *addr) {
+            Some(i) => self.ready[i].load(Ordering::Acquire),
+            None => self.balancer_ready(addr),
+        }
+    }
+
+    fn with_readiness(mut self) -> Pool {
+        self.ready = (0..self.backends.len())
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        self.copy_readiness();
+        self
+    }
+
+    /// Copies the balancer's readiness of every backend into `ready`.
+    fn copy_readiness(&self) {
+        for (b, r) in self.backends.iter().zip(&self.ready) {
+            r.store(self.balancer_ready(&b.addr), Ordering::Release);
+        }
+    }
+
+    /// Asks the balancer whether `addr` is ready.
+    fn balancer_ready(&self, addr: &SocketAddr) -> bool {
         let b = Backend {
             addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),
             weight: self
@@ -298,6 +348,7 @@ impl Pool {
     /// One pass over every backend, all in parallel.
     pub async fn run_check(&self) {
         with_lb!(&self.balancer, lb => lb.backends().run_health_check(true).await);
+        self.copy_readiness();
         self.priming.store(false, Ordering::Release);
     }
 }
