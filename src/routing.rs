@@ -144,7 +144,10 @@ pub enum Lookup {
 /// so its cost is the number of segments, not the number of routes.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_prefix: HashMap<String, Vec<(usize, RouteKey)>>,
+    /// Keyed with foldhash: the keys are fixed when the table is built, so a hash that
+    /// resists chosen collisions (SipHash, a few hundred instructions per path segment
+    /// looked up) buys nothing here.
+    by_prefix: HashMap<String, Vec<(usize, RouteKey)>, foldhash::fast::RandomState>,
     max_segments: usize,
 }
 

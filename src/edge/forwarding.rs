@@ -76,8 +76,8 @@ fn hex32(v: u128) -> String {
     for (i, b) in out.iter_mut().enumerate() {
         *b = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
     }
-    // Only ASCII hex digits were written.
-    String::from_utf8_lossy(&out).into_owned()
+    // Only ASCII hex digits were written: the check cannot fail (nor cost much).
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// Headers meaningful only for one hop (RFC 9110 §7.6.1), plus the legacy ones proxies drop.
