@@ -64,7 +64,8 @@ pub struct Ctx {
     status: u16,
     /// Attempts sent (or tried) to backends, and the backends they went to.
     attempts: u32,
-    tried: Vec<SocketAddr>,
+    /// Backends tried so far; the first inline (most requests make one attempt).
+    tried: smallvec::SmallVec<[SocketAddr; 1]>,
     attempt_start: Option<Instant>,
     /// Wait before the next attempt (backoff or the upstream's Retry-After).
     next_delay: Option<Duration>,
@@ -116,7 +117,7 @@ impl Ctx {
             reject: None,
             status: 0,
             attempts: 0,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             attempt_start: None,
             next_delay: None,
             same_backend_ok: false,
@@ -1150,7 +1151,8 @@ impl ProxyHttp for Gateway {
             &route.prefix,
             route.strip_prefix,
             route.rewrite_prefix.as_deref(),
-        );
+        )
+        .into_owned();
         if let Some(q) = session.req_header().uri.query() {
             target.push('?');
             target.push_str(q);

@@ -229,7 +229,13 @@ fn host_ok(r: &RouteKey, host: Option<&str>) -> bool {
 }
 
 /// Rewrites a normalised request path for the upstream: strip or replace the route prefix.
-pub fn rewrite_path(path: &str, prefix: &str, strip: bool, replace: Option<&str>) -> String {
+pub fn rewrite_path<'a>(
+    path: &'a str,
+    prefix: &str,
+    strip: bool,
+    replace: Option<&str>,
+) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
     let rest = if prefix == "/" {
         path
     } else {
@@ -240,18 +246,19 @@ pub fn rewrite_path(path: &str, prefix: &str, strip: bool, replace: Option<&str>
             let new = if new == "/" { "" } else { new };
             if rest.is_empty() {
                 if new.is_empty() {
-                    "/".into()
+                    Cow::Borrowed("/")
                 } else {
-                    new.into()
+                    Cow::Owned(new.to_string())
                 }
             } else {
-                format!("{new}{rest}")
+                Cow::Owned(format!("{new}{rest}"))
             }
         }
-        (true, None) if rest.is_empty() => "/".into(),
-        (true, None) if prefix == "/" => path.into(),
-        (true, None) => rest.into(),
-        (false, None) => path.into(),
+        (true, None) if rest.is_empty() => Cow::Borrowed("/"),
+        (true, None) if prefix == "/" => Cow::Borrowed(path),
+        (true, None) => Cow::Borrowed(rest),
+        // The usual route: the path as it came (no copy).
+        (false, None) => Cow::Borrowed(path),
     }
 }
 

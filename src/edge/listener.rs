@@ -338,7 +338,12 @@ where
                     // head is read as on a fresh connection, into a buffer on the stack (a
                     // split-off empty remainder would keep spare room of this buffer, which
                     // the next read would zero first).
-                    let mut rest = carry_of(buf.split_off(head_len));
+                    let mut rest = if buf.len() > head_len {
+                        buf.split_off(head_len)
+                    } else {
+                        // Not split_off: that makes the buffer shared, an allocation more.
+                        BytesMut::new()
+                    };
                     let may_keep = keepalive.is_some() && !*shutdown.borrow() && reuses != Some(0);
                     let serve = async move {
                         let mut stream = stream;

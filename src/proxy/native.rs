@@ -35,6 +35,7 @@ use super::{Attempt, Ctx, Gateway, Sent};
 use crate::auth::endpoints;
 use crate::auth::guard::{self, Decision};
 use crate::edge::listener::find_head_end;
+use crate::edge::write_buffer::LazyWriteBuf;
 use crate::edge::{client, forwarding};
 use crate::errors::Reject;
 use crate::routing::{self, Lookup};
@@ -161,27 +162,52 @@ pub fn contains_token(v: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// An address as text; IPv4 without the formatting machinery (a Display per request showed
-/// in profiles).
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, n) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
+/// An address as text, on the stack; IPv4 without the formatting machinery (a Display per
+/// request showed in profiles).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, n) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if n >= 100 {
+                        t.push(b'0' + n / 100);
+                    }
+                    if n >= 10 {
+                        t.push(b'0' + n / 10 % 10);
+                    }
+                    t.push(b'0' + n % 10);
                 }
-                if n >= 100 {
-                    out.push(char::from(b'0' + n / 100));
-                }
-                if n >= 10 {
-                    out.push(char::from(b'0' + n / 10 % 10));
-                }
-                out.push(char::from(b'0' + n % 10));
+            }
+            IpAddr::V6(v6) => {
+                // At most 45 characters (RFC 4291 with an embedded IPv4 address).
+                let mut w = std::io::Cursor::new(&mut t.buf[..]);
+                let _ = std::io::Write::write_fmt(&mut w, format_args!("{v6}"));
+                t.len = w.position() as usize;
             }
         }
-        IpAddr::V6(v6) => {
-            let _ = std::fmt::Write::write_fmt(out, format_args!("{v6}"));
-        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, dots, colons and hex digits were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -368,6 +394,8 @@ impl Gateway {
         } = &mut *plan;
         let ctx = &mut *ctx;
         self.metrics.native_requests_total.inc();
+        // The lane writes whole answers: no copy into the connection's write buffer.
+        LazyWriteBuf::set_direct(client, true);
         let draining = crate::DRAINING.load(std::sync::atomic::Ordering::Acquire);
         let mut keep = *keep_alive && may_keep && !draining;
         let mut bytes = 0usize;
@@ -382,6 +410,7 @@ impl Gateway {
                 keep = false;
             }
         }
+        LazyWriteBuf::set_direct(client, false);
         let status = ctx.status;
         self.log_request(ctx, method, uri.path(), status, bytes, error.unwrap_or(""));
         if !keep {
@@ -590,10 +619,11 @@ impl Gateway {
         let trusted_peer = ctx
             .peer_ip
             .is_some_and(|ip| forwarding::is_trusted(ip, &ctx.snapshot.trusted_proxies));
-        let orig_host = headers.get(header::HOST).cloned().or_else(|| {
-            uri.authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // Not cloned: a clone of a header value read into its own buffer allocates.
+        let orig_host: Option<&str> = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()));
         let keep_proto = trusted_peer && headers.contains_key(X_FORWARDED_PROTO);
         let keep_fwd_host = trusted_peer && headers.contains_key(X_FORWARDED_HOST);
         let pool_host = route.pool.config.host.as_deref();
@@ -614,58 +644,74 @@ impl Gateway {
                 || set_here(k))
         });
 
-        // The forwarding headers, as upstream_request_filter sets them.
-        let mut ours: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(6);
-        if let Some(h) = pool_host {
-            ours.push(("host", Cow::Borrowed(h)));
+        // The forwarding headers, as upstream_request_filter sets them (on the stack: six
+        // at most, and the addresses as text without allocating).
+        let mut ours: [Option<(&str, Cow<'_, str>)>; 6] = Default::default();
+        let mut n = 0;
+        macro_rules! add {
+            ($k:expr, $v:expr) => {{
+                ours[n] = Some(($k, $v));
+                n += 1;
+            }};
         }
-        let mut peer_text = String::with_capacity(16);
-        if let Some(peer) = ctx.peer_ip {
-            push_ip(&mut peer_text, peer);
-            let mut xff = String::with_capacity(64);
-            for v in headers.get_all(X_FORWARDED_FOR) {
-                if let Ok(v) = v.to_str() {
+        if let Some(h) = pool_host {
+            add!("host", Cow::Borrowed(h));
+        }
+        let peer_text = ctx.peer_ip.map(IpText::new);
+        let peer_str = peer_text.as_ref().map(IpText::as_str);
+        if let Some(peer) = peer_str {
+            let mut earlier = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .peekable();
+            if earlier.peek().is_none() {
+                add!("x-forwarded-for", Cow::Borrowed(peer));
+            } else {
+                let mut xff = String::with_capacity(64);
+                for v in earlier {
                     xff.push_str(v);
                     xff.push_str(", ");
                 }
+                xff.push_str(peer);
+                add!("x-forwarded-for", Cow::Owned(xff));
             }
-            xff.push_str(&peer_text);
-            ours.push(("x-forwarded-for", Cow::Owned(xff)));
         }
-        if let Some(client) = ctx.client_ip {
-            if Some(client) == ctx.peer_ip {
-                ours.push(("x-real-ip", Cow::Owned(peer_text)));
-            } else {
-                let mut text = String::new();
-                push_ip(&mut text, client);
-                ours.push(("x-real-ip", Cow::Owned(text)));
+        let client_text = ctx
+            .client_ip
+            .filter(|c| Some(*c) != ctx.peer_ip)
+            .map(IpText::new);
+        if ctx.client_ip.is_some() {
+            if let Some(text) = client_text.as_ref().map(IpText::as_str).or(peer_str) {
+                add!("x-real-ip", Cow::Borrowed(text));
             }
         }
         if !keep_proto {
-            ours.push(("x-forwarded-proto", Cow::Borrowed("http")));
+            add!("x-forwarded-proto", Cow::Borrowed("http"));
         }
         if !keep_fwd_host {
-            if let Some(h) = orig_host.as_ref().and_then(|h| h.to_str().ok()) {
-                ours.push(("x-forwarded-host", Cow::Borrowed(h)));
+            if let Some(h) = orig_host {
+                add!("x-forwarded-host", Cow::Borrowed(h));
             }
         }
-        ours.push(("x-request-id", Cow::Borrowed(ctx.request_id.as_str())));
+        ours[n] = Some(("x-request-id", Cow::Borrowed(ctx.request_id.as_str())));
+        let ours = ours.iter().flatten();
 
         let ops = route.headers.request_ops();
         if ops.is_empty() {
             for (k, v) in kept {
                 write_header(&mut out, k.as_str().as_bytes(), v.as_bytes());
             }
-            for (k, v) in &ours {
+            for (k, v) in ours {
                 write_header(&mut out, k.as_bytes(), v.as_bytes());
             }
         } else {
             // Header rules see (and may change) the forwarding headers, as on Pingora.
-            let mut map = HeaderMap::with_capacity(headers.len() + ours.len());
+            let mut map = HeaderMap::with_capacity(headers.len() + 6);
             for (k, v) in kept {
                 map.append(k.clone(), v.clone());
             }
-            for (k, v) in &ours {
+            for (k, v) in ours {
                 if let Ok(v) = HeaderValue::from_str(v.as_ref()) {
                     map.insert(HeaderName::from_static(k), v);
                 }
@@ -730,33 +776,48 @@ impl Gateway {
         let head_only = *method == Method::HEAD || status == 204 || status == 304;
         let mut framing = Framing::Close;
         let mut up_keep = res.version == Some(1);
+        // Connection-listed names other than close and keep-alive (rare: no allocation
+        // for the usual `Connection: keep-alive`).
         let mut listed: Vec<&[u8]> = Vec::new();
         for h in res.headers.iter() {
-            if h.name.eq_ignore_ascii_case("connection") {
-                listed.extend(h.value.split(|&c| c == b',').map(<[u8]>::trim_ascii));
-                if contains_token(h.value, "close") {
-                    up_keep = false;
-                } else if contains_token(h.value, "keep-alive") {
-                    up_keep = true;
+            match classify(h.name) {
+                Class::Connection => {
+                    listed.extend(
+                        h.value
+                            .split(|&c| c == b',')
+                            .map(<[u8]>::trim_ascii)
+                            .filter(|t| {
+                                !t.eq_ignore_ascii_case(b"close")
+                                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                            }),
+                    );
+                    if contains_token(h.value, "close") {
+                        up_keep = false;
+                    } else if contains_token(h.value, "keep-alive") {
+                        up_keep = true;
+                    }
                 }
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or("bad Content-Length")?;
-                if matches!(framing, Framing::Length(m) if m != n) {
-                    return Err("conflicting Content-Length");
+                Class::ContentLength => {
+                    let n = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .ok_or("bad Content-Length")?;
+                    if matches!(framing, Framing::Length(m) if m != n) {
+                        return Err("conflicting Content-Length");
+                    }
+                    if !matches!(framing, Framing::Chunked) {
+                        framing = Framing::Length(n);
+                    }
                 }
-                if !matches!(framing, Framing::Chunked) {
-                    framing = Framing::Length(n);
+                Class::TransferEncoding => {
+                    // Chunked must be the last coding; the body then ends with its last chunk.
+                    let last = h.value.rsplit(|&c| c == b',').next().unwrap_or_default();
+                    if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                        return Err("a transfer coding other than chunked");
+                    }
+                    framing = Framing::Chunked;
                 }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                // Chunked must be the last coding; the body then ends with its last chunk.
-                let last = h.value.rsplit(|&c| c == b',').next().unwrap_or_default();
-                if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    return Err("a transfer coding other than chunked");
-                }
-                framing = Framing::Chunked;
+                Class::Dropped | Class::Other => {}
             }
         }
         if head_only {
@@ -777,29 +838,29 @@ impl Gateway {
                 crate::auth::cookies::set(c, &c.name, token, "/", ttl, ctx.tls)
             });
 
-        let mut out = Vec::with_capacity(up.head_len + 128);
+        // Room for the body bytes already read too: `relay` sends them with the head.
+        let mut out = Vec::with_capacity(up.buf.len() + 128);
         status_line(&mut out, status, res.reason.unwrap_or_default().as_bytes());
         let chunked = matches!(framing, Framing::Chunked);
-        let dropped = |name: &str| {
+        let dropped = |name: &str| match classify(name) {
+            Class::Connection | Class::Dropped => true,
             // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3): not passed on.
-            (chunked && name.eq_ignore_ascii_case("content-length"))
-                || [
-                    "connection",
-                    "keep-alive",
-                    "proxy-connection",
-                    "proxy-authenticate",
-                ]
+            Class::ContentLength => chunked,
+            Class::TransferEncoding | Class::Other => listed
                 .iter()
-                .any(|d| name.eq_ignore_ascii_case(d))
-                || name.eq_ignore_ascii_case("x-request-id")
-                || name.eq_ignore_ascii_case("date")
-                || listed
-                    .iter()
-                    .any(|l| name.as_bytes().eq_ignore_ascii_case(l))
+                .any(|l| name.as_bytes().eq_ignore_ascii_case(l)),
         };
         if response_ops.is_empty() && cors.is_none() && cookie.is_none() {
+            let head = &up.buf[..up.head_len];
             for h in res.headers.iter().filter(|h| !dropped(h.name)) {
-                write_header(&mut out, h.name.as_bytes(), h.value);
+                match raw_line(head, h) {
+                    // The header's line as the upstream sent it, in one copy.
+                    Some(line) => {
+                        out.extend_from_slice(line);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    None => write_header(&mut out, h.name.as_bytes(), h.value),
+                }
             }
         } else {
             let mut map = HeaderMap::with_capacity(res.headers.len() + 4);
@@ -1106,6 +1167,50 @@ fn response_header<'a>(up: &'a Upstream, name: &str) -> Option<&'a [u8]> {
     })
 }
 
+/// What the lane does with an upstream response header.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Class {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    /// Hop-by-hop, or set by the gateway (`Date`, `X-Request-Id`).
+    Dropped,
+    Other,
+}
+
+/// A response header's [`Class`], by length first: one comparison for most names.
+fn classify(name: &str) -> Class {
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        4 if is("date") => Class::Dropped,
+        10 if is("connection") => Class::Connection,
+        10 if is("keep-alive") => Class::Dropped,
+        12 if is("x-request-id") => Class::Dropped,
+        14 if is("content-length") => Class::ContentLength,
+        16 if is("proxy-connection") => Class::Dropped,
+        17 if is("transfer-encoding") => Class::TransferEncoding,
+        18 if is("proxy-authenticate") => Class::Dropped,
+        _ => Class::Other,
+    }
+}
+
+/// The bytes of `head` from a parsed header's name to the end of its value (`Name: value`),
+/// when the parser's slices point into `head` as expected.
+fn raw_line<'a>(head: &'a [u8], h: &httparse::Header<'_>) -> Option<&'a [u8]> {
+    let base = head.as_ptr() as usize;
+    let start = (h.name.as_ptr() as usize).checked_sub(base)?;
+    let end = (h.value.as_ptr() as usize)
+        .checked_sub(base)?
+        .checked_add(h.value.len())?;
+    let line = head.get(start..end)?;
+    // Name, colon, the value: anything else and the header is written from its parts.
+    (!h.value.is_empty()
+        && line.starts_with(h.name.as_bytes())
+        && line.get(h.name.len()) == Some(&b':')
+        && line.ends_with(h.value))
+    .then_some(line)
+}
+
 /// One attempt: a connection to `addr` (an idle one of this thread, else new), the request
 /// head written, the response head read (informational answers skipped). A pooled
 /// connection the upstream had closed is replaced by a new one once: nothing was processed.
@@ -1357,6 +1462,48 @@ mod tests {
     }
 
     #[test]
+    fn response_headers_are_classified_in_any_case_and_kept_lines_copied_as_sent() {
+        assert_eq!(classify("Connection"), Class::Connection);
+        assert_eq!(classify("KEEP-ALIVE"), Class::Dropped);
+        assert_eq!(classify("content-length"), Class::ContentLength);
+        assert_eq!(classify("Transfer-Encoding"), Class::TransferEncoding);
+        for dropped in [
+            "Date",
+            "X-Request-ID",
+            "Proxy-Connection",
+            "proxy-authenticate",
+        ] {
+            assert_eq!(classify(dropped), Class::Dropped, "{dropped}");
+        }
+        for other in [
+            "Content-Type",
+            "Server",
+            "Dates",
+            "Set-Cookie",
+            "",
+            "x-request-ix",
+        ] {
+            assert_eq!(classify(other), Class::Other, "{other}");
+        }
+
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type:text/plain\r\nX-A:  b c \r\nX-Empty:\r\n\r\n"
+            .to_vec();
+        let mut raw = [httparse::EMPTY_HEADER; 8];
+        let mut res = httparse::Response::new(&mut raw);
+        assert!(res.parse(&head).unwrap().is_complete());
+        let lines: Vec<Option<&[u8]>> = res.headers.iter().map(|h| raw_line(&head, h)).collect();
+        assert_eq!(lines[0], Some(&b"Content-Type:text/plain"[..]));
+        assert_eq!(lines[1], Some(&b"X-A:  b c"[..]));
+        assert_eq!(lines[2], None, "an empty value is written from its parts");
+        // Slices from elsewhere are never taken for lines of this head.
+        let other = httparse::Header {
+            name: "X-A",
+            value: b"b c",
+        };
+        assert_eq!(raw_line(&head, &other), None);
+    }
+
+    #[test]
     fn status_codes_are_read_from_the_status_line_only_when_well_formed() {
         assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n\r\n"), Some(200));
         assert_eq!(status_code(b"HTTP/1.0 503\r\n\r\n"), Some(503));
@@ -1375,11 +1522,11 @@ mod tests {
             "127.0.0.1",
             "::1",
             "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::ffff:192.168.100.200",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
-            push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
         }
         let mut out = Vec::new();
         status_line(&mut out, 204, b"No Content");
