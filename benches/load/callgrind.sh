@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Instructions per request (issue 8): gatehouse under valgrind's callgrind on the harness's
+# plain-proxy load, counted after a warm-up, so start-up is not in the figures. Instruction
+# counts are exact and repeatable where CPU time is not (the KVM machines this runs on have
+# no hardware counters for perf, and their CPU time per request moves ±15 % between rounds).
+#
+# Starts on 127.0.0.1 only, on free high ports: an nginx `return 200` upstream, a throwaway
+# Redis, gatehouse (the harness's config: one thread, access log off, native_http1 as
+# NATIVE_HTTP1, default true) under callgrind; drives it with wrk -c10 for WARM seconds, zeroes
+# the counters (`callgrind_control -z`), drives it for RUN_SECONDS more, dumps the counters and
+# prints user-space instructions per request and the functions that cost most (self, then
+# inclusive, per request). Everything started is stopped on exit.
+#
+# Usage: benches/load/callgrind.sh [PATH]   (PATH: /plain/x; /auth/x with a token: AUTH=1)
+# Knobs: GATEHOUSE_BIN (default: the release binary under CARGO_TARGET_DIR), NATIVE_HTTP1
+# (true), RUN_SECONDS (10), WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in).
+# Needs valgrind, nginx-light, wrk, redis-server (installed with apt-get when missing).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse/target}"
+BIN=${GATEHOUSE_BIN:-$CARGO_TARGET_DIR/release/gatehouse}
+URL_PATH=${1:-/plain/x}
+SECONDS_RUN=${RUN_SECONDS:-10}
+WARM=${WARM:-3}
+TOP=${TOP:-30}
+NATIVE_HTTP1=${NATIVE_HTTP1:-true}
+
+for tool in valgrind nginx wrk redis-server curl; do
+  command -v "$tool" >/dev/null && continue
+  pkg=$tool
+  [ "$tool" = nginx ] && pkg=nginx-light
+  apt-get install -y "$pkg" >/dev/null
+done
+[ -x "$BIN" ] || cargo build --release --bin gatehouse
+
+WORK=$(mktemp -d /tmp/gatehouse-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.out.* "$KEEP"/ 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+UP_PORT=$(free_port)
+GH_PORT=$(free_port)
+REDIS_PORT=$(free_port)
+
+mkdir -p "$WORK/up/tmp" "$WORK/gh"
+cat >"$WORK/up/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/up/tmp/cb; proxy_temp_path $WORK/up/tmp/p;
+  fastcgi_temp_path $WORK/up/tmp/f; uwsgi_temp_path $WORK/up/tmp/u; scgi_temp_path $WORK/up/tmp/s;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP_PORT; location / { default_type text/plain; return 200 "ok\n"; } }
+}
+EOF
+nginx -p "$WORK/up" -e "$WORK/up/error.log" -c "$WORK/up/nginx.conf" &
+PIDS+=($!)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+  --logfile "$WORK/redis.log" &
+PIDS+=($!)
+
+cat >"$WORK/gh/gateway.yaml" <<EOF
+server:
+  listen: 127.0.0.1:$GH_PORT
+  admin_listen: null
+  threads: 1
+  upgrade_sock: $WORK/gh/upgrade.sock
+  pid_file: $WORK/gh/gatehouse.pid
+  limits: {keepalive_timeout: 60s, keepalive_requests: 1000, write_buffer: 1460B}
+  log: {level: warn, format: text, access_log: false}
+  native_http1: $NATIVE_HTTP1
+auth:
+  database_url: sqlite://$WORK/gh/users.db
+  migrate_on_start: true
+  redis_url: redis://127.0.0.1:$REDIS_PORT/0
+  jwt: {algorithm: HS256, secret: "callgrind-secret-0123456789-abcdefghijklmnopqrst"}
+  sessions: {access_ttl: 1h}
+upstreams:
+  backend:
+    backends: http://127.0.0.1:$UP_PORT
+routes:
+  - {name: plain, prefix: /plain, upstream: backend}
+  - {name: auth, prefix: /auth, upstream: backend, auth: required}
+EOF
+for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+HEADER=()
+if [ "${AUTH:-0}" = 1 ]; then
+  echo 'callgrind password 42' | DATABASE_URL="sqlite://$WORK/gh/users.db" \
+    "$BIN" user add --email cg@example.com --role patient --name Callgrind >/dev/null
+fi
+
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" --dump-instr=no \
+  "$BIN" run -c "$WORK/gh/gateway.yaml" >"$WORK/gh/out.log" 2>&1 &
+VG=$!
+PIDS+=("$VG")
+for _ in $(seq 1 300); do
+  curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$GH_PORT/health" && break
+  sleep 0.2
+done
+if [ "${AUTH:-0}" = 1 ]; then
+  TOKEN=$(curl -s --max-time 20 -X POST -H 'Content-Type: application/json' \
+    -d '{"email":"cg@example.com","password":"callgrind password 42"}' \
+    "http://127.0.0.1:$GH_PORT/api/v1/auth/login" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  HEADER=(-H "Authorization: Bearer $TOKEN")
+fi
+wrk -t1 -c10 -d"${WARM}s" "${HEADER[@]}" "http://127.0.0.1:$GH_PORT$URL_PATH" >/dev/null
+callgrind_control -z "$VG" >/dev/null
+wrk -t1 -c10 -d"${SECONDS_RUN}s" "${HEADER[@]}" "http://127.0.0.1:$GH_PORT$URL_PATH" >"$WORK/wrk.out"
+callgrind_control -d "$VG" >/dev/null
+REQUESTS=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+OUT=$(ls -t "$WORK"/callgrind.out.*.1 | head -1)
+echo "gatehouse $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $URL_PATH, native_http1 $NATIVE_HTTP1: $REQUESTS requests counted"
+python3 "$REPO/benches/load/callgrind_report.py" "$OUT" "$REQUESTS" "$TOP"
