@@ -334,16 +334,8 @@ where
                     .and_then(|gw| Some((gw, gw.native_plan(&buf[..head_len], ip)?)));
                 if let Some((gw, plan)) = plan {
                     // The lane takes only requests without a body: what follows the head
-                    // is the next request. Nothing follows, most of the time: then the next
-                    // head is read as on a fresh connection, into a buffer on the stack (a
-                    // split-off empty remainder would keep spare room of this buffer, which
-                    // the next read would zero first).
-                    let mut rest = if buf.len() > head_len {
-                        buf.split_off(head_len)
-                    } else {
-                        // Not split_off: that makes the buffer shared, an allocation more.
-                        BytesMut::new()
-                    };
+                    // is the next request (the lane only adds to it).
+                    let mut rest = next_request(&mut buf, head_len);
                     let may_keep = keepalive.is_some() && !*shutdown.borrow() && reuses != Some(0);
                     let serve = async move {
                         let mut stream = stream;
@@ -352,7 +344,7 @@ where
                             .await;
                         keep.then(|| {
                             let reuses = reuses.map(|r| r.saturating_sub(1));
-                            ((stream, keepalive, reuses, user_ctx), carry_of(rest))
+                            ((stream, keepalive, reuses, user_ctx), rest)
                         })
                     };
                     return (Serve::Native(Box::pin(serve)), BytesMut::new());
@@ -529,15 +521,16 @@ async fn read_head(
     }
 }
 
-/// What a kept-alive connection carries to its next head: the bytes read after the last
-/// one, or nothing at all. An empty split-off remainder still holds the spare room of the
-/// previous head's buffer: kept, an idle connection would hold that memory, and the next
-/// read would zero it first instead of reading into a buffer on the stack.
-fn carry_of(rest: BytesMut) -> BytesMut {
-    if rest.is_empty() {
-        BytesMut::new()
+/// What follows a bodyless request's head in `buf`: the next request's first bytes, or
+/// nothing at all. Nothing follows, most of the time; then no part of `buf` is kept (an
+/// empty split-off remainder would hold its spare room: an idle connection would keep that
+/// memory and the next read would zero it first, instead of reading into a buffer on the
+/// stack; and `split_off` would make `buf` shared, an allocation more).
+fn next_request(buf: &mut BytesMut, head_len: usize) -> BytesMut {
+    if buf.len() > head_len {
+        buf.split_off(head_len)
     } else {
-        rest
+        BytesMut::new()
     }
 }
 
@@ -607,8 +600,7 @@ fn too_large() -> Reject {
 }
 
 /// Position just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`), for
-/// request heads here and response heads in the native lane.
-/// Line ends are found with `memchr` (a byte-at-a-time loop over the request and the
+/// request heads here and response heads in the native lane. Line ends are found with `memchr` (a byte-at-a-time loop over the request and the
 /// response head showed in profiles).
 pub fn find_head_end(b: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', b).find_map(|i| match b.get(i + 1..) {
@@ -620,7 +612,7 @@ pub fn find_head_end(b: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{carry_of, find_head_end, split_pipelined};
+    use super::{find_head_end, next_request, split_pipelined};
     use bytes::BytesMut;
 
     fn split(bytes: &str) -> (String, String) {
@@ -689,9 +681,11 @@ mod tests {
             read(head).split_off(len).capacity() > 0,
             "the case guarded against"
         );
-        assert_eq!(carry_of(read(head).split_off(len)).capacity(), 0);
-        let rest = carry_of(read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next").split_off(len));
+        assert_eq!(next_request(&mut read(head), len).capacity(), 0);
+        let mut pipelined = read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next");
+        let rest = next_request(&mut pipelined, len);
         assert_eq!(&rest[..], b"GET /next");
+        assert_eq!(&pipelined[..], head);
     }
 
     #[test]

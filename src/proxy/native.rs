@@ -779,8 +779,13 @@ impl Gateway {
         // Connection-listed names other than close and keep-alive (rare: no allocation
         // for the usual `Connection: keep-alive`).
         let mut listed: Vec<&[u8]> = Vec::new();
+        // Each header's class, worked out once for both passes.
+        let mut classes: smallvec::SmallVec<[Class; 16]> =
+            smallvec::SmallVec::with_capacity(res.headers.len());
         for h in res.headers.iter() {
-            match classify(h.name) {
+            let class = classify(h.name);
+            classes.push(class);
+            match class {
                 Class::Connection => {
                     listed.extend(
                         h.value
@@ -842,7 +847,7 @@ impl Gateway {
         let mut out = Vec::with_capacity(up.buf.len() + 128);
         status_line(&mut out, status, res.reason.unwrap_or_default().as_bytes());
         let chunked = matches!(framing, Framing::Chunked);
-        let dropped = |name: &str| match classify(name) {
+        let dropped = |class: Class, name: &str| match class {
             Class::Connection | Class::Dropped => true,
             // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3): not passed on.
             Class::ContentLength => chunked,
@@ -850,9 +855,15 @@ impl Gateway {
                 .iter()
                 .any(|l| name.as_bytes().eq_ignore_ascii_case(l)),
         };
+        let kept = res
+            .headers
+            .iter()
+            .zip(classes.iter().copied())
+            .filter(|(h, class)| !dropped(*class, h.name))
+            .map(|(h, _)| h);
         if response_ops.is_empty() && cors.is_none() && cookie.is_none() {
             let head = &up.buf[..up.head_len];
-            for h in res.headers.iter().filter(|h| !dropped(h.name)) {
+            for h in kept {
                 match raw_line(head, h) {
                     // The header's line as the upstream sent it, in one copy.
                     Some(line) => {
@@ -864,7 +875,7 @@ impl Gateway {
             }
         } else {
             let mut map = HeaderMap::with_capacity(res.headers.len() + 4);
-            for h in res.headers.iter().filter(|h| !dropped(h.name)) {
+            for h in kept {
                 let (Ok(k), Ok(v)) = (
                     HeaderName::from_bytes(h.name.as_bytes()),
                     HeaderValue::from_bytes(h.value),
