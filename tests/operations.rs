@@ -608,6 +608,16 @@ impl Proc {
             get(admin_port, "/health", &[]).is_ok_and(|r| r.status == 200)
         });
         assert!(up, "gatehouse did not start; log:\n{}", p.log_text());
+        // The proxy listener starts after the admin one: on a busy machine its first request
+        // could come before it listens.
+        let proxy_up = wait_until(Duration::from_secs(15), || {
+            get(port, "/health", &[]).is_ok()
+        });
+        assert!(
+            proxy_up,
+            "the proxy listener did not start; log:\n{}",
+            p.log_text()
+        );
         p
     }
 
