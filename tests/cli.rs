@@ -453,3 +453,16 @@ fn sigterm_drains_and_exits_within_the_grace_period() {
 fn sigint_drains_and_exits_within_the_grace_period() {
     drains_in_flight_then_exits("-INT");
 }
+
+/// The native HTTP/1 lane let an upstream's stray bytes reach the next client (issue 20):
+/// the shipped config keeps it off unless an operator turns it on.
+#[test]
+fn the_shipped_config_keeps_the_native_lane_off() {
+    let shipped = gatehouse::Config::load(&repo_file("gateway.yaml")).expect("shipped config");
+    assert!(!shipped.server.native_http1);
+    let k8s = std::fs::read_to_string(repo_file("deploy/k8s/configmap.yaml")).expect("configmap");
+    assert!(
+        k8s.contains("native_http1: ${GATEHOUSE_NATIVE_HTTP1:-false}"),
+        "deploy/k8s/configmap.yaml turns the native lane on by default"
+    );
+}
