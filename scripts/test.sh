@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this script).
 #
-# Installs missing system packages (apt-get: build tools, Redis, PostgreSQL, and Debian's
-# chromium and nodejs/npm for the browser test) and the browser test's playwright-core
-# (`npm ci` in tests/browser), starts a throwaway Redis and PostgreSQL on free loopback ports
-# (never the machine's own services), then: cargo fmt --check, cargo clippy with -D warnings,
-# `gatehouse check gateway.yaml`, the deployment files (no Docker engine or cluster needed:
-# `docker-compose config -q` from Debian's docker-compose package; scripts/check_deploy.py, a
-# structural check of the Dockerfile, compose file and deploy/k8s with PyYAML; the k8s
-# manifests against Kubernetes' schemas with PyPI's kubernetes-validate, in a venv next to
-# $CARGO_TARGET_DIR), and cargo test with REDIS_URL and DATABASE_URL pointing at the throwaway
-# instances, then the proxy suites once more with the native HTTP/1 lane on
-# (GATEHOUSE_TEST_NATIVE_HTTP1=1). Everything started is stopped on exit. The browser test's
-# screenshots are left in test-artifacts/browser/ (git-ignored).
+# Installs missing system packages (apt-get: build tools, through scripts/build-deps.sh as
+# scripts/run.sh does, Redis, PostgreSQL, and Debian's chromium and nodejs/npm for the browser
+# test) and the browser test's playwright-core (`npm ci` in tests/browser), starts a throwaway
+# Redis and PostgreSQL on free loopback ports (never the machine's own services), then: cargo
+# fmt --check, cargo clippy with -D warnings, `gatehouse check gateway.yaml`,
+# scripts/check_run_sh.sh (scripts/run.sh's fresh-machine path, dry run), the deployment files
+# (no Docker engine or cluster needed: `docker-compose config -q` from Debian's docker-compose
+# package; scripts/check_deploy.py, a structural check of the Dockerfile, compose file and
+# deploy/k8s with PyYAML; the k8s manifests against Kubernetes' schemas with PyPI's
+# kubernetes-validate, in a venv next to $CARGO_TARGET_DIR), and cargo test with REDIS_URL and
+# DATABASE_URL pointing at the throwaway instances, then the proxy suites once more with the
+# native HTTP/1 lane on (GATEHOUSE_TEST_NATIVE_HTTP1=1). Everything started is stopped on exit.
+# The browser test's screenshots are left in test-artifacts/browser/ (git-ignored).
 # Exits non-zero on any failure.
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/gatehouse/target, outside the clone, so
 # fresh clones on the same machine reuse the compiled dependencies).
@@ -24,12 +25,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# ensure_build_tools: cmake, cc (gcc), g++ and make, which Pingora's zlib-ng is built with
+# (shared with scripts/run.sh).
+# shellcheck source=scripts/build-deps.sh
+source scripts/build-deps.sh
+
 install_packages() {
   local missing=()
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-  command -v cc >/dev/null 2>&1 || missing+=(gcc)
-  command -v g++ >/dev/null 2>&1 || missing+=(g++)
-  command -v make >/dev/null 2>&1 || missing+=(make)
   command -v kill >/dev/null 2>&1 || missing+=(procps)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
@@ -46,12 +48,8 @@ install_packages() {
   python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
-  if ((${#missing[@]} == 0)); then return; fi
-  step "installing ${missing[*]}"
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The build tools it finds missing and these go into one apt-get run (sudo when not root).
+  ensure_build_tools ${missing[@]+"${missing[@]}"}
 }
 
 install_packages
@@ -128,6 +126,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "gatehouse check -c gateway.yaml"
 cargo build --quiet --bin gatehouse
 "$CARGO_TARGET_DIR/debug/gatehouse" check -c gateway.yaml
+
+step "scripts/run.sh on a fresh machine: cmake hidden, GATEHOUSE_SETUP_DRY_RUN=1"
+bash scripts/check_run_sh.sh
 
 step "deployment files: docker-compose config, Dockerfile, deploy/k8s"
 docker-compose --env-file .env.example -f docker-compose.yml config -q
