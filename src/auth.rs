@@ -60,6 +60,20 @@ pub struct Auth {
     _runtime: Arc<AuthRuntime>,
 }
 
+impl Auth {
+    /// The cookies only the gateway reads (session, refresh, CSRF, flash): never forwarded
+    /// to an upstream ([`cookies::strip`]).
+    pub fn own_cookies(&self) -> [&str; 4] {
+        let c = &self.config.cookies;
+        [
+            &c.name,
+            &c.refresh_name,
+            cookies::CSRF_COOKIE,
+            cookies::FLASH_COOKIE,
+        ]
+    }
+}
+
 /// Reads a key file named in the config, with the config path in the error.
 fn read_key(path: &str, at: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| ConfigError::one(format!("{at}: cannot read {path:?}: {e}")))

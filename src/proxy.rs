@@ -358,6 +358,13 @@ impl Gateway {
         None
     }
 
+    /// The `Cookie` header an upstream gets: the client's without the gateway's own cookies
+    /// (session, refresh, CSRF, flash), decided here for both lanes. `None`: forward it as
+    /// sent; `Some("")`: drop it.
+    pub(crate) fn upstream_cookie(&self, headers: &http::HeaderMap) -> Option<String> {
+        crate::auth::cookies::strip(headers, &self.auth.own_cookies())
+    }
+
     fn count_auth(&self, result: &str, reason: &str) {
         self.metrics
             .auth_decisions_total
@@ -1178,6 +1185,15 @@ impl ProxyHttp for Gateway {
             .collect();
         for name in &strip {
             up.remove_header(name);
+        }
+        match self.upstream_cookie(&up.headers) {
+            None => {}
+            Some(c) if c.is_empty() => {
+                up.remove_header(&http::header::COOKIE);
+            }
+            Some(c) => {
+                up.insert_header(http::header::COOKIE, c)?;
+            }
         }
         if ctx.websocket {
             let upgrade = session

@@ -312,6 +312,9 @@ impl CorsSite {
             ],
             body: "from upstream".into(),
         });
+        // The front end allowed by CORS is also trusted to sign users in (as in the
+        // shipped gateway.yaml, where CORS_ORIGINS fills both).
+        let auth = format!("{}  trusted_origins: [\"{APP_ORIGIN}\"]\n", auth_block(&db));
         let gw = Gw::start(&format!(
             "upstreams:\n{}\n{}\nroutes:
   - {{name: private, prefix: /private, upstream: app, auth: required}}
@@ -321,7 +324,7 @@ impl CorsSite {
 {CORS_DEFAULTS}{}",
             upstream("app", &[app.url()], ""),
             upstream("noisy", &[noisy.url()], ""),
-            auth_block(&db)
+            auth
         ));
         CorsSite {
             app,
@@ -547,6 +550,8 @@ fn auth_login_endpoint_answers_cors_with_the_default_policy() {
         &[("Origin", "https://evil.example.net")],
     );
     assert_eq!(access_control(&r), vec![], "{:?}", r.headers);
+    assert_eq!(r.status, 403, "a login from another site: {}", r.text());
+    assert!(r.header("set-cookie").is_none(), "{:?}", r.headers);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -475,10 +475,12 @@ on_both_backends!(
     anonymous_browsers_are_redirected_to_login_with_the_local_path_as_next,
     upstreams_get_identity_headers_for_a_bearer_request,
     upstreams_get_identity_headers_for_a_cookie_only_request,
+    the_gateways_cookies_never_reach_an_upstream,
     client_sent_identity_headers_are_removed_on_every_route,
     hostile_hs256_tokens_are_refused,
     rs256_gateway_refuses_hs256_tokens_keyed_with_its_public_key_and_foreign_keys,
     cookie_authenticated_posts_need_a_same_or_trusted_origin,
+    sign_in_from_another_sites_page_is_refused_and_sets_nothing,
     secure_cookies_follow_a_trusted_proxys_forwarded_proto,
     an_account_locks_after_three_failures_even_for_the_right_password,
     a_client_ip_locks_after_three_failures_across_accounts,
@@ -525,8 +527,8 @@ fn login_answers_a_token_pair_the_user_and_a_strict_httponly_cookie(b: Backend) 
     let rattrs = cookie_attrs(rc);
     assert!(rattrs.iter().any(|a| a == "httponly"), "{rc}");
     assert!(
-        !rattrs.iter().any(|a| a == "path=/"),
-        "the refresh cookie is not sent to every path: {rc}"
+        rattrs.iter().any(|a| a == "path=/api/v1/auth/refresh"),
+        "the refresh cookie goes only to the refresh endpoint: {rc}"
     );
 }
 
@@ -1025,6 +1027,50 @@ fn upstreams_get_identity_headers_for_a_cookie_only_request(b: Backend) {
     }
 }
 
+/// After a browser login the client holds the session, refresh and CSRF cookies; whatever
+/// route a request takes (protected, optional, public) the upstream sees only the client's
+/// other cookies, in their order, and identity through `Authorization` and `X-User-*`.
+fn the_gateways_cookies_never_reach_an_upstream(b: Backend) {
+    let Some(site) = Site::start(b, Cfg::default(), &[(Role::Patient, "Pat")]) else {
+        return;
+    };
+    let u = &site.users[0];
+    let v = site.login(u);
+    let (access, refresh) = (str_of(&v, "access_token"), str_of(&v, "refresh_token"));
+    let jar = format!(
+        "theme=dark; {COOKIE}={access}; lang=es; {REFRESH_COOKIE}={refresh}; \
+         predicthealth_csrf=c5rf; predicthealth_flash=success:logged_out; predicthealth_session2=mine"
+    );
+    for route in ["/private/x", "/optional/x", "/public/x"] {
+        let req = forwarded(&site, "GET", route, &[("Cookie", jar.as_str())]);
+        assert_eq!(
+            one(&req, "cookie"),
+            "theme=dark; lang=es; predicthealth_session2=mine",
+            "{route}"
+        );
+        for secret in [access, refresh, "c5rf"] {
+            assert!(
+                !req.headers
+                    .iter()
+                    .any(|(k, v)| k != "authorization" && v.contains(secret)),
+                "{route}: a gateway credential reached the upstream: {:?}",
+                req.headers
+            );
+        }
+        if route != "/public/x" {
+            assert_identity(&req, access, u);
+        }
+    }
+    // Nothing but the gateway's cookies: no Cookie header at all.
+    let only = format!("{COOKIE}={access}; {REFRESH_COOKIE}={refresh}");
+    let req = forwarded(&site, "GET", "/private/x", &[("Cookie", only.as_str())]);
+    assert_eq!(req.header("cookie"), None, "{:?}", req.headers);
+    assert_identity(&req, access, u);
+    // Without any of the gateway's cookies the header passes exactly as sent.
+    let req = forwarded(&site, "GET", "/public/x", &[("Cookie", "a=1;b=2")]);
+    assert_eq!(one(&req, "cookie"), "a=1;b=2");
+}
+
 fn client_sent_identity_headers_are_removed_on_every_route(b: Backend) {
     let Some(site) = Site::start(b, Cfg::default(), &[(Role::Patient, "Pat")]) else {
         return;
@@ -1229,6 +1275,139 @@ fn rs256_gateway_refuses_hs256_tokens_keyed_with_its_public_key_and_foreign_keys
 // ------------------------------------------------------------------------------------------
 // 6. Cookies and CSRF
 // ------------------------------------------------------------------------------------------
+
+/// Login CSRF: another site's page must not sign the visitor's browser into an account of
+/// its choosing. The JSON login takes only JSON (a form or `text/plain` body is what a page
+/// can send without a preflight), and every endpoint that sets session cookies refuses a
+/// cross-site request with 403 before looking at the credentials.
+fn sign_in_from_another_sites_page_is_refused_and_sets_nothing(b: Backend) {
+    let cfg = Cfg {
+        auth_extra: "  trusted_origins: [\"http://app.example:3000\"]\n".into(),
+        ..Cfg::default()
+    };
+    let Some(site) = Site::start(b, cfg, &[(Role::Patient, "Pat")]) else {
+        return;
+    };
+    let u = &site.users[0];
+    let creds = json!({"email": u.email, "password": PASSWORD}).to_string();
+    let form = format!(
+        "email={}&password={}",
+        form_encode(&u.email),
+        form_encode(PASSWORD)
+    );
+    let login = |content_type: &str, body: &str, extra: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", content_type)];
+        h.extend_from_slice(extra);
+        request(
+            site.port(),
+            "POST",
+            "/api/v1/auth/login",
+            &h,
+            body.as_bytes(),
+        )
+        .expect("POST login")
+    };
+    let refused = |r: &Response, status: u16, code: &str, what: &str| {
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        assert_eq!(error_code(r), code, "{what}");
+        assert!(
+            r.header_all("set-cookie").is_empty(),
+            "{what}: cookies set: {:?}",
+            r.headers
+        );
+    };
+    let evil = ("Origin", "https://evil.example");
+    let cross = ("Sec-Fetch-Site", "cross-site");
+    for (ct, body) in [
+        ("application/x-www-form-urlencoded", form.as_str()),
+        ("text/plain", creds.as_str()),
+        ("multipart/form-data; boundary=x", creds.as_str()),
+    ] {
+        refused(&login(ct, body, &[]), 415, "unsupported_media_type", ct);
+        refused(&login(ct, body, &[evil]), 403, "csrf", ct);
+        refused(&login(ct, body, &[cross]), 403, "csrf", ct);
+    }
+    let json_ct = "application/json";
+    for (what, extra) in [
+        ("foreign Origin", vec![evil]),
+        ("Origin null", vec![("Origin", "null")]),
+        ("cross-site fetch metadata", vec![cross]),
+        (
+            "own Origin but cross-site fetch",
+            vec![("Origin", "http://localhost"), cross],
+        ),
+    ] {
+        refused(&login(json_ct, &creds, &extra), 403, "csrf", what);
+    }
+    for (what, extra) in [
+        ("an API client (no Origin)", vec![]),
+        (
+            "the gateway's own origin",
+            vec![("Origin", "http://localhost")],
+        ),
+        ("same-origin fetch", vec![("Sec-Fetch-Site", "same-origin")]),
+        (
+            "a trusted front end",
+            vec![("Origin", "http://app.example:3000"), cross],
+        ),
+        ("charset parameter", vec![]),
+    ] {
+        let ct = if what == "charset parameter" {
+            "application/json; charset=utf-8"
+        } else {
+            json_ct
+        };
+        let r = login(ct, &creds, &extra);
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert!(set_cookie(&r, COOKIE).is_some(), "{what}");
+    }
+
+    // The portal form keeps its CSRF token, and a valid token does not make a cross-site
+    // post acceptable.
+    let csrf = "0123456789abcdef0123456789abcdef";
+    let body = format!("{form}&csrf_token={csrf}");
+    let jar = format!("predicthealth_csrf={csrf}");
+    let portal = |extra: &[(&str, &str)]| {
+        let mut h = vec![
+            ("Accept", "text/html"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", jar.as_str()),
+        ];
+        h.extend_from_slice(extra);
+        request(site.port(), "POST", PATIENT_PORTAL, &h, body.as_bytes()).expect("portal")
+    };
+    refused(
+        &portal(&[evil]),
+        403,
+        "csrf",
+        "portal form from another site",
+    );
+    refused(
+        &portal(&[cross]),
+        403,
+        "csrf",
+        "portal form, cross-site fetch",
+    );
+    let r = portal(&[("Origin", "http://localhost")]);
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(set_cookie(&r, COOKIE).is_some());
+
+    // Refresh sets cookies too: refused cross-site, and the refresh token is not spent.
+    let v = site.login(u);
+    let rt = str_of(&v, "refresh_token");
+    let r = post_json(
+        site.port(),
+        "/api/v1/auth/refresh",
+        &json!({"refresh_token": rt}),
+        &[evil],
+    );
+    refused(&r, 403, "csrf", "refresh from another site");
+    assert_eq!(
+        refresh(site.port(), rt).status,
+        200,
+        "the token still works"
+    );
+}
 
 fn cookie_authenticated_posts_need_a_same_or_trusted_origin(b: Backend) {
     let cfg = Cfg {

@@ -118,6 +118,15 @@ impl Request<'_> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// `Content-Type: application/json` (parameters such as `charset` allowed).
+    fn is_json(&self) -> bool {
+        self.header("content-type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        })
+    }
+
     fn ip(&self) -> Option<String> {
         self.client_ip.map(|i| i.to_string())
     }
@@ -220,10 +229,14 @@ impl Auth {
                     c,
                     &c.refresh_name,
                     &pair.refresh_token,
-                    "/api/",
+                    cookies::REFRESH_PATH,
                     s.refresh_ttl.as_secs(),
                     tls,
                 ),
+            ),
+            (
+                "Set-Cookie".into(),
+                cookies::clear(c, &c.refresh_name, cookies::LEGACY_REFRESH_PATH, tls),
             ),
         ]
     }
@@ -234,7 +247,11 @@ impl Auth {
             ("Set-Cookie".into(), cookies::clear(c, &c.name, "/", tls)),
             (
                 "Set-Cookie".into(),
-                cookies::clear(c, &c.refresh_name, "/api/", tls),
+                cookies::clear(c, &c.refresh_name, cookies::REFRESH_PATH, tls),
+            ),
+            (
+                "Set-Cookie".into(),
+                cookies::clear(c, &c.refresh_name, cookies::LEGACY_REFRESH_PATH, tls),
             ),
         ]
     }
@@ -405,8 +422,34 @@ impl Auth {
 
     /// Answers one auth endpoint.
     pub async fn handle(&self, ep: Endpoint, req: &Request<'_>) -> Reply {
+        // Endpoints that set session cookies never do so for another site's page: it could
+        // sign the visitor's browser into an account of its choosing (login CSRF).
+        let sets_session = matches!(
+            ep,
+            Endpoint::Login | Endpoint::WebLogin(_) | Endpoint::Refresh | Endpoint::Validate
+        );
+        if sets_session && super::guard::cross_site(req.headers, &self.config.trusted_origins.0) {
+            return Reply::error(
+                Reject::new(403, "csrf", "Cross-site request refused."),
+                req.request_id,
+                ("deny", "csrf"),
+            );
+        }
         match ep {
             Endpoint::Login => {
+                // JSON only: a form or `text/plain` body is what another site's page can
+                // send without a preflight.
+                if !req.is_json() {
+                    return Reply::error(
+                        Reject::new(
+                            415,
+                            "unsupported_media_type",
+                            "Send email and password as JSON (Content-Type: application/json).",
+                        ),
+                        req.request_id,
+                        ("error", "unsupported_media_type"),
+                    );
+                }
                 let user = match self.check_credentials(req).await {
                     Ok(u) => u,
                     Err(r) => return r,
@@ -463,7 +506,7 @@ impl Auth {
                     .and_then(|v| v.as_str())
                     .map(String::from)
             });
-            let cookie = cookies::get(req.headers, crate::proxy::CSRF_COOKIE);
+            let cookie = cookies::get(req.headers, cookies::CSRF_COOKIE);
             if sent.is_none() || sent.as_deref() != cookie {
                 return if req.api_client {
                     Reply::error(
@@ -588,7 +631,7 @@ impl Auth {
                 let r = if browser {
                     let flash = cookies::set(
                         &self.config.cookies,
-                        crate::proxy::FLASH_COOKIE,
+                        cookies::FLASH_COOKIE,
                         "success:logged_out",
                         "/",
                         60,

@@ -142,6 +142,24 @@ pub fn origin_allowed(headers: &HeaderMap, trusted: &[String]) -> bool {
     }
 }
 
+/// Whether a request comes from another site's page (login CSRF): its `Origin` is neither
+/// the gateway's own nor trusted, or, unless the origin is trusted, the browser says
+/// `Sec-Fetch-Site: cross-site`. A request with neither header (an API client, a browser
+/// that sends no `Origin` on a same-origin form) is not.
+pub fn cross_site(headers: &HeaderMap, trusted: &[String]) -> bool {
+    let origin = headers
+        .get(http::header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("null"));
+    if origin.is_some_and(|o| trusted.iter().any(|t| t.trim_end_matches('/') == o)) {
+        return false;
+    }
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return true;
+    }
+    origin.is_some() && !origin_allowed(headers, trusted)
+}
+
 /// Decides the request against the route's `auth`, `roles` and `on_store_error`.
 pub async fn protect(
     auth: &Auth,
@@ -292,5 +310,42 @@ mod tests {
             &headers(&[("host", "gw.example")]),
             &trusted
         ));
+    }
+
+    #[test]
+    fn cross_site_requests_are_told_by_origin_or_sec_fetch_site() {
+        let trusted = vec!["http://localhost:3000".to_string()];
+        let is = |h: &[(&'static str, &'static str)]| cross_site(&headers(h), &trusted);
+        // API clients send neither header.
+        assert!(!is(&[("host", "gw.example")]));
+        assert!(!is(&[
+            ("host", "gw.example"),
+            ("origin", "https://gw.example")
+        ]));
+        assert!(!is(&[
+            ("host", "gw.example"),
+            ("sec-fetch-site", "same-origin")
+        ]));
+        assert!(!is(&[("host", "gw.example"), ("sec-fetch-site", "none")]));
+        // A trusted front end on another site is cross-site to the browser, and allowed.
+        assert!(!is(&[
+            ("host", "gw.example"),
+            ("origin", "http://localhost:3000"),
+            ("sec-fetch-site", "cross-site")
+        ]));
+        assert!(is(&[
+            ("host", "gw.example"),
+            ("origin", "https://evil.example")
+        ]));
+        assert!(is(&[("host", "gw.example"), ("origin", "null")]));
+        assert!(is(&[
+            ("host", "gw.example"),
+            ("sec-fetch-site", "cross-site")
+        ]));
+        assert!(is(&[
+            ("host", "gw.example"),
+            ("origin", "https://gw.example"),
+            ("sec-fetch-site", "cross-site")
+        ]));
     }
 }

@@ -628,6 +628,8 @@ impl Gateway {
         let keep_fwd_host = trusted_peer && headers.contains_key(X_FORWARDED_HOST);
         let pool_host = route.pool.config.host.as_deref();
         let listed = forwarding::connection_listed(headers);
+        // The gateway's own cookies never reach an upstream (decided in upstream_cookie).
+        let cookie = self.upstream_cookie(headers);
         let set_here = |k: &str| {
             k == "x-forwarded-for"
                 || k == "x-real-ip"
@@ -635,6 +637,7 @@ impl Gateway {
                 || (k == "x-forwarded-proto" && !keep_proto)
                 || (k == "x-forwarded-host" && !keep_fwd_host)
                 || (k == "host" && pool_host.is_some())
+                || (k == "cookie" && cookie.is_some())
         };
         let kept = headers.iter().filter(|(k, _)| {
             let k = k.as_str();
@@ -644,9 +647,9 @@ impl Gateway {
                 || set_here(k))
         });
 
-        // The forwarding headers, as upstream_request_filter sets them (on the stack: six
+        // The forwarding headers, as upstream_request_filter sets them (on the stack: seven
         // at most, and the addresses as text without allocating).
-        let mut ours: [Option<(&str, Cow<'_, str>)>; 6] = Default::default();
+        let mut ours: [Option<(&str, Cow<'_, str>)>; 7] = Default::default();
         let mut n = 0;
         macro_rules! add {
             ($k:expr, $v:expr) => {{
@@ -694,6 +697,9 @@ impl Gateway {
                 add!("x-forwarded-host", Cow::Borrowed(h));
             }
         }
+        if let Some(c) = cookie.as_deref().filter(|c| !c.is_empty()) {
+            add!("cookie", Cow::Borrowed(c));
+        }
         ours[n] = Some(("x-request-id", Cow::Borrowed(ctx.request_id.as_str())));
         let ours = ours.iter().flatten();
 
@@ -707,7 +713,7 @@ impl Gateway {
             }
         } else {
             // Header rules see (and may change) the forwarding headers, as on Pingora.
-            let mut map = HeaderMap::with_capacity(headers.len() + 6);
+            let mut map = HeaderMap::with_capacity(headers.len() + 7);
             for (k, v) in kept {
                 map.append(k.clone(), v.clone());
             }

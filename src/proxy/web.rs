@@ -15,10 +15,7 @@ use pingora::proxy::Session;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// Cookie carrying the double-submit CSRF token of forms.
-pub const CSRF_COOKIE: &str = "predicthealth_csrf";
-/// Cookie carrying one flash message across a redirect (`kind:code`).
-pub const FLASH_COOKIE: &str = "predicthealth_flash";
+pub use crate::auth::cookies::{CSRF_COOKIE, FLASH_COOKIE};
 
 /// The Spanish text of a flash code.
 fn flash_message(code: &str) -> Option<&'static str> {
