@@ -197,7 +197,9 @@ fn session_check(c: &mut Criterion) {
             refresh_prefix: "refresh_token:".into(),
             access_ttl: Duration::from_secs(900),
             refresh_ttl: Duration::from_secs(7 * 86_400),
-            absolute_lifetime: Duration::from_secs(7 * 86_400),
+            absolute_lifetime: Duration::from_secs(12 * 3600),
+            idle_timeout: Duration::from_secs(30 * 60),
+            roles: Vec::new(),
         },
         live: None,
     };

@@ -40,7 +40,20 @@ impl AuthRuntime {
     pub fn block_on<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
         self.0.as_ref().map(|rt| rt.block_on(f))
     }
+
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(rt) = &self.0 {
+            drop(rt.spawn(f));
+        }
+    }
 }
+
+/// How often each gateway reads new account changes (`session_revocations`): a change made
+/// anywhere (the CLI, another instance) ends the user's sessions here within about this.
+pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Drop for AuthRuntime {
     fn drop(&mut self) {
@@ -72,6 +85,76 @@ impl Auth {
             cookies::FLASH_COOKIE,
         ]
     }
+}
+
+/// Session lifetimes and key prefixes from `auth.sessions` and `auth.roles`.
+fn session_settings(cfg: &AuthConfig) -> SessionSettings {
+    let s = &cfg.sessions;
+    SessionSettings {
+        access_prefix: s.access_prefix.clone(),
+        refresh_prefix: s.refresh_prefix.clone(),
+        access_ttl: s.access_ttl.0,
+        refresh_ttl: s.refresh_ttl.0,
+        absolute_lifetime: s.absolute_lifetime.0,
+        idle_timeout: s.idle_timeout.0,
+        roles: cfg
+            .roles
+            .iter()
+            .map(|(role, r)| {
+                let policy = sessions::RolePolicy {
+                    idle_timeout: r.sessions.idle_timeout.map(|d| d.0),
+                    absolute_lifetime: r.sessions.absolute_lifetime.map(|d| d.0),
+                };
+                (role.clone(), policy)
+            })
+            .collect(),
+    }
+}
+
+/// Ends, from outside the gateways (the CLI), the sessions of `user_id` begun before
+/// `before_ms` in the shared Redis store named by `redis_url`, and tells every instance over
+/// pub/sub. `Ok(None)` for the in-process store (only a running gateway can reach it; it
+/// applies the change from the database within [`REVOCATION_POLL`]).
+pub async fn end_sessions_in_shared_store(
+    cfg: &AuthConfig,
+    redis_url: &str,
+    user_id: i64,
+    before_ms: i64,
+) -> Result<Option<u64>, String> {
+    let url = redis_url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let store = RedisStore::connect(url, cfg.store_timeout.0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let live = revocation::Revocations::publisher_only(store.client().clone());
+    // Ending sessions signs nothing: a throwaway key serves the struct.
+    let jwt = Jwt::new(JwtSettings {
+        alg: Alg::HS256,
+        issuer: "gatehouse".into(),
+        audience: "gatehouse".into(),
+        access_ttl: cfg.sessions.access_ttl.0,
+        refresh_ttl: cfg.sessions.refresh_ttl.0,
+        leeway: cfg.jwt.leeway.0,
+        signing: KeySource {
+            kid: None,
+            material: KeyMaterial::Secret(rand::random::<[u8; 32]>().to_vec()),
+        },
+        verify_only: Vec::new(),
+    })
+    .map_err(|e| e.to_string())?;
+    let sessions = Sessions {
+        store: Arc::new(store),
+        jwt,
+        settings: session_settings(cfg),
+        live: Some(Arc::new(live)),
+    };
+    sessions
+        .end_all_before(&user_id.to_string(), before_ms)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Reads a key file named in the config, with the config path in the error.
@@ -211,17 +294,10 @@ impl Auth {
             store = store.kind(),
             "identity ready"
         );
-        let s = &cfg.sessions;
         let sessions = Sessions {
             store,
             jwt,
-            settings: SessionSettings {
-                access_prefix: s.access_prefix.clone(),
-                refresh_prefix: s.refresh_prefix.clone(),
-                access_ttl: s.access_ttl.0,
-                refresh_ttl: s.refresh_ttl.0,
-                absolute_lifetime: s.absolute_lifetime.0,
-            },
+            settings: session_settings(cfg),
             live,
         };
         Ok(Auth {
@@ -236,6 +312,90 @@ impl Auth {
     /// Runs `f` on the auth runtime and waits for it (CLI commands).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
         self._runtime.block_on(f)
+    }
+
+    /// Ends, in this instance's session store, the sessions of users whose account changed
+    /// (disabled, new password or role, deleted, sessions revoked: `session_revocations`,
+    /// written by the CLI or by any instance), every [`REVOCATION_POLL`]. At start it goes
+    /// back one absolute lifetime, so a change made while this instance (or Redis) was down
+    /// is still applied. A store or database failure leaves the cursor where it was: the
+    /// same rows are tried again on the next tick. The task holds the gateway weakly and
+    /// stops with it.
+    pub fn watch_revocations(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self._runtime.spawn(async move {
+            let mut cursor = None;
+            let mut failing = false;
+            let mut tick = tokio::time::interval(REVOCATION_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(auth) = weak.upgrade() else {
+                    return;
+                };
+                match auth.apply_revocations(&mut cursor).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("account changes are applied to sessions again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "account changes cannot be applied to sessions now; retrying");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
+    async fn apply_revocations(&self, cursor: &mut Option<i64>) -> Result<(), String> {
+        let after = match *cursor {
+            Some(c) => c,
+            None => {
+                let s = &self.sessions.settings;
+                let longest = s
+                    .roles
+                    .iter()
+                    .filter_map(|(_, p)| p.absolute_lifetime)
+                    .fold(s.absolute_lifetime, std::cmp::max);
+                let since = users::unix_now_ms()
+                    .saturating_sub(i64::try_from(longest.as_millis()).unwrap_or(i64::MAX));
+                let c = self
+                    .users
+                    .revocation_cursor(since)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *cursor = Some(c);
+                c
+            }
+        };
+        let rows = self
+            .users
+            .revocations_after(after, 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in rows {
+            let ended = self
+                .sessions
+                .end_all_before(&r.user_id.to_string(), r.at_ms)
+                .await
+                .map_err(|e| e.to_string())?;
+            if ended > 0 {
+                tracing::info!(
+                    user_id = r.user_id,
+                    ended,
+                    "account changed: sessions ended"
+                );
+                if let Some(event) = r.event_id {
+                    if let Err(e) = self.users.add_sessions_ended(event, ended).await {
+                        tracing::warn!(error = %e, "sessions ended but not counted in auth_events");
+                    }
+                }
+            }
+            *cursor = Some(r.id);
+        }
+        Ok(())
     }
 }
 

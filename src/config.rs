@@ -150,6 +150,23 @@ pub struct AuthConfig {
     /// Origins allowed to make state-changing requests authenticated by cookie (CSRF),
     /// besides the gateway's own origin.
     pub trusted_origins: OneOrMany,
+    /// Per-role settings (`patient`, `doctor`, `institution`, `admin`).
+    pub roles: BTreeMap<String, RoleConfig>,
+}
+
+/// `auth.roles.ROLE:`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    pub sessions: RoleSessionsConfig,
+}
+
+/// `auth.roles.ROLE.sessions:` — this role's own limits; unset ones are `auth.sessions`'.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleSessionsConfig {
+    pub idle_timeout: Option<Dur>,
+    pub absolute_lifetime: Option<Dur>,
 }
 
 impl Default for AuthConfig {
@@ -164,6 +181,7 @@ impl Default for AuthConfig {
             cookies: CookieConfig::default(),
             login: LoginConfig::default(),
             trusted_origins: OneOrMany::default(),
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -229,8 +247,10 @@ pub struct SessionsConfig {
     pub refresh_prefix: String,
     pub access_ttl: Dur,
     pub refresh_ttl: Dur,
-    /// Sliding renewal never extends a session past this age.
+    /// No session lives past this age, whatever its activity (NIST SP 800-63B AAL2: 12h).
     pub absolute_lifetime: Dur,
+    /// A session with no activity for this long ends (AAL2: 30m; HIPAA automatic logoff).
+    pub idle_timeout: Dur,
 }
 
 impl Default for SessionsConfig {
@@ -240,7 +260,8 @@ impl Default for SessionsConfig {
             refresh_prefix: "refresh_token:".into(),
             access_ttl: Dur::secs(15 * 60),
             refresh_ttl: Dur::secs(7 * 86_400),
-            absolute_lifetime: Dur::secs(7 * 86_400),
+            absolute_lifetime: Dur::secs(12 * 3600),
+            idle_timeout: Dur::secs(30 * 60),
         }
     }
 }

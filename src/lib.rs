@@ -95,6 +95,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
             .map_or(0.0, |d| d.as_secs_f64()),
     );
     let auth = Arc::new(auth::Auth::build(&config.auth, metrics.clone())?);
+    auth.watch_revocations();
     let snapshot = Snapshot::build_with(config, None, auth.redis.as_ref())?;
     prime(&snapshot);
     let cfg = snapshot.config.clone();

@@ -64,13 +64,31 @@ enum UserAction {
     },
     /// List users.
     List,
-    /// Disable a user (they can no longer sign in).
+    /// Disable a user: they can no longer sign in, and every session of theirs ends.
     Disable {
         #[arg(long)]
         email: String,
     },
-    /// Set a user's password, read from standard input (first line).
+    /// Set a user's password, read from standard input (first line); their sessions end.
     SetPassword {
+        #[arg(long)]
+        email: String,
+    },
+    /// Change a user's role; their sessions end (tokens carry the role).
+    SetRole {
+        #[arg(long)]
+        email: String,
+        /// patient, doctor, institution or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Delete a user; their sessions end (the audit trail keeps their id).
+    Delete {
+        #[arg(long)]
+        email: String,
+    },
+    /// End every session of a user, changing nothing else.
+    RevokeSessions {
         #[arg(long)]
         email: String,
     },
@@ -110,6 +128,75 @@ fn database_url(config: &std::path::Path) -> Result<Option<String>, String> {
     Ok(None)
 }
 
+/// The session store URL for CLI commands: REDIS_URL wins, else the config's (empty: the
+/// in-process store of a running gateway, which the CLI cannot reach).
+fn redis_url(config: &std::path::Path) -> Result<String, String> {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return Ok(url.trim().to_string());
+    }
+    Ok(auth_config(config)?.redis_url.trim().to_string())
+}
+
+/// The config's `auth` section (defaults when the file does not exist).
+fn auth_config(config: &std::path::Path) -> Result<gatehouse::config::AuthConfig, String> {
+    if !config.exists() {
+        return Ok(Default::default());
+    }
+    Config::load(config)
+        .map(|c| c.auth)
+        .map_err(|e| format!("{}: {e}", config.display()))
+}
+
+/// An account change that ends the user's sessions: applied and recorded in the database in
+/// one transaction (the gateways read it and end the sessions in their stores within about
+/// a second), then, with a shared Redis store, the sessions are ended from here at once and
+/// counted. When Redis cannot be reached the command says exactly what was applied and
+/// exits 1.
+fn account_command(
+    config: &std::path::Path,
+    email: String,
+    change: gatehouse::auth::users::AccountChange,
+    done: &'static str,
+) -> ExitCode {
+    use gatehouse::auth::users::Source;
+    let (auth, redis) = match auth_config(config).and_then(|a| Ok((a, redis_url(config)?))) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    db_command(config, async move |db| {
+        let applied = db
+            .change_account(&email, change, Source::Cli)
+            .await
+            .map_err(|e| match e {
+                gatehouse::auth::users::UserError::NotFound => format!("no user {email}"),
+                other => other.to_string(),
+            })?;
+        let ended = gatehouse::auth::end_sessions_in_shared_store(
+            &auth,
+            &redis,
+            applied.user_id,
+            applied.at_ms,
+        )
+        .await;
+        match ended {
+            Ok(None) => Ok(format!(
+                "{done} {email}; its sessions end on the running gateway within 1 s (in-process session store)"
+            )),
+            Ok(Some(n)) => {
+                if let Err(e) = db.add_sessions_ended(applied.event_id, n).await {
+                    eprintln!("gatehouse: warning: {n} sessions ended but not counted in auth_events: {e}");
+                }
+                Ok(format!(
+                    "{done} {email}; {n} sessions ended here (running gateways end any other within 1 s)"
+                ))
+            }
+            Err(e) => Err(format!(
+                "{done} {email} in the database, and the change is recorded for the gateways (they end its sessions as soon as they reach Redis); but its sessions could not be ended in Redis from here: {e}"
+            )),
+        }
+    })
+}
+
 fn db_command(
     config: &std::path::Path,
     f: impl AsyncFnOnce(gatehouse::auth::users::UserDb) -> Result<String, String>,
@@ -146,7 +233,7 @@ fn db_command(
 }
 
 fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
-    use gatehouse::auth::users::Role;
+    use gatehouse::auth::users::{AccountChange, Role};
     match action {
         UserAction::Add { email, role, name } => {
             let role: Role = match role.parse() {
@@ -188,23 +275,35 @@ fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
             }
             Ok(out)
         }),
-        UserAction::Disable { email } => db_command(config, async move |db| {
-            db.set_disabled(&email, true)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(format!("disabled {email}"))
-        }),
+        UserAction::Disable { email } => {
+            account_command(config, email, AccountChange::Disable, "disabled")
+        }
         UserAction::SetPassword { email } => {
             let pw = match read_password() {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            db_command(config, async move |db| {
-                db.set_password(&email, &pw)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(format!("password set for {email}"))
-            })
+            let change = AccountChange::SetPassword(pw);
+            account_command(config, email, change, "password set for")
+        }
+        UserAction::SetRole { email, role } => {
+            let role: Role = match role.parse() {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            account_command(
+                config,
+                email,
+                AccountChange::SetRole(role),
+                "role changed for",
+            )
+        }
+        UserAction::Delete { email } => {
+            account_command(config, email, AccountChange::Delete, "deleted")
+        }
+        UserAction::RevokeSessions { email } => {
+            let change = AccountChange::RevokeSessions;
+            account_command(config, email, change, "sessions revoked for")
         }
     }
 }

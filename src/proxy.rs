@@ -325,6 +325,7 @@ impl Gateway {
             query: req.uri.query(),
             headers: &req.headers,
             api_client: ctx.api_client,
+            tls: ctx.tls,
         };
         guard::protect(&self.auth, mode, roles, on_store_error, &greq).await
     }
@@ -1413,17 +1414,12 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(token) = ctx
+        if let Some(cookie) = ctx
             .identity
             .as_ref()
             .and_then(|i| i.renewed_cookie.as_ref())
         {
-            let c = &self.auth.config.cookies;
-            let ttl = self.auth.sessions.settings.access_ttl.as_secs();
-            resp.append_header(
-                "set-cookie",
-                crate::auth::cookies::set(c, &c.name, token, "/", ttl, ctx.tls),
-            )?;
+            resp.append_header("set-cookie", cookie.as_str())?;
         }
         ctx.status = resp.status.as_u16();
         Ok(())

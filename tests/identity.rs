@@ -688,6 +688,17 @@ fn logout_all_ends_every_session_of_the_user_and_no_other(b: Backend) {
         200,
         "another user's session lives on"
     );
+    // Mass revocation is audited with its source and count.
+    let audited = block_on(async {
+        let udb = UserDb::connect(Some(&site.db)).await.expect("connect user db");
+        udb.events_of(u.id).await.expect("events")
+    });
+    assert!(
+        audited.iter().any(|e| e.kind == "sessions_revoked"
+            && e.source.as_deref() == Some("api")
+            && e.sessions_ended == Some(ended as i64)),
+        "{audited:?}"
+    );
 }
 
 fn browser_logout_redirects_to_login_and_clears_the_cookies(b: Backend) {

@@ -210,7 +210,6 @@ fn user_json(u: &User) -> serde_json::Value {
 impl Auth {
     fn session_cookies(&self, pair: &TokenPair, tls: bool) -> Vec<(String, String)> {
         let c = &self.config.cookies;
-        let s = &self.sessions.settings;
         vec![
             (
                 "Set-Cookie".into(),
@@ -219,7 +218,7 @@ impl Auth {
                     &c.name,
                     &pair.access_token,
                     "/",
-                    s.access_ttl.as_secs(),
+                    pair.access_ttl.as_secs(),
                     tls,
                 ),
             ),
@@ -230,7 +229,7 @@ impl Auth {
                     &c.refresh_name,
                     &pair.refresh_token,
                     cookies::REFRESH_PATH,
-                    s.refresh_ttl.as_secs(),
+                    pair.refresh_ttl.as_secs(),
                     tls,
                 ),
             ),
@@ -261,8 +260,8 @@ impl Auth {
             "access_token": pair.access_token,
             "refresh_token": pair.refresh_token,
             "token_type": "Bearer",
-            "expires_in": self.sessions.settings.access_ttl.as_secs(),
-            "refresh_expires_in": self.sessions.settings.refresh_ttl.as_secs(),
+            "expires_in": pair.access_ttl.as_secs(),
+            "refresh_expires_in": pair.refresh_ttl.as_secs(),
             "user": user,
         })
     }
@@ -328,8 +327,9 @@ impl Auth {
         Ok(())
     }
 
-    /// Shared by both login endpoints: credentials → user, with lockout.
-    async fn check_credentials(&self, req: &Request<'_>) -> Result<User, Reply> {
+    /// Shared by both login endpoints: credentials → user, with lockout; with the time (unix
+    /// ms) the password check began.
+    async fn check_credentials(&self, req: &Request<'_>) -> Result<(User, i64), Reply> {
         let Some(fields) = req.fields() else {
             return Err(bad_request(
                 req,
@@ -371,13 +371,14 @@ impl Auth {
             Ok(None) => {}
             Err(_) => return Err(unavailable(req, "store_unavailable")),
         }
+        let began_ms = super::users::unix_now_ms();
         match self.users.authenticate(&email, password).await {
             Ok(Some(user)) => {
                 let (acct, _) = self.counter_keys(&email, req);
                 if let Err(e) = self.sessions.store.delete(&[acct]).await {
                     tracing::warn!(request_id = req.request_id, error = %e, "could not reset the failure counter");
                 }
-                Ok(user)
+                Ok((user, began_ms))
             }
             Ok(None) => {
                 self.event(EventKind::LoginFailed, None, Some(&email), req)
@@ -402,13 +403,36 @@ impl Auth {
         }
     }
 
-    async fn start_session(&self, user: &User, req: &Request<'_>) -> Result<TokenPair, Reply> {
+    async fn start_session(
+        &self,
+        (user, began_ms): &(User, i64),
+        req: &Request<'_>,
+    ) -> Result<TokenPair, Reply> {
         match self
             .sessions
             .start(&user.id.to_string(), user.role.as_str(), unix_now())
             .await
         {
             Ok(pair) => {
+                // An account change committed while the password was being checked (a
+                // disable, a new password) must not leave this session behind: the gateways
+                // end only sessions begun before a change.
+                match self.users.sessions_valid_after(user.id).await {
+                    Ok(t) if t < *began_ms => {}
+                    other => {
+                        if let Err(e) = self.sessions.end_session(&pair.access.sid).await {
+                            tracing::error!(request_id = req.request_id, error = %e, "could not end a session begun during an account change");
+                        }
+                        return Err(match other {
+                            Err(_) => unavailable(req, "database_unavailable"),
+                            Ok(_) => Reply::error(
+                                Reject::new(401, "invalid_credentials", "Wrong email or password."),
+                                req.request_id,
+                                ("deny", "account_changed"),
+                            ),
+                        });
+                    }
+                }
                 self.event(EventKind::LoginOk, Some(user.id), Some(&user.email), req)
                     .await;
                 Ok(pair)
@@ -458,7 +482,7 @@ impl Auth {
                     Ok(pair) => {
                         let mut r = Reply::json(
                             200,
-                            self.pair_json(&pair, user_json(&user)),
+                            self.pair_json(&pair, user_json(&user.0)),
                             ("allow", "login"),
                         );
                         r.headers.extend(self.session_cookies(&pair, req.tls));
@@ -470,12 +494,26 @@ impl Auth {
             Endpoint::WebLogin(role) => self.web_login(role, req).await,
             Endpoint::Validate => match find_token(req.headers, &self.config.cookies.name) {
                 None => self.unauthorized(req, "missing_token"),
-                Some((token, _)) => match self.sessions.check(token, unix_now()).await {
-                    Ok((c, _)) => Reply::json(
-                        200,
-                        json!({"valid": true, "user_id": c.sub, "role": c.role, "session_id": c.sid, "expires_at": c.exp, "claims": c}),
-                        ("allow", "validate"),
-                    ),
+                Some((token, via_cookie)) => match self.sessions.check(token, unix_now()).await {
+                    Ok((c, renewed)) => {
+                        // A front end polling validate keeps its cookie session alive too.
+                        let cookie = super::guard::renewed_cookie(
+                            self,
+                            &c,
+                            renewed,
+                            via_cookie,
+                            req.tls,
+                            unix_now(),
+                        );
+                        let mut r = Reply::json(
+                            200,
+                            json!({"valid": true, "user_id": c.sub, "role": c.role, "session_id": c.sid, "expires_at": c.exp, "claims": c}),
+                            ("allow", "validate"),
+                        );
+                        r.headers
+                            .extend(cookie.map(|v| ("Set-Cookie".to_string(), v)));
+                        r
+                    }
                     Err(SessionError::Store(_)) => unavailable(req, "store_unavailable"),
                     Err(e) => self.unauthorized(req, e.reason()),
                 },
@@ -540,7 +578,7 @@ impl Auth {
             }
             Err(r) => return r,
         };
-        if user.role != role {
+        if user.0.role != role {
             if !req.api_client {
                 let loc = format!("/login?portal={}&error=forbidden", role.as_str());
                 return Reply::redirect(&loc, ("deny", "wrong_role"));
@@ -558,7 +596,7 @@ impl Auth {
         let mut r = if req.api_client {
             Reply::json(
                 200,
-                self.pair_json(&pair, user_json(&user)),
+                self.pair_json(&pair, user_json(&user.0)),
                 ("allow", "login"),
             )
         } else {
@@ -581,7 +619,26 @@ impl Auth {
         let Some(token) = token else {
             return bad_request(req, "Send refresh_token.");
         };
-        match self.sessions.refresh(&token, unix_now()).await {
+        let now = unix_now();
+        let claims = match self.sessions.verify_refresh(&token, now) {
+            Ok(c) => c,
+            Err(e) => return self.unauthorized(req, e.reason()),
+        };
+        // The account as it is now: a disabled, deleted or re-roled account refreshes nothing,
+        // and a session begun before the user's latest account change is over.
+        let valid_after = match self.account_valid_after(&claims.sub, &claims.role).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                if let Err(e) = self.sessions.end_session(&claims.sid).await {
+                    tracing::warn!(request_id = req.request_id, error = %e, "could not end the session of a disabled account");
+                }
+                let mut r = self.unauthorized(req, "account_disabled");
+                r.headers.extend(self.clear_cookies(req.tls));
+                return r;
+            }
+            Err(r) => return r(req),
+        };
+        match self.sessions.refresh(&token, now, valid_after).await {
             Ok(pair) => {
                 let uid = pair.access.sub.parse::<i64>().ok();
                 self.event(EventKind::Refresh, uid, None, req).await;
@@ -600,6 +657,35 @@ impl Auth {
             }
             Err(SessionError::Store(_)) => unavailable(req, "store_unavailable"),
             Err(e) => self.unauthorized(req, e.reason()),
+        }
+    }
+
+    /// `Some(t)`: the user exists, is enabled and still has `role`; sessions begun before
+    /// `t` (unix ms, the latest account change) are over. `None`: the account is gone,
+    /// disabled or changed role. `Err`: the database cannot say (the caller answers 503).
+    async fn account_valid_after(
+        &self,
+        sub: &str,
+        role: &str,
+    ) -> Result<Option<i64>, fn(&Request<'_>) -> Reply> {
+        let db_down = |req: &Request<'_>| unavailable(req, "database_unavailable");
+        let Ok(id) = sub.parse::<i64>() else {
+            return Ok(None);
+        };
+        match self.users.find_by_id(id).await {
+            Ok(Some(u)) if !u.disabled && u.role.as_str() == role => {}
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                tracing::error!(error = %e, "user database unavailable: account not checked");
+                return Err(db_down);
+            }
+        }
+        match self.users.sessions_valid_after(id).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                tracing::error!(error = %e, "user database unavailable: revocations not checked");
+                Err(db_down)
+            }
         }
     }
 
@@ -622,12 +708,25 @@ impl Auth {
         let ended = if all {
             self.sessions.end_all(&claims.sub).await
         } else {
-            self.sessions.end_session(&claims.sid).await.map(|()| 1)
+            self.sessions.end_session(&claims.sid).await.map(|_| 1)
         };
         match ended {
             Ok(n) => {
-                self.event(EventKind::Logout, claims.sub.parse().ok(), None, req)
-                    .await;
+                match (all, claims.sub.parse::<i64>()) {
+                    (true, Ok(uid)) => {
+                        let recorded = self
+                            .users
+                            .record_sessions_revoked(uid, super::users::Source::Api, n as u64)
+                            .await;
+                        if let Err(e) = recorded {
+                            tracing::warn!(request_id = req.request_id, error = %e, "auth event not recorded");
+                        }
+                    }
+                    _ => {
+                        self.event(EventKind::Logout, claims.sub.parse().ok(), None, req)
+                            .await
+                    }
+                }
                 let r = if browser {
                     let flash = cookies::set(
                         &self.config.cookies,

@@ -17,7 +17,9 @@ pub struct Identity {
     pub claims: Claims,
     pub token: String,
     pub via_cookie: bool,
-    /// A renewed access token to send back as the session cookie.
+    /// The `Set-Cookie` value that renews a cookie session: the access token re-issued, with
+    /// the lifetime its store key just got (decided here once, written by every path that
+    /// answers: proxied responses on both lanes, pages, validate).
     pub renewed_cookie: Option<String>,
 }
 
@@ -45,6 +47,31 @@ pub struct Request<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub api_client: bool,
+    /// The client connection is TLS (for the renewed cookie's `Secure`).
+    pub tls: bool,
+}
+
+/// The `Set-Cookie` value of a renewed cookie session, or `None` when nothing was renewed or
+/// the token came as a Bearer header.
+pub fn renewed_cookie(
+    auth: &Auth,
+    claims: &super::jwt::Claims,
+    renewed: Option<std::time::Duration>,
+    via_cookie: bool,
+    tls: bool,
+    now: i64,
+) -> Option<String> {
+    let ttl = renewed.filter(|_| via_cookie)?;
+    let token = auth.sessions.reissue_access(claims, now).ok()?;
+    let c = &auth.config.cookies;
+    Some(cookies::set(
+        c,
+        &c.name,
+        &token,
+        "/",
+        ttl.as_secs().max(1),
+        tls,
+    ))
 }
 
 /// The bearer token, or else the session cookie.
@@ -180,12 +207,8 @@ pub async fn protect(
     let now = unix_now();
     let checked = match auth.sessions.check(token, now).await {
         Ok((claims, renewed)) => {
-            let renewed_cookie = if renewed && via_cookie {
-                auth.sessions.reissue_access(&claims, now).ok()
-            } else {
-                None
-            };
-            Ok((claims, renewed_cookie))
+            let cookie = renewed_cookie(auth, &claims, renewed, via_cookie, req.tls, now);
+            Ok((claims, cookie))
         }
         Err(SessionError::Store(e)) => match on_store_error {
             StoreFailure::FailOpen => {

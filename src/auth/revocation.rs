@@ -95,7 +95,8 @@ impl LiveCache {
 pub struct Revocations {
     pub cache: Arc<LiveCache>,
     publisher: Client,
-    _subscriber: SubscriberClient,
+    /// `None` for a publisher only (the CLI): it keeps no cache to be told about.
+    _subscriber: Option<SubscriberClient>,
 }
 
 impl Revocations {
@@ -156,8 +157,18 @@ impl Revocations {
         Ok(Revocations {
             cache,
             publisher,
-            _subscriber: subscriber,
+            _subscriber: Some(subscriber),
         })
+    }
+
+    /// Publishes revocations without listening (a process that checks no sessions: the CLI
+    /// ending a user's sessions). Its cache stays off.
+    pub fn publisher_only(publisher: Client) -> Revocations {
+        Revocations {
+            cache: Arc::new(LiveCache::new(Duration::ZERO)),
+            publisher,
+            _subscriber: None,
+        }
     }
 
     /// Tells every instance that these access-token ids are dead (after their keys are gone).

@@ -51,16 +51,30 @@ const MAX_EVENT_FIELD_BYTES: usize = 512;
 const MAX_EVENTS_LISTED: i64 = 10_000;
 
 /// Migrations as `(version, description, sql)`; a unit test checks that these match the files.
-const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "users and auth events",
-    include_str!("../../migrations/postgres/0001_users_and_auth_events.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "users and auth events",
-    include_str!("../../migrations/sqlite/0001_users_and_auth_events.sql"),
-)];
+const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "users and auth events",
+        include_str!("../../migrations/postgres/0001_users_and_auth_events.sql"),
+    ),
+    (
+        2,
+        "account changes end sessions",
+        include_str!("../../migrations/postgres/0002_account_changes_end_sessions.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "users and auth events",
+        include_str!("../../migrations/sqlite/0001_users_and_auth_events.sql"),
+    ),
+    (
+        2,
+        "account changes end sessions",
+        include_str!("../../migrations/sqlite/0002_account_changes_end_sessions.sql"),
+    ),
+];
 
 // Queries are literals (sqlx 0.9 accepts only `&'static str` without an explicit audit marker).
 macro_rules! user_columns {
@@ -167,12 +181,29 @@ pub enum EventKind {
     RefreshReuse,
     /// Further attempts were refused (too many failures).
     Locked,
+    /// An administrator disabled the account; its sessions ended.
+    UserDisabled,
+    /// The password was replaced; the user's sessions ended.
+    PasswordChanged,
+    /// The role was changed; the user's sessions ended.
+    RoleChanged,
+    /// The account was deleted; its sessions ended.
+    UserDeleted,
+    /// Every session of the user was ended at once (logout everywhere, `user revoke-sessions`).
+    SessionsRevoked,
 }
 
 impl EventKind {
-    /// The stored name: `login_ok`, `login_failed`, `logout`, `refresh`, `refresh_reuse`, `locked`.
+    /// The stored name: `login_ok`, `login_failed`, `logout`, `refresh`, `refresh_reuse`,
+    /// `locked`, `user_disabled`, `password_changed`, `role_changed`, `user_deleted`,
+    /// `sessions_revoked`.
     pub fn as_str(&self) -> &'static str {
         match self {
+            EventKind::UserDisabled => "user_disabled",
+            EventKind::PasswordChanged => "password_changed",
+            EventKind::RoleChanged => "role_changed",
+            EventKind::UserDeleted => "user_deleted",
+            EventKind::SessionsRevoked => "sessions_revoked",
             EventKind::LoginOk => "login_ok",
             EventKind::LoginFailed => "login_failed",
             EventKind::Logout => "logout",
@@ -525,9 +556,10 @@ impl UserDb {
         })
     }
 
-    /// Appends an audit event at the current time. `email` is the one attempted (it may match
-    /// no user); text fields are cut to 512 bytes and stripped of control characters.
-    /// Errors: `NotFound` when `user_id` names no user, `Unavailable`, `Other`.
+    /// Appends an audit event of the gateway's endpoints (source `api`) at the current time.
+    /// `email` is the one attempted (it may match no user); text fields are cut to 512 bytes
+    /// and stripped of control characters. `user_id` is kept as given, also for a user that
+    /// no longer exists (the trail outlives deleted accounts). Errors: `Unavailable`, `Other`.
     pub async fn record_event(
         &self,
         kind: EventKind,
@@ -539,8 +571,8 @@ impl UserDb {
         let [email, client_ip, user_agent] = [email, client_ip, user_agent].map(|f| f.map(clean));
         with_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO auth_events (at, user_id, email, kind, client_ip, user_agent) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO auth_events (at, user_id, email, kind, client_ip, user_agent, source) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'api')",
             )
             .bind(unix_now())
             .bind(user_id)
@@ -549,11 +581,7 @@ impl UserDb {
             .bind(client_ip.as_deref())
             .bind(user_agent.as_deref())
             .execute(pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_foreign_key_violation() => UserError::NotFound,
-                other => UserError::from(other),
-            })?;
+            .await?;
             Ok(())
         })
         .await
@@ -789,6 +817,16 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
+
+/// Unix milliseconds (session revocations compare session starts at this resolution).
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+mod accounts;
+pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 
 #[cfg(test)]
 mod tests {
@@ -1095,10 +1133,11 @@ mod tests {
             matches!(malformed, Err(UserError::NotFound)),
             "{malformed:?}"
         );
+        // The audit trail keeps ids of users that are gone (deleted accounts).
         let event = db
             .record_event(EventKind::LoginOk, Some(424_242), None, None, None)
             .await;
-        assert!(matches!(event, Err(UserError::NotFound)), "{event:?}");
+        assert!(event.is_ok(), "{event:?}");
     }
 
     async fn events_are_listed_newest_first(db: UserDb) {

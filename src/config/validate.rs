@@ -402,6 +402,30 @@ fn check_auth(p: &mut Vec<String>, a: &super::AuthConfig) {
     {
         p.push("auth.sessions: access_ttl ≥ 10s, and refresh_ttl and absolute_lifetime ≥ access_ttl, are required".into());
     }
+    if s.idle_timeout.0.as_secs() < 10 {
+        p.push("auth.sessions.idle_timeout: must be at least 10s".into());
+    }
+    for (role, r) in &a.roles {
+        if !crate::auth::users::Role::ALL
+            .iter()
+            .any(|known| known.as_str() == role)
+        {
+            p.push(format!(
+                "auth.roles.{role}: unknown role (patient, doctor, institution, admin)"
+            ));
+        }
+        let limits = [
+            ("idle_timeout", r.sessions.idle_timeout),
+            ("absolute_lifetime", r.sessions.absolute_lifetime),
+        ];
+        for (key, v) in limits {
+            if v.is_some_and(|d| d.0.as_secs() < 10) {
+                p.push(format!(
+                    "auth.roles.{role}.sessions.{key}: must be at least 10s"
+                ));
+            }
+        }
+    }
     let c = &a.cookies;
     for (key, name) in [("name", &c.name), ("refresh_name", &c.refresh_name)] {
         if name.is_empty()

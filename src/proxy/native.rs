@@ -448,6 +448,7 @@ impl Gateway {
             query: uri.query(),
             headers,
             api_client: ctx.api_client,
+            tls: ctx.tls,
         };
         let decision = guard::protect(
             &self.auth,
@@ -842,12 +843,7 @@ impl Gateway {
         let cookie = ctx
             .identity
             .as_ref()
-            .and_then(|i| i.renewed_cookie.as_ref())
-            .map(|token| {
-                let c = &self.auth.config.cookies;
-                let ttl = self.auth.sessions.settings.access_ttl.as_secs();
-                crate::auth::cookies::set(c, &c.name, token, "/", ttl, ctx.tls)
-            });
+            .and_then(|i| i.renewed_cookie.as_deref());
 
         // Room for the body bytes already read too: `relay` sends them with the head.
         let mut out = Vec::with_capacity(up.buf.len() + 128);

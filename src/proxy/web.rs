@@ -261,12 +261,8 @@ impl Gateway {
                 "data": Value::Object(data),
             });
             let mut headers = vec![("Cache-Control".to_string(), "no-store".to_string())];
-            if let Some(token) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
-                let ttl = self.auth.sessions.settings.access_ttl.as_secs();
-                headers.push((
-                    "Set-Cookie".into(),
-                    cookies::set(c, &c.name, &token, "/", ttl, ctx.tls),
-                ));
+            if let Some(cookie) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
+                headers.push(("Set-Cookie".into(), cookie));
             }
             self.send_json(session, ctx, 200, Bytes::from(body.to_string()), &headers)
                 .await?;
@@ -309,12 +305,8 @@ impl Gateway {
                 .into_iter()
                 .map(|v| ("Set-Cookie".to_string(), v)),
         );
-        if let Some(token) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
-            let ttl = self.auth.sessions.settings.access_ttl.as_secs();
-            headers.push((
-                "Set-Cookie".into(),
-                cookies::set(c, &c.name, &token, "/", ttl, ctx.tls),
-            ));
+        if let Some(cookie) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
+            headers.push(("Set-Cookie".into(), cookie));
         }
         self.send_raw(session, ctx, status, Bytes::from(html), &headers)
             .await?;
