@@ -21,12 +21,12 @@
 //! It sets the same forwarding headers as the harness's nginx and bare Pingora
 //! (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`, `X-Request-Id`).
 //!
-//! What gatehouse itself costs on such an engine is measured with `server.native_http1`
-//! (src/proxy/native.rs, gatehouse's own HTTP/1 lane, which grew out of this example and
-//! shares its chunked-body scanner).
+//! gatehouse once served plain requests on a lane that grew out of this engine; it was removed
+//! (its own framing and idle pool let an upstream's stray bytes reach the next client, README
+//! "The native HTTP/1 lane"). This file stays a measuring instrument only: gatehouse parses
+//! and frames HTTP with Pingora's code.
 
 use gatehouse::edge::listener::find_head_end;
-use gatehouse::proxy::native::{contains_token, ChunkScan};
 use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -421,6 +421,99 @@ async fn relay_exact(
     Ok(())
 }
 
+/// Whether the comma-separated header value `v` lists `token` (ASCII case-insensitive).
+fn contains_token(v: &[u8], token: &str) -> bool {
+    v.split(|&c| c == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Finds the end of a chunked body fed in pieces (sizes, extensions, trailers); the bytes
+/// themselves are passed on as they are.
+#[derive(Default)]
+struct ChunkScan {
+    state: Chunk,
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Chunk {
+    #[default]
+    Size,
+    /// Chunk extensions, up to the line's end.
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// After the last chunk: trailer lines, then the blank line.
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+impl ChunkScan {
+    fn digit(&mut self, d: u8) {
+        self.size = self.size.saturating_mul(16).saturating_add(u64::from(d));
+    }
+
+    /// Feeds `b`; the offset just past the body's end if it is in `b`.
+    fn feed(&mut self, b: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            match self.state {
+                Chunk::Size => match c {
+                    b'0'..=b'9' => self.digit(c - b'0'),
+                    b'a'..=b'f' => self.digit(c - b'a' + 10),
+                    b'A'..=b'F' => self.digit(c - b'A' + 10),
+                    b'\r' => self.state = Chunk::SizeLf,
+                    _ => self.state = Chunk::Ext,
+                },
+                Chunk::Ext => {
+                    if c == b'\r' {
+                        self.state = Chunk::SizeLf;
+                    }
+                }
+                Chunk::SizeLf => {
+                    self.state = if self.size == 0 {
+                        Chunk::TrailerStart
+                    } else {
+                        Chunk::Data
+                    }
+                }
+                Chunk::Data => {
+                    let take = self.size.min((b.len() - i) as u64);
+                    self.size -= take;
+                    i += take as usize;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr => self.state = Chunk::DataLf,
+                Chunk::DataLf => self.state = Chunk::Size,
+                Chunk::TrailerStart => {
+                    self.state = if c == b'\r' {
+                        Chunk::EndLf
+                    } else {
+                        Chunk::Trailer
+                    }
+                }
+                Chunk::Trailer => {
+                    if c == b'\r' {
+                        self.state = Chunk::TrailerLf;
+                    }
+                }
+                Chunk::TrailerLf => self.state = Chunk::TrailerStart,
+                Chunk::EndLf => return Some(i + 1),
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
 fn parse_len(v: &[u8]) -> Option<usize> {
     std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
@@ -428,6 +521,28 @@ fn parse_len(v: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunked_body_ends_after_the_last_chunk_and_its_trailers_however_it_is_split() {
+        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for split in 0..=body.len() {
+            let mut scan = ChunkScan::default();
+            let (a, b) = body.split_at(split);
+            let end = match scan.feed(a) {
+                Some(e) => e,
+                None => split + scan.feed(b).expect("ends in the second part"),
+            };
+            assert_eq!(end, body.len(), "split at {split}");
+        }
+        let mut scan = ChunkScan::default();
+        assert_eq!(scan.feed(b"5\r\nhello\r\n"), None, "no last chunk yet");
+        let mut scan = ChunkScan::default();
+        assert_eq!(
+            scan.feed(b"0\r\n\r\nnext"),
+            Some(5),
+            "what follows is not the body's"
+        );
+    }
 
     #[test]
     fn lengths_are_read_as_decimal_numbers_only() {

@@ -11,8 +11,7 @@
 # package; scripts/check_deploy.py, a structural check of the Dockerfile, compose file and
 # deploy/k8s with PyYAML; the k8s manifests against Kubernetes' schemas with PyPI's
 # kubernetes-validate, in a venv next to $CARGO_TARGET_DIR), and cargo test with REDIS_URL and
-# DATABASE_URL pointing at the throwaway instances, then the proxy suites once more with the
-# native HTTP/1 lane on (GATEHOUSE_TEST_NATIVE_HTTP1=1). Everything started is stopped on exit.
+# DATABASE_URL pointing at the throwaway instances. Everything started is stopped on exit.
 # The browser test's screenshots are left in test-artifacts/browser/ (git-ignored).
 # Exits non-zero on any failure.
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/gatehouse/target, outside the clone, so
@@ -153,13 +152,3 @@ echo "deploy/k8s: valid against the Kubernetes 1.30 and $("$K8S_VALIDATE_VENV/bi
 
 step "cargo test"
 cargo test 2>&1 | tee "${TMPDIR:-/tmp}/gatehouse-test.log"
-
-# The proxy suites again with the native HTTP/1 lane on (server.native_http1: tests/common
-# adds it to every test gateway's `server:` block): what the lane serves must behave as
-# Pingora's lane does.
-step "cargo test, proxy suites with native_http1: true"
-GATEHOUSE_TEST_NATIVE_HTTP1=1 cargo test \
-  --test forwarding --test routing --test resilience --test timeouts --test upstreams \
-  --test hygiene --test edge_policies --test identity --test identity_redis \
-  --test session_cache --test seed_parity --test health_endpoints --test operations \
-  --test native_lane 2>&1 | tee "${TMPDIR:-/tmp}/gatehouse-test-native.log"

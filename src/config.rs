@@ -502,9 +502,9 @@ pub struct ServerConfig {
     pub upgrade_sock: String,
     /// Where the process id is written.
     pub pid_file: String,
-    /// Serve plain-HTTP/1 proxy requests on gatehouse's own HTTP/1 engine where it can
-    /// finish them itself (see `proxy::native`); everything else stays on Pingora's.
-    /// Default false. Read per request: a reload switches it.
+    /// Accepted and ignored: the hand-written HTTP/1 lane it switched on was removed (it
+    /// framed upstream answers with its own code and let an upstream's stray bytes reach the
+    /// next client). Every request is served by Pingora's proxy; `true` is warned about.
     pub native_http1: bool,
 }
 

@@ -94,6 +94,9 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
     );
+    if config.server.native_http1 {
+        tracing::warn!("server.native_http1 is ignored: the native HTTP/1 lane was removed (README, \"The native HTTP/1 lane\"); Pingora's proxy serves every request");
+    }
     let auth = Arc::new(auth::Auth::build(&config.auth, metrics.clone())?);
     auth.watch_revocations();
     let snapshot = Snapshot::build_with(config, None, auth.redis.as_ref())?;
@@ -119,14 +122,12 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         access_log: s.log.access_log,
         cache,
     };
-    let native = gateway.clone();
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let app = edge::listener::EdgeApp {
         inner: Arc::new(proxy),
         state: state.clone(),
         metrics: metrics.clone(),
         conns: Default::default(),
-        native: Some(native),
     };
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {

@@ -33,8 +33,6 @@ pub struct Metrics {
     pub in_flight_rejected_total: IntCounterVec,
     pub cache_requests_total: IntCounterVec,
     pub cache_purged_total: IntCounter,
-    /// Requests the native HTTP/1 lane served (`server.native_http1`).
-    pub native_requests_total: IntCounter,
     cache_entries: IntGauge,
     cache_size_bytes: IntGauge,
     cache_evictions_total: IntCounter,
@@ -248,11 +246,6 @@ impl Metrics {
                 &r,
                 "cache_purged_total",
                 "Cached answers removed through the admin purge endpoint.",
-            ),
-            native_requests_total: single_counter(
-                &r,
-                "native_requests_total",
-                "Requests served by the native HTTP/1 lane (server.native_http1); the others went through Pingora's proxy.",
             ),
             cache_entries: single_int_gauge(&r, "cache_entries", "Answers in the response cache."),
             cache_size_bytes: single_int_gauge(

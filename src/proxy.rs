@@ -18,7 +18,6 @@ use crate::upstream::breaker::Transition;
 use crate::upstream::retry::{parse_retry_after, AttemptFacts, Failure, NoRetry};
 use async_trait::async_trait;
 
-pub mod native;
 mod web;
 
 use bytes::Bytes;

@@ -454,15 +454,56 @@ fn sigint_drains_and_exits_within_the_grace_period() {
     drains_in_flight_then_exits("-INT");
 }
 
-/// The native HTTP/1 lane let an upstream's stray bytes reach the next client (issue 20):
-/// the shipped config keeps it off unless an operator turns it on.
+/// The native HTTP/1 lane was removed (issue 20): a config that still turns it on starts,
+/// says the key is ignored, and is served by Pingora's proxy (which refuses a request with
+/// two `Host` lines, where the lane forwarded it).
 #[test]
-fn the_shipped_config_keeps_the_native_lane_off() {
-    let shipped = gatehouse::Config::load(&repo_file("gateway.yaml")).expect("shipped config");
-    assert!(!shipped.server.native_http1);
-    let k8s = std::fs::read_to_string(repo_file("deploy/k8s/configmap.yaml")).expect("configmap");
+fn a_config_that_still_sets_native_http1_is_warned_about_and_served_by_pingora() {
+    let up = FakeUpstream::start(Behavior::Echo);
+    let cfg = temp_config(
+        "native",
+        &format!(
+            "server:\n  listen: 127.0.0.1:{}\n  admin_listen: null\n  native_http1: true\n  log: {{level: warn}}\nupstreams:\n  app: {{backends: \"{}\"}}\nroutes:\n  - {{prefix: /api, upstream: app}}\nauth:\n  database_url: \"sqlite://{}\"\n",
+            free_port(),
+            up.url(),
+            std::env::temp_dir()
+                .join(format!("gatehouse-cli-native-{}.db", std::process::id()))
+                .display()
+        ),
+    );
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let port: u16 = text
+        .split("listen: 127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let up_ok = wait_until(Duration::from_secs(20), || {
+        get(port, "/api/x", &[]).is_ok_and(|r| r.status == 200)
+    });
+    let r = raw_request(
+        port,
+        b"GET /api/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    );
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(up_ok, "gateway did not serve: {stderr}");
+    assert_eq!(r.expect("answer").status, 400, "duplicate Host forwarded");
     assert!(
-        k8s.contains("native_http1: ${GATEHOUSE_NATIVE_HTTP1:-false}"),
-        "deploy/k8s/configmap.yaml turns the native lane on by default"
+        stderr.contains("server.native_http1 is ignored"),
+        "no warning: {stderr}"
+    );
+    assert_eq!(
+        up.request_count(),
+        1,
+        "only the first request reached the upstream"
     );
 }

@@ -690,7 +690,9 @@ fn logout_all_ends_every_session_of_the_user_and_no_other(b: Backend) {
     );
     // Mass revocation is audited with its source and count.
     let audited = block_on(async {
-        let udb = UserDb::connect(Some(&site.db)).await.expect("connect user db");
+        let udb = UserDb::connect(Some(&site.db))
+            .await
+            .expect("connect user db");
         udb.events_of(u.id).await.expect("events")
     });
     assert!(

@@ -61,7 +61,6 @@ fn replica_config(upstream_url: &str, limiter: &str) -> String {
   pid_file: ${{TEST_PID_FILE}}
   upgrade_sock: ${{TEST_UPGRADE_SOCK}}
   log: {{level: warn, access_log: false}}
-  native_http1: ${{TEST_NATIVE_HTTP1}}
 auth:
   database_url: ${{DATABASE_URL}}
   redis_url: ${{REDIS_URL}}
@@ -113,8 +112,7 @@ struct Replica {
 }
 
 impl Replica {
-    /// `native`: the replica's `server.native_http1` (`TEST_NATIVE_HTTP1` in its config).
-    fn start(name: &'static str, config: &PathBuf, native: bool, files: &mut TempFiles) -> Replica {
+    fn start(name: &'static str, config: &PathBuf, files: &mut TempFiles) -> Replica {
         let port = free_port();
         let admin_port = free_port();
         let mut child = Command::new(BIN)
@@ -125,7 +123,6 @@ impl Replica {
             .env("TEST_PID_FILE", files.path(&format!("{name}.pid")))
             .env("TEST_UPGRADE_SOCK", files.path(&format!("{name}.sock")))
             .env("JWT_SECRET_KEY", SECRET)
-            .env("TEST_NATIVE_HTTP1", native.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -250,10 +247,9 @@ fn two_processes_share_sessions_logouts_and_redis_rate_limits() {
     let config = files.path("gateway.yaml");
     std::fs::write(&config, replica_config(&up.url(), &limiter)).expect("write config");
 
-    // A on Pingora's proxy, B with the native HTTP/1 lane: sessions, logouts and limits hold
-    // across lanes as across processes.
-    let a = Replica::start("A", &config, false, &mut files);
-    let b = Replica::start("B", &config, true, &mut files);
+    // Two processes: sessions, logouts and limits hold across them.
+    let a = Replica::start("A", &config, &mut files);
+    let b = Replica::start("B", &config, &mut files);
 
     // Signed in through A, accepted by B on a protected route to the upstream.
     let token = a.login(&email);
@@ -275,15 +271,6 @@ fn two_processes_share_sessions_logouts_and_redis_rate_limits() {
     assert_eq!(r.status, 401, "logout through A holds at B: {}", r.text());
     assert_eq!(a.bearer("/private/records", &token).status, 401);
     assert_eq!(b.bearer("/api/v1/auth/validate", &token).status, 401);
-    let metrics = get(b.admin_port, "/metrics", &[])
-        .expect("B's metrics")
-        .text();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("gatehouse_native_requests_total ") && !l.ends_with(" 0")),
-        "B's protected requests went through its native lane"
-    );
     assert_eq!(
         up.request_count(),
         before + 2,
@@ -392,7 +379,7 @@ routes:
         )
     };
     let mut cm = ConfigMapDir::new(&config("  - {name: one, prefix: /one, upstream: app}\n"));
-    let replica = Replica::start("C", &cm.config(), false, &mut files);
+    let replica = Replica::start("C", &cm.config(), &mut files);
     assert_eq!(replica.get("/one/x", &[]).status, 200);
     assert_eq!(replica.get("/two/x", &[]).status, 404);
 

@@ -5,15 +5,15 @@
 # no hardware counters for perf, and their CPU time per request moves ±15 % between rounds).
 #
 # Starts on 127.0.0.1 only, on free high ports: an nginx `return 200` upstream, a throwaway
-# Redis, gatehouse (the harness's config: one thread, access log off, native_http1 as
-# NATIVE_HTTP1, default true) under callgrind; drives it with wrk -c10 for WARM seconds, zeroes
+# Redis, gatehouse (the harness's config: one thread, access log off) under callgrind; drives
+# it with wrk -c10 for WARM seconds, zeroes
 # the counters (`callgrind_control -z`), drives it for RUN_SECONDS more, dumps the counters and
 # prints user-space instructions per request and the functions that cost most (self, then
 # inclusive, per request). Everything started is stopped on exit.
 #
 # Usage: benches/load/callgrind.sh [PATH]   (PATH: /plain/x; /auth/x with a token: AUTH=1)
-# Knobs: GATEHOUSE_BIN (default: the release binary under CARGO_TARGET_DIR), NATIVE_HTTP1
-# (true), RUN_SECONDS (10), WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in).
+# Knobs: GATEHOUSE_BIN (default: the release binary under CARGO_TARGET_DIR), RUN_SECONDS (10),
+# WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in).
 # Needs valgrind, nginx-light, wrk, redis-server (installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +24,6 @@ URL_PATH=${1:-/plain/x}
 SECONDS_RUN=${RUN_SECONDS:-10}
 WARM=${WARM:-3}
 TOP=${TOP:-30}
-NATIVE_HTTP1=${NATIVE_HTTP1:-true}
 
 for tool in valgrind nginx wrk redis-server curl; do
   command -v "$tool" >/dev/null && continue
@@ -80,7 +79,6 @@ server:
   pid_file: $WORK/gh/gatehouse.pid
   limits: {keepalive_timeout: 60s, keepalive_requests: 1000, write_buffer: 1460B}
   log: {level: warn, format: text, access_log: false}
-  native_http1: $NATIVE_HTTP1
 auth:
   database_url: sqlite://$WORK/gh/users.db
   migrate_on_start: true
@@ -122,5 +120,5 @@ wrk -t1 -c10 -d"${SECONDS_RUN}s" "${HEADER[@]}" "http://127.0.0.1:$GH_PORT$URL_P
 callgrind_control -d "$VG" >/dev/null
 REQUESTS=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
 OUT=$(ls -t "$WORK"/callgrind.out.*.1 | head -1)
-echo "gatehouse $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $URL_PATH, native_http1 $NATIVE_HTTP1: $REQUESTS requests counted"
+echo "gatehouse $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $URL_PATH: $REQUESTS requests counted"
 python3 "$REPO/benches/load/callgrind_report.py" "$OUT" "$REQUESTS" "$TOP"

@@ -4,10 +4,7 @@
 # Builds gatehouse in release mode, starts on 127.0.0.1 only, on free high ports:
 #   - a fast upstream: nginx `return 200` (1 worker),              pinned to core LOAD_CPU
 #   - a throwaway Redis (live sessions of the auth scenario),      pinned to core LOAD_CPU
-#   - gatehouse (server.threads: 1, access log off, log.level warn, server.native_http1 as
-#     NATIVE_HTTP1, default true),                                 pinned to core PROXY_CPU
-#   - (PINGORA_LANE=1) the same gatehouse with native_http1: false, on the plain and
-#     authenticated scenarios: gatehouse on Pingora's proxy,      pinned to core PROXY_CPU
+#   - gatehouse (server.threads: 1, access log off, log.level warn), pinned to core PROXY_CPU
 #   - nginx as the equivalent reverse proxy (1 worker),            pinned to core PROXY_CPU
 #   - (PINGORA_FLOOR=1) Pingora's proxy alone, examples/bare_pingora.rs with the same
 #     forwarding headers,                                          pinned to core PROXY_CPU
@@ -15,8 +12,7 @@
 #     examples/tokio_http1.rs, the same forwarding headers,       pinned to core PROXY_CPU
 # and runs the same wrk load (pinned to core LOAD_CPU) against both proxies, interleaved in
 # rounds, after waiting (bounded) for an idle machine before each round; bare Pingora and the
-# Tokio engine run the plain scenario only, as floors under gatehouse, gatehouse with
-# native_http1: false the plain and authenticated ones. For each scenario it
+# Tokio engine run the plain scenario only, as floors under gatehouse. For each scenario it
 # records requests/s, p50/p99 latency and the proxy's CPU time per request (utime+stime from
 # /proc/PID/stat), then the RSS growth per idle keep-alive connection with IDLE_CONNECTIONS
 # open, then (PROFILE=1) a perf profile of gatehouse. It writes, in OUT_DIR:
@@ -34,9 +30,7 @@
 # WORK_STEALING (true: gatehouse's server.work_stealing), WRITE_BUFFER (1460B: its
 # server.limits.write_buffer), PINGORA_FLOOR (1: also measure bare Pingora on the plain
 # scenario), PINGORA_BIN (a bare_pingora binary to use instead of building it), ENGINE_FLOOR
-# (1: also measure the Tokio engine on the plain scenario), ENGINE_BIN (a tokio_http1 binary),
-# NATIVE_HTTP1 (true: gatehouse's server.native_http1), PINGORA_LANE (1: also measure
-# gatehouse with native_http1: false on the plain and authenticated scenarios).
+# (1: also measure the Tokio engine on the plain scenario), ENGINE_BIN (a tokio_http1 binary).
 # Needs root or enough `ulimit -n` for IDLE_CONNECTIONS; installs nginx-light, wrk,
 # redis-server, curl and linux-perf with apt-get and matplotlib with pip when missing.
 set -euo pipefail
@@ -60,8 +54,6 @@ LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-1}
 PINGORA_FLOOR=${PINGORA_FLOOR:-1}
 ENGINE_FLOOR=${ENGINE_FLOOR:-1}
-NATIVE_HTTP1=${NATIVE_HTTP1:-true}
-PINGORA_LANE=${PINGORA_LANE:-1}
 SCENARIOS=${SCENARIOS:-plain auth noauth_401 not_found_404 landing asset fixed_rate}
 MACHINE=${BENCH_MACHINE:-$(hostname -s)-$(nproc)cpu}
 OUT_DIR=${OUT_DIR:-$REPO/benches/results}
@@ -165,7 +157,6 @@ GH_PORT=$(free_port)
 NGX_PORT=$(free_port)
 PG_PORT=$(free_port)
 ENG_PORT=$(free_port)
-GHP_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 
 step "upstream nginx on 127.0.0.1:$UP_PORT, Redis on 127.0.0.1:$REDIS_PORT (core $LOAD_CPU)"
@@ -211,7 +202,6 @@ server:
   pid_file: $WORK/gh/gatehouse.pid
   limits: {keepalive_timeout: 60s, keepalive_requests: 1000, write_buffer: ${WRITE_BUFFER:-1460B}}
   log: {level: warn, format: text, access_log: false}
-  native_http1: $NATIVE_HTTP1
 auth:
   database_url: sqlite://$WORK/gh/users.db
   migrate_on_start: true
@@ -246,24 +236,6 @@ TOKEN=$(curl -s --max-time 5 -X POST -H 'Content-Type: application/json' \
   "http://127.0.0.1:$GH_PORT/api/v1/auth/login" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 log "signed in $BENCH_EMAIL (token ${#TOKEN} bytes, session in Redis)"
-
-# The same gatehouse on Pingora's proxy only (native_http1: false): the lane's effect, in
-# this run. Same users and Redis: the token signed in above is valid there too.
-GHP_PID=
-if [ "$PINGORA_LANE" = 1 ]; then
-  step "gatehouse with native_http1: false on 127.0.0.1:$GHP_PORT (core $PROXY_CPU)"
-  mkdir -p "$WORK/ghp"
-  sed -e "s|listen: 127.0.0.1:$GH_PORT|listen: 127.0.0.1:$GHP_PORT|" \
-    -e "s|native_http1: .*|native_http1: false|" \
-    -e "s|$WORK/gh/upgrade.sock|$WORK/ghp/upgrade.sock|" \
-    -e "s|$WORK/gh/gatehouse.pid|$WORK/ghp/gatehouse.pid|" \
-    -e "s|migrate_on_start: true|migrate_on_start: false|" \
-    "$WORK/gh/gateway.yaml" >"$WORK/ghp/gateway.yaml"
-  taskset -c "$PROXY_CPU" "$BIN" run -c "$WORK/ghp/gateway.yaml" >"$WORK/ghp/out.log" 2>&1 &
-  GHP_PID=$!
-  PIDS+=("$GHP_PID")
-  wait_http "http://127.0.0.1:$GHP_PORT/health"
-fi
 
 # The landing page as gatehouse renders it, for nginx to serve as a static file.
 curl -s --max-time 5 -o "$WORK/www/landing.html" "http://127.0.0.1:$GH_PORT/"
@@ -376,7 +348,6 @@ fi
 proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
   case $1 in
     gatehouse) echo "$GH_PID" ;;
-    ghpingora) echo "$GHP_PID" ;;
     pingora) echo "$PG_PID" ;;
     engine) echo "$ENG_PID" ;;
     *) echo "$NGX_PID" $(pgrep -P "$NGX_PID") ;;
@@ -385,7 +356,6 @@ proxy_pids() { # PROXY: every process of that proxy (nginx: master and workers)
 proxy_port() {
   case $1 in
     gatehouse) echo "$GH_PORT" ;;
-    ghpingora) echo "$GHP_PORT" ;;
     pingora) echo "$PG_PORT" ;;
     engine) echo "$ENG_PORT" ;;
     *) echo "$NGX_PORT" ;;
@@ -397,7 +367,6 @@ proxies_for() { # SCENARIO: the proxies that run it (the floors only proxy: plai
     if [ "$PINGORA_FLOOR" = 1 ]; then ps+=" pingora"; fi
     if [ "$ENGINE_FLOOR" = 1 ]; then ps+=" engine"; fi
   fi
-  if { [ "$1" = plain ] || [ "$1" = auth ]; } && [ "$PINGORA_LANE" = 1 ]; then ps+=" ghpingora"; fi
   echo "$ps"
 }
 cpu_ticks() { # PIDS...: "total kernel" ticks of those processes (utime+stime, and stime alone)
@@ -655,8 +624,6 @@ step "report"
   echo "\"gatehouse\": \"$("$BIN" --version)\","
   echo "\"pingora_floor\": $([ "$PINGORA_FLOOR" = 1 ] && echo true || echo false),"
   echo "\"engine_floor\": $([ "$ENGINE_FLOOR" = 1 ] && echo true || echo false),"
-  echo "\"native_http1\": $NATIVE_HTTP1,"
-  echo "\"pingora_lane\": $([ "$PINGORA_LANE" = 1 ] && echo true || echo false),"
   echo "\"commit\": \"$BUILT_COMMIT\","
   echo "\"dirty_files\": $BUILT_DIRTY,"
   echo "\"rounds\": $ROUNDS, \"round_seconds\": $ROUND_SECONDS, \"connections\": $CONNECTIONS,"

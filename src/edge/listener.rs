@@ -46,15 +46,6 @@ pub struct EdgeApp<A> {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Open connections per client ip, and in total (for `server.limits`).
     pub conns: ConnTable,
-    /// The native HTTP/1 lane (`server.native_http1`, [`crate::proxy::native`]): the
-    /// gateway whose requests it serves instead of `inner`, when it can.
-    pub native: Option<crate::proxy::Gateway>,
-}
-
-/// A connection kept for its next request, and by which lane its last one was served.
-enum Next {
-    Pingora(ReusedHttpStream),
-    Native(Kept),
 }
 
 /// What a kept-alive connection carries to its next request: its stream, keep-alive timeout
@@ -66,15 +57,8 @@ type Kept = (
     Option<Box<dyn std::any::Any + Send + Sync>>,
 );
 
-/// A boxed request future (see [`EdgeApp::after_head`]).
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = Option<T>> + Send + 'a>>;
-
-/// The future serving one request, by lane.
-enum Serve<'a> {
-    Pingora(Boxed<'a, ReusedHttpStream>),
-    /// With the bytes read after the request (the next one), which it owns while it runs.
-    Native(Boxed<'a, (Kept, BytesMut)>),
-}
+/// The boxed future serving one request (see [`EdgeApp::after_head`]).
+type Serve<'a> = Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
 
 /// Open connections per peer ip and in total.
 #[derive(Default)]
@@ -200,7 +184,6 @@ where
                 stream,
                 BytesMut::new(),
                 &limits,
-                ip,
                 reused,
                 keepalive,
                 reuses,
@@ -217,7 +200,7 @@ where
                 None
             }
             // Pingora's own loop cannot carry pipelined bytes: close rather than lose them.
-            Some((Next::Pingora(next), carry)) if carry.is_empty() => Some(next),
+            Some((next, carry)) if carry.is_empty() => Some(next),
             _ => {
                 self.close_connection(ip);
                 None
@@ -245,14 +228,14 @@ where
     /// Serves the following requests of a kept-alive HTTP/1 connection until it closes.
     async fn keep_alive(
         self: Arc<Self>,
-        first: Next,
+        first: ReusedHttpStream,
         mut carry: BytesMut,
         ip: Option<std::net::IpAddr>,
         shutdown: ShutdownWatch,
     ) {
         // Taken apart at once (not kept as a `ReusedHttpStream` across the wait): this
         // future is what an idle connection holds.
-        let mut next = unpack_next(first, &self.state.load().limits);
+        let mut next = unpack_reused(first, &self.state.load().limits);
         while let Some((stream, keepalive, reuses, user_ctx)) = next {
             let limits = self.state.load().limits;
             next = match self
@@ -260,7 +243,6 @@ where
                     stream,
                     std::mem::take(&mut carry),
                     &limits,
-                    ip,
                     true,
                     keepalive,
                     reuses,
@@ -271,7 +253,7 @@ where
             {
                 Some((n, rest)) => {
                     carry = rest;
-                    unpack_next(n, &limits)
+                    unpack_reused(n, &limits)
                 }
                 None => None,
             };
@@ -294,20 +276,15 @@ where
         mut stream: Stream,
         carry: BytesMut,
         limits: &crate::state::Limits,
-        ip: Option<std::net::IpAddr>,
         reused: bool,
         keepalive: Option<u64>,
         reuses: Option<u32>,
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
         shutdown: &ShutdownWatch,
-    ) -> Option<(Next, BytesMut)> {
+    ) -> Option<(ReusedHttpStream, BytesMut)> {
         let head = read_head(&mut stream, carry, limits, reused, shutdown).await;
-        let (serve, rest) =
-            self.after_head(stream, head, ip, keepalive, reuses, user_ctx, shutdown);
-        match serve {
-            Serve::Pingora(f) => f.await.map(|next| (Next::Pingora(next), rest)),
-            Serve::Native(f) => f.await.map(|(kept, rest)| (Next::Native(kept), rest)),
-        }
+        let (serve, rest) = self.after_head(stream, head, keepalive, reuses, user_ctx, shutdown);
+        serve.await.map(|next| (next, rest))
     }
 
     /// What follows a head: the proxy's future for the request (with the session built for
@@ -319,7 +296,6 @@ where
         self: &'a Arc<Self>,
         stream: Stream,
         head: Head,
-        ip: Option<std::net::IpAddr>,
         keepalive: Option<u64>,
         reuses: Option<u32>,
         user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
@@ -327,60 +303,23 @@ where
     ) -> (Serve<'a>, BytesMut) {
         match head {
             Head::Ready(mut buf, head_len) => {
-                let plan = self
-                    .native
-                    .as_ref()
-                    .filter(|_| stream.get_ssl_digest().is_none())
-                    .and_then(|gw| Some((gw, gw.native_plan(&buf[..head_len], ip)?)));
-                if let Some((gw, plan)) = plan {
-                    // The lane takes only requests without a body: what follows the head
-                    // is the next request (the lane only adds to it).
-                    let mut rest = next_request(&mut buf, head_len);
-                    let may_keep = keepalive.is_some() && !*shutdown.borrow() && reuses != Some(0);
-                    let serve = async move {
-                        let mut stream = stream;
-                        let keep = gw
-                            .native_serve(&mut stream, &mut rest, plan, may_keep)
-                            .await;
-                        keep.then(|| {
-                            let reuses = reuses.map(|r| r.saturating_sub(1));
-                            ((stream, keepalive, reuses, user_ctx), rest)
-                        })
-                    };
-                    return (Serve::Native(Box::pin(serve)), BytesMut::new());
-                }
                 let rest = split_pipelined(&mut buf, head_len);
                 let mut s = ServerSession::new_http1(stream);
                 s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
                 s.set_keepalive_reuses_remaining(reuses);
                 s.set_connection_user_context(user_ctx);
                 s.set_pipelined_prefix(buf);
-                (
-                    Serve::Pingora(self.inner.process_new_http(s, shutdown)),
-                    rest,
-                )
+                (self.inner.process_new_http(s, shutdown), rest)
             }
-            Head::Closed => (
-                Serve::Pingora(Box::pin(std::future::ready(None))),
-                BytesMut::new(),
-            ),
+            Head::Closed => (Box::pin(std::future::ready(None)), BytesMut::new()),
             Head::Reject(r) => (
-                Serve::Pingora(Box::pin(async move {
+                Box::pin(async move {
                     refuse_head(stream, r).await;
                     None
-                })),
+                }),
                 BytesMut::new(),
             ),
         }
-    }
-}
-
-/// What a kept-alive connection carries to its next request ([`Kept`]), whichever lane
-/// served the last one.
-fn unpack_next(next: Next, limits: &crate::state::Limits) -> Option<Kept> {
-    match next {
-        Next::Pingora(r) => unpack_reused(r, limits),
-        Next::Native(kept) => Some(kept),
     }
 }
 
@@ -521,19 +460,6 @@ async fn read_head(
     }
 }
 
-/// What follows a bodyless request's head in `buf`: the next request's first bytes, or
-/// nothing at all. Nothing follows, most of the time; then no part of `buf` is kept (an
-/// empty split-off remainder would hold its spare room: an idle connection would keep that
-/// memory and the next read would zero it first, instead of reading into a buffer on the
-/// stack; and `split_off` would make `buf` shared, an allocation more).
-fn next_request(buf: &mut BytesMut, head_len: usize) -> BytesMut {
-    if buf.len() > head_len {
-        buf.split_off(head_len)
-    } else {
-        BytesMut::new()
-    }
-}
-
 /// Splits off what follows a request head when it can only be the next (pipelined) request:
 /// a request without `Content-Length` and `Transfer-Encoding` has no body (RFC 9112 §6.3).
 /// The head goes to Pingora alone, the rest is kept for the next request on the connection.
@@ -599,9 +525,9 @@ fn too_large() -> Reject {
     )
 }
 
-/// Position just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`), for
-/// request heads here and response heads in the native lane. Line ends are found with `memchr` (a byte-at-a-time loop over the request and the
-/// response head showed in profiles).
+/// Position just past the blank line that ends a request head (`\r\n\r\n` or bare `\n\n`,
+/// as httparse and Pingora accept). Line ends are found with `memchr` (a byte-at-a-time loop
+/// showed in profiles). Only the end is found here: Pingora parses the head.
 pub fn find_head_end(b: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', b).find_map(|i| match b.get(i + 1..) {
         Some([b'\n', ..]) => Some(i + 2),
@@ -612,7 +538,7 @@ pub fn find_head_end(b: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{find_head_end, next_request, split_pipelined};
+    use super::{find_head_end, split_pipelined};
     use bytes::BytesMut;
 
     fn split(bytes: &str) -> (String, String) {
@@ -666,26 +592,6 @@ mod tests {
         let wait = super::read_head(&mut s, BytesMut::new(), &limits, true, &rx);
         let size = std::mem::size_of_val(&wait);
         assert!(size <= 512, "the idle head wait takes {size} bytes");
-    }
-
-    #[test]
-    fn an_idle_connection_carries_no_buffer_after_a_request() {
-        let read = |bytes: &[u8]| {
-            let mut buf = BytesMut::with_capacity(4096);
-            buf.extend_from_slice(bytes);
-            buf
-        };
-        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let len = head.len();
-        assert!(
-            read(head).split_off(len).capacity() > 0,
-            "the case guarded against"
-        );
-        assert_eq!(next_request(&mut read(head), len).capacity(), 0);
-        let mut pipelined = read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next");
-        let rest = next_request(&mut pipelined, len);
-        assert_eq!(&rest[..], b"GET /next");
-        assert_eq!(&pipelined[..], head);
     }
 
     #[test]

@@ -35,10 +35,6 @@ pub struct LazyWriteBuf {
     /// Bytes of `buf` already sent.
     written: usize,
     cap: usize,
-    /// Writes go straight out (after anything buffered): set while the native lane, which
-    /// writes each answer whole, serves a request ([`LazyWriteBuf::set_direct`]), so its
-    /// answers are not copied into a buffer allocated for them.
-    direct: std::sync::atomic::AtomicBool,
 }
 
 impl LazyWriteBuf {
@@ -49,19 +45,7 @@ impl LazyWriteBuf {
             buf: Vec::new(),
             written: 0,
             cap,
-            direct: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Switches direct writes on or off for `stream` when it is a [`LazyWriteBuf`].
-    pub fn set_direct(stream: &Stream, on: bool) {
-        if let Some(w) = stream.as_any().downcast_ref::<LazyWriteBuf>() {
-            w.direct.store(on, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn is_direct(&self) -> bool {
-        self.direct.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends what is buffered.
@@ -108,10 +92,10 @@ impl AsyncWrite for LazyWriteBuf {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if data.len() > this.room() || this.is_direct() {
+        if data.len() > this.room() {
             std::task::ready!(this.poll_flush_buf(cx))?;
         }
-        if data.len() >= this.cap || this.is_direct() {
+        if data.len() >= this.cap {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
         this.push(data);
@@ -127,10 +111,10 @@ impl AsyncWrite for LazyWriteBuf {
         let total = bufs
             .iter()
             .fold(0usize, |acc, b| acc.saturating_add(b.len()));
-        if total > this.room() || this.is_direct() {
+        if total > this.room() {
             std::task::ready!(this.poll_flush_buf(cx))?;
         }
-        if total >= this.cap || this.is_direct() {
+        if total >= this.cap {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
@@ -321,34 +305,6 @@ mod tests {
             max_per_call,
         };
         (LazyWriteBuf::new(Box::new(inner), cap), log)
-    }
-
-    #[tokio::test]
-    async fn direct_writes_go_out_as_given_after_what_was_buffered_and_never_allocate() {
-        let (s, log) = sends(1460, None);
-        let mut stream: Stream = Box::new(s);
-        stream.write_all(b"buffered ").await.unwrap();
-        LazyWriteBuf::set_direct(&stream, true);
-        stream.write_all(b"whole answer").await.unwrap();
-        assert_eq!(
-            *log.lock().unwrap(),
-            vec![b"buffered ".to_vec(), b"whole answer".to_vec()],
-            "what was buffered first, then the direct write, in order"
-        );
-        stream.write_all(b"next").await.unwrap();
-        stream.flush().await.unwrap();
-        let w = stream.as_any().downcast_ref::<LazyWriteBuf>().unwrap();
-        assert_eq!(w.buf.capacity(), 0);
-        LazyWriteBuf::set_direct(&stream, false);
-        stream.write_all(b"small").await.unwrap();
-        assert_eq!(
-            log.lock().unwrap().len(),
-            3,
-            "buffered again once switched off"
-        );
-        // Any other stream is left alone.
-        let other: Stream = Box::<Sends>::default();
-        LazyWriteBuf::set_direct(&other, true);
     }
 
     #[tokio::test]

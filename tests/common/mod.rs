@@ -19,18 +19,9 @@ pub struct Gw {
 
 /// The `server:` block tests use: free ports, one thread, quick shutdown, no access log
 /// noise. `extra` is indented YAML appended inside `server:` (e.g. limits).
-/// With `GATEHOUSE_TEST_NATIVE_HTTP1=1` in the environment the gateway runs with
-/// `native_http1: true` (scripts/test.sh runs the proxy suites a second time that way).
 pub fn server_block(port: u16, admin_port: u16, extra: &str) -> String {
-    let native = if std::env::var("GATEHOUSE_TEST_NATIVE_HTTP1").as_deref() == Ok("1")
-        && !extra.contains("native_http1")
-    {
-        "  native_http1: true\n"
-    } else {
-        ""
-    };
     format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 0s\n  log: {{access_log: false}}\n{native}{extra}\n"
+        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 0s\n  log: {{access_log: false}}\n{extra}\n"
     )
 }
 
