@@ -326,6 +326,17 @@ pub fn status_word(phase: CachePhase, bypassed: bool) -> Option<&'static str> {
 }
 
 /// The label of [`status_word`] in metrics.
+/// Every value [`status_label`] gives.
+pub const STATUS_LABELS: [&str; 7] = [
+    "hit",
+    "miss",
+    "stale",
+    "updating",
+    "expired",
+    "revalidated",
+    "bypass",
+];
+
 pub fn status_label(word: &str) -> &'static str {
     match word {
         "HIT" => "hit",

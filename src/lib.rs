@@ -101,6 +101,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     auth.watch_revocations();
     let snapshot = Snapshot::build_with(config, None, auth.redis.as_ref())?;
     prime(&snapshot);
+    metrics.prime(&snapshot);
     let cfg = snapshot.config.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(snapshot));
 

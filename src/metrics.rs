@@ -43,6 +43,33 @@ pub struct Metrics {
     circuit_breaker_state: IntGaugeVec,
 }
 
+/// The `(result, reason)` pairs of `gatehouse_auth_decisions_total` exported at 0 from start:
+/// what a dashboard or an alert on sign-in failures and refusals looks for. Others (rarer
+/// token reasons) appear when they first happen.
+pub const AUTH_DECISIONS: &[(&str, &str)] = &[
+    ("allow", "token"),
+    ("allow", "login"),
+    ("allow", "logout"),
+    ("allow", "refresh"),
+    ("allow", "validate"),
+    ("deny", "missing_token"),
+    ("deny", "invalid_credentials"),
+    ("deny", "locked"),
+    ("deny", "csrf"),
+    ("deny", "wrong_role"),
+    ("deny", "revoked"),
+    ("deny", "expired"),
+    ("deny", "refresh_reuse"),
+    ("deny", "account_disabled"),
+    ("deny", "account_changed"),
+    ("deny", "store_unavailable"),
+    ("redirect", "missing_token"),
+    ("error", "store_unavailable"),
+    ("error", "database_unavailable"),
+    ("error", "bad_request"),
+    ("error", "unsupported_media_type"),
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -291,6 +318,64 @@ impl Metrics {
                 &["upstream", "backend"],
             ),
             registry: r,
+        }
+    }
+
+    /// Creates, at 0, every counter series whose labels are known before any event — reload
+    /// results, connection limits, the usual auth decisions, and per route and pool of `snap`
+    /// retries by reason, retry budgets, fallbacks, rate limits, in-flight limits, cache
+    /// statuses and breaker transitions — so `rate()` and alerts work from the first scrape
+    /// (Prometheus instrumentation guidelines, "avoid missing metrics"). Called at start and
+    /// after each reload (new routes and pools); existing series keep their counts.
+    pub fn prime(&self, snap: &Snapshot) {
+        for result in ["success", "failure"] {
+            self.config_reloads_total.with_label_values(&[result]);
+        }
+        for limit in ["total", "per_ip"] {
+            self.connections_refused_total.with_label_values(&[limit]);
+        }
+        for (result, reason) in AUTH_DECISIONS {
+            self.auth_decisions_total
+                .with_label_values(&[result, reason]);
+        }
+        for route in &snap.routes {
+            let name = route.name.as_str();
+            for reason in crate::upstream::retry::Failure::REASONS {
+                self.retries_total.with_label_values(&[name, reason]);
+            }
+            if route.fallback.is_some() {
+                self.fallbacks_total.with_label_values(&[name]);
+            }
+            if !route.limiters.is_empty() {
+                self.rate_limited_total.with_label_values(&[name]);
+            }
+            if route.max_in_flight.is_some() {
+                self.in_flight_rejected_total
+                    .with_label_values(&[name, "route"]);
+            }
+            if route.client_slots.is_some() {
+                self.in_flight_rejected_total
+                    .with_label_values(&[name, "client"]);
+            }
+            if route.cache.is_some() {
+                for status in crate::cache::STATUS_LABELS {
+                    self.cache_requests_total.with_label_values(&[name, status]);
+                }
+            }
+        }
+        for (name, pool) in &snap.pools {
+            self.retry_budget_exhausted_total
+                .with_label_values(&[name.as_str()]);
+            for b in &pool.backends {
+                let addr = b.addr.to_string();
+                for to in ["open", "half_open", "closed"] {
+                    self.circuit_breaker_transitions_total.with_label_values(&[
+                        name.as_str(),
+                        addr.as_str(),
+                        to,
+                    ]);
+                }
+            }
         }
     }
 

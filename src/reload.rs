@@ -124,6 +124,7 @@ impl Reloader {
                 "changed in the configuration but only takes effect after a restart"
             );
         }
+        self.metrics.prime(&snap);
         self.state.store(Arc::new(snap));
         self.metrics
             .config_reloads_total

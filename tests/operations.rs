@@ -263,6 +263,128 @@ fn requests_through_a_route_raise_counters_and_histograms_by_exactly_their_numbe
     assert_eq!(up.request_count(), N);
 }
 
+/// Counters whose labels are known in advance are exported at 0 before any event (issue 23),
+/// so `rate()` and alerts work from the first scrape; and so are a route added by a reload.
+#[test]
+fn counters_with_known_labels_exist_at_zero_on_a_fresh_gateway_and_after_a_reload() {
+    let up = FakeUpstream::start(Behavior::Echo);
+    let rest = format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: api, prefix: /api, upstream: app, max_in_flight: 10, max_in_flight_per_client: 2, rate_limits: [{{name: per_ip, rate: \"5/1m\"}}], fallback: {{status: 503, body: down}}, cache: {{public: true}}}}\n",
+        upstream("app", &[up.url()], "")
+    );
+    let gw = Gw::start(&rest);
+    let text = scrape(gw.admin_port);
+    let backend = up.addr();
+    let expected: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "gatehouse_config_reloads_total",
+            vec![("result", "success")],
+        ),
+        (
+            "gatehouse_config_reloads_total",
+            vec![("result", "failure")],
+        ),
+        (
+            "gatehouse_connections_refused_total",
+            vec![("limit", "total")],
+        ),
+        (
+            "gatehouse_connections_refused_total",
+            vec![("limit", "per_ip")],
+        ),
+        (
+            "gatehouse_auth_decisions_total",
+            vec![("result", "deny"), ("reason", "missing_token")],
+        ),
+        (
+            "gatehouse_auth_decisions_total",
+            vec![("result", "deny"), ("reason", "invalid_credentials")],
+        ),
+        (
+            "gatehouse_auth_decisions_total",
+            vec![("result", "allow"), ("reason", "login")],
+        ),
+        (
+            "gatehouse_retries_total",
+            vec![("route", "api"), ("reason", "connect_error")],
+        ),
+        (
+            "gatehouse_retries_total",
+            vec![("route", "api"), ("reason", "timeout")],
+        ),
+        (
+            "gatehouse_retries_total",
+            vec![("route", "api"), ("reason", "502")],
+        ),
+        (
+            "gatehouse_retry_budget_exhausted_total",
+            vec![("upstream", "app")],
+        ),
+        ("gatehouse_fallbacks_total", vec![("route", "api")]),
+        ("gatehouse_rate_limited_total", vec![("route", "api")]),
+        (
+            "gatehouse_in_flight_rejected_total",
+            vec![("route", "api"), ("scope", "route")],
+        ),
+        (
+            "gatehouse_in_flight_rejected_total",
+            vec![("route", "api"), ("scope", "client")],
+        ),
+        (
+            "gatehouse_cache_requests_total",
+            vec![("route", "api"), ("status", "hit")],
+        ),
+        (
+            "gatehouse_cache_requests_total",
+            vec![("route", "api"), ("status", "miss")],
+        ),
+        (
+            "gatehouse_circuit_breaker_transitions_total",
+            vec![
+                ("upstream", "app"),
+                ("backend", backend.as_str()),
+                ("to", "open"),
+            ],
+        ),
+        (
+            "gatehouse_circuit_breaker_transitions_total",
+            vec![
+                ("upstream", "app"),
+                ("backend", backend.as_str()),
+                ("to", "closed"),
+            ],
+        ),
+    ];
+    for (name, labels) in &expected {
+        assert_eq!(
+            samples(&text, name, labels),
+            vec![0.0],
+            "{name} {labels:?} missing or not 0 on a fresh gateway:\n{text}"
+        );
+    }
+    // A route added by a reload gets its series too.
+    let added = format!("{rest}  - {{name: added, prefix: /added, upstream: app}}\n");
+    gw.running.reload(gw.config_for(&added)).expect("reload");
+    let text = scrape(gw.admin_port);
+    assert_eq!(
+        samples(
+            &text,
+            "gatehouse_retries_total",
+            &[("route", "added"), ("reason", "reset")]
+        ),
+        vec![0.0],
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gatehouse_config_reloads_total",
+            &[("result", "success")]
+        ),
+        1.0
+    );
+}
+
 #[test]
 fn backend_health_gauge_goes_to_0_when_its_checks_fail_and_back_to_1() {
     let up = FakeUpstream::start(Behavior::Echo);

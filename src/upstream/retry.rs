@@ -23,6 +23,17 @@ pub enum Failure {
 
 impl Failure {
     /// Label for logs and the `reason` of `retries_total`.
+    /// Every value [`Failure::reason`] gives (metric labels exported before any retry).
+    pub const REASONS: [&'static str; 7] = [
+        "connect_error",
+        "timeout",
+        "reset",
+        "502",
+        "503",
+        "504",
+        "status",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Failure::Connect => "connect_error",
