@@ -1,5 +1,6 @@
 //! Request hygiene that nginx applies by default and Pingora does not (PINGORA.md):
-//! HTTP/1.1 without `Host`, `Content-Length` together with `Transfer-Encoding`, `TRACE`.
+//! HTTP/1.1 without `Host`, a `Host` that is not a host, more than one `Content-Length`,
+//! `Content-Length` together with `Transfer-Encoding`, `TRACE`.
 //! Pure checks on the parsed head (plus the raw header bytes where Pingora has already
 //! dropped `Content-Length`).
 
@@ -24,6 +25,21 @@ pub fn check(
             "HTTP/1.1 requests must carry a Host header.",
         ));
     }
+    // A `Host` must be a host (RFC 9110 §7.2: uri-host [":" port]); Pingora refuses `@` but
+    // forwards e.g. spaces, which an upstream may read as another host or path.
+    if let Some(host) = req.headers.get(http::header::HOST) {
+        if !valid_host(host.as_bytes()) {
+            return Err(Reject::bad_request("The Host header is not a valid host."));
+        }
+    }
+    // One Content-Length only (RFC 9110 §8.6: a recipient must reject duplicates or collapse
+    // them; Pingora refuses differing values and forwards equal ones as sent, twice).
+    let lengths = req.headers.get_all(http::header::CONTENT_LENGTH);
+    if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+        return Err(Reject::bad_request(
+            "A request must carry at most one Content-Length.",
+        ));
+    }
     if req.version <= Version::HTTP_11 && req.headers.contains_key(http::header::TRANSFER_ENCODING)
     {
         // Pingora removes Content-Length when both are present; look at what was sent.
@@ -34,6 +50,14 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// `uri-host [":" port]` in RFC 3986's characters, without userinfo (`@`): letters, digits,
+/// `-._~`, sub-delims, `%` escapes, `:` and the brackets of an IPv6 literal. Empty is allowed
+/// (RFC 9112 §3.2: a request whose target has no authority sends an empty Host).
+fn valid_host(host: &[u8]) -> bool {
+    host.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 fn has_content_length(raw: &[u8]) -> bool {
@@ -71,6 +95,60 @@ mod tests {
             400
         );
         assert!(check(&req("GET", Version::HTTP_10, &[]), || None).is_ok());
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_host_is_400() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "a.example",
+            "[::1]:80",
+            "127.0.0.1",
+            "",
+        ] {
+            let r = req("GET", Version::HTTP_11, &[("host", ok)]);
+            assert!(check(&r, || None).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "local host",
+            "a.example/evil",
+            "user@a.example",
+            "a\\b",
+            "a\"b",
+            "a?b",
+            "a#b",
+        ] {
+            let r = req("GET", Version::HTTP_11, &[("host", bad)]);
+            let e = check(&r, || None).expect_err(bad);
+            assert_eq!(e.status, 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn more_than_one_content_length_is_400_even_when_equal() {
+        let one = req(
+            "POST",
+            Version::HTTP_11,
+            &[("host", "a"), ("content-length", "5")],
+        );
+        assert!(check(&one, || None).is_ok());
+        let twice = req(
+            "POST",
+            Version::HTTP_11,
+            &[
+                ("host", "a"),
+                ("content-length", "5"),
+                ("content-length", "5"),
+            ],
+        );
+        assert_eq!(check(&twice, || None).expect_err("twice").status, 400);
+        let list = req(
+            "POST",
+            Version::HTTP_11,
+            &[("host", "a"), ("content-length", "5, 5")],
+        );
+        assert_eq!(check(&list, || None).expect_err("list").status, 400);
     }
 
     #[test]
