@@ -28,6 +28,10 @@ LABELS = {
     "landing": "landing page",
     "asset": "static asset",
     "fixed_rate": "plain, fixed rate",
+    "rc_plain": "real client: plain proxy",
+    "rc_auth": "real client: JWT + live session",
+    "rc_json": "real client: 1.2 KiB JSON, gzip",
+    "rc_fixed_rate": "real client: plain, fixed rate",
 }
 NGINX_DOES = {
     "plain": "proxy_pass, upstream keepalive 64, same forwarding headers",
@@ -37,6 +41,10 @@ NGINX_DOES = {
     "landing": "a static copy of the page gatehouse rendered (nginx does not render)",
     "asset": "the file from assets/ (sendfile)",
     "fixed_rate": "proxy_pass, paced load",
+    "rc_plain": "as plain",
+    "rc_auth": "as auth",
+    "rc_json": "proxy_pass with `gzip on` for application/json from 1024 bytes, level 6",
+    "rc_fixed_rate": "as fixed_rate",
 }
 IDLE_TARGET_BYTES = 4096
 
@@ -235,6 +243,17 @@ def main():
     r = ratio(gp, np_)
     target(f"p99 at a fixed offered load (~{meta['fixed_rate']:,} req/s) no worse than nginx's", r is not None,
            f"{fmt(gp)} µs vs {fmt(np_)} µs ({fmt(r, 2)} ×)", r is not None and r <= 1.0)
+    # The same targets on what browsers and API clients send (Accept-Encoding, Accept,
+    # User-Agent, a cookie).
+    r = ratio(g("rc_plain", "gatehouse", "cpu_us_per_request"), g("rc_plain", "nginx", "cpu_us_per_request"))
+    target("real clients: plain-proxy CPU per request ≤ 1.0 × nginx's", r is not None, f"{fmt(r, 2)} ×", r is not None and r <= 1.0)
+    r = ratio(g("rc_auth", "gatehouse", "cpu_us_per_request"), g("rc_plain", "nginx", "cpu_us_per_request"))
+    target("real clients: authenticated proxy CPU per request ≤ 1.3 × nginx's plain proxy", r is not None,
+           f"{fmt(r, 2)} ×", r is not None and r <= 1.3)
+    gp, np_ = g("rc_fixed_rate", "gatehouse", "p99_us"), g("rc_fixed_rate", "nginx", "p99_us")
+    r = ratio(gp, np_)
+    target("real clients: p99 at a fixed offered load no worse than nginx's", r is not None,
+           f"{fmt(gp)} µs vs {fmt(np_)} µs ({fmt(r, 2)} ×)", r is not None and r <= 1.0)
     b = idle.get("gatehouse", {}).get("bytes_per_connection")
     target("RSS per idle keep-alive connection ≤ 4 KiB", b is not None,
            f"{fmt(b)} B (nginx {fmt(idle.get('nginx', {}).get('bytes_per_connection'))} B)",
@@ -393,10 +412,17 @@ def main():
     L.append("|---|---|---|---|")
     req = {"plain": "GET /plain", "auth": "GET /auth, `Authorization: Bearer` (HS256)", "noauth_401": "GET /auth, no token",
            "not_found_404": "GET /nothing/here", "landing": "GET /", "asset": "GET /assets/css/site.css",
-           "fixed_rate": f"GET /plain, ~{meta['fixed_rate']:,} req/s offered over {meta['fixed_connections']} connections"}
+           "fixed_rate": f"GET /plain, ~{meta['fixed_rate']:,} req/s offered over {meta['fixed_connections']} connections",
+           "rc_plain": "GET /plain with a browser's headers (`Accept-Encoding: gzip, deflate, br`, `Accept`, `Accept-Language`, `User-Agent`, a cookie)",
+           "rc_auth": "as rc_plain, on /auth with `Authorization: Bearer`",
+           "rc_json": "as rc_plain, on /json (a 1,210-byte JSON answer)",
+           "rc_fixed_rate": "as rc_plain, paced as fixed_rate"}
     ghd = {"plain": "route → pool → upstream, forwarding headers", "auth": "HS256 JWT verify + live-session check (sessions in Redis, read through gatehouse's in-process session cache), identity headers, proxy",
            "noauth_401": "401 JSON from the auth guard", "not_found_404": "404 JSON (no route)", "landing": "renders landing.html (minijinja)",
-           "asset": "served from memory (ETag, Last-Modified)", "fixed_rate": "as plain"}
+           "asset": "served from memory (ETag, Last-Modified)", "fixed_rate": "as plain",
+           "rc_plain": "as plain; the answer (3 bytes) is below compression.min_size", "rc_auth": "as auth",
+           "rc_json": "as plain, compressing the answer (server.compression: from 1 KiB, level 6)",
+           "rc_fixed_rate": "as plain"}
     for s in scenarios:
         L.append(f"| {LABELS.get(s, s)} | {req.get(s, '')} | {ghd.get(s, '')} | {NGINX_DOES.get(s, '')} |")
     L.append("")

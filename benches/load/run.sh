@@ -54,7 +54,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 PROFILE=${PROFILE:-1}
 PINGORA_FLOOR=${PINGORA_FLOOR:-1}
 ENGINE_FLOOR=${ENGINE_FLOOR:-1}
-SCENARIOS=${SCENARIOS:-plain auth noauth_401 not_found_404 landing asset fixed_rate}
+SCENARIOS=${SCENARIOS:-plain auth noauth_401 not_found_404 landing asset fixed_rate rc_plain rc_auth rc_json rc_fixed_rate}
 MACHINE=${BENCH_MACHINE:-$(hostname -s)-$(nproc)cpu}
 OUT_DIR=${OUT_DIR:-$REPO/benches/results}
 DATE=$(date +%F)
@@ -178,6 +178,8 @@ $(temp_paths "$WORK/upstream")
   server {
     listen 127.0.0.1:$UP_PORT;
     location / { default_type text/plain; return 200 "ok\n"; }
+    # A ~1.2 KiB JSON answer, as a patients service gives (the real-client scenarios).
+    location /json { default_type application/json; return 200 '{"patient_id":42,"appointments":[{"id":1000,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-10T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1001,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-11T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1002,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-12T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1003,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-13T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1004,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-14T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1005,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-15T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"}]}'; }
   }
 }
 EOF
@@ -214,6 +216,7 @@ upstreams:
     backends: http://127.0.0.1:$UP_PORT
 routes:
   - {name: plain, prefix: /plain, upstream: backend}
+  - {name: json, prefix: /json, upstream: backend}
   - {name: auth, prefix: /auth, upstream: backend, auth: required}
 web:
   templates: $REPO/templates
@@ -285,6 +288,16 @@ $(temp_paths "$WORK/proxy")
     add_header X-Request-Id \$req_id always;
 
     location /plain { proxy_pass http://backend; }
+    # The same compression gatehouse applies (server.compression: gzip level 6 from 1 KiB).
+    location /json {
+      proxy_pass http://backend;
+      gzip on;
+      gzip_types application/json;
+      gzip_min_length 1024;
+      gzip_comp_level 6;
+      gzip_proxied any;
+      gzip_vary on;
+    }
     # nginx has no JWT: /auth with a token is the plain proxy; without one, the 401 answer.
     location /auth {
       default_type application/json;
@@ -413,8 +426,9 @@ wait_idle() { # up to IDLE_WAIT_MAX s for the machine to be idle (busy < IDLE_BU
 # name | path | Authorization header (1: the bench token) | expected status
 scenario_path() {
   case $1 in
-    plain | fixed_rate) echo /plain ;;
-    auth | noauth_401) echo /auth ;;
+    plain | fixed_rate | rc_plain | rc_fixed_rate) echo /plain ;;
+    auth | noauth_401 | rc_auth) echo /auth ;;
+    rc_json) echo /json ;;
     not_found_404) echo /nothing/here ;;
     landing) echo / ;;
     asset) echo /assets/css/site.css ;;
@@ -423,11 +437,26 @@ scenario_path() {
 scenario_status() {
   case $1 in noauth_401) echo 401 ;; not_found_404) echo 404 ;; *) echo 200 ;; esac
 }
+# What a browser's or an API client's request carries besides the URL (rc_* scenarios): the
+# negotiation headers, a user agent and a cookie of the site's own (not gatehouse's).
+RC_HEADERS=(
+  -H "Accept: application/json, text/plain, */*"
+  -H "Accept-Encoding: gzip, deflate, br"
+  -H "Accept-Language: es-ES,es;q=0.9,en;q=0.8"
+  -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+  -H "Cookie: theme=dark; _ga=GA1.2.1234567890.1733500000"
+)
+scenario_headers() { # SCENARIO: the request headers (one per line, as curl/wrk arguments)
+  case $1 in rc_*) printf '%s\n' "${RC_HEADERS[@]}" ;; esac
+  case $1 in auth | rc_auth) printf '%s\n' -H "Authorization: Bearer $TOKEN" ;; esac
+}
 wrk_args() { # PROXY SCENARIO SECONDS: the wrk command line (without wrk itself)
   local url="http://127.0.0.1:$(proxy_port "$1")$(scenario_path "$2")"
   local args=(-t1 --timeout 2s -d "${3}s")
-  if [ "$2" = auth ]; then args+=(-H "Authorization: Bearer $TOKEN"); fi
-  if [ "$2" = fixed_rate ]; then
+  local hdr
+  mapfile -t hdr < <(scenario_headers "$2")
+  args+=("${hdr[@]}")
+  if [ "$2" = fixed_rate ] || [ "$2" = rc_fixed_rate ]; then
     args+=(-c "$FIXED_CONNECTIONS" -s "$LOAD_DIR/paced.lua" "$url" -- "$FIXED_RATE" "$FIXED_CONNECTIONS")
   else
     args+=(-c "$CONNECTIONS" -s "$LOAD_DIR/stats.lua" "$url")
@@ -440,8 +469,7 @@ step "checking every scenario on every proxy"
 for s in $SCENARIOS; do
   for p in $(proxies_for "$s"); do
     url="http://127.0.0.1:$(proxy_port $p)$(scenario_path "$s")"
-    hdr=()
-    if [ "$s" = auth ]; then hdr=(-H "Authorization: Bearer $TOKEN"); fi
+    mapfile -t hdr < <(scenario_headers "$s")
     code=$(curl -s --max-time 5 "${hdr[@]}" -D "$WORK/headers" -o "$WORK/body" -w '%{http_code}' "$url")
     {
       echo "### $s — $p: GET $(scenario_path "$s") → $code, $(wc -c <"$WORK/body") body bytes"
