@@ -14,11 +14,11 @@
 //! Redis with two gateway instances.
 
 mod common;
-use common::users::{seed_users, unique, Account, PASSWORD};
+use common::backends::{Backend, TempDir};
+use common::users::{login_as, refresh, seed_users, unique, Account, PASSWORD};
 use common::*;
 
 use gatehouse::auth::users::{Role, UserDb};
-use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -31,51 +31,6 @@ const REFRESH_COOKIE: &str = "predicthealth_refresh";
 /// every 250 ms; the bound leaves room for a loaded test machine (not a speed test).
 const REACH: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    /// A fresh SQLite file and the in-process store (one gateway).
-    Embedded,
-    /// `DATABASE_URL` and `REDIS_URL`, two gateways sharing them.
-    PostgresRedis,
-}
-
-/// `(database_url, redis_url)`, or `None` when the services are not set (the test is
-/// skipped with a note).
-fn urls(b: Backend) -> Option<(String, String)> {
-    match b {
-        Backend::Embedded => Some((common::users::temp_db_url("accounts"), String::new())),
-        Backend::PostgresRedis => {
-            let var = |k| {
-                std::env::var(k)
-                    .ok()
-                    .filter(|v: &String| !v.trim().is_empty())
-            };
-            match (var("DATABASE_URL"), var("REDIS_URL")) {
-                (Some(db), Some(redis)) => Some((db, redis)),
-                _ => {
-                    eprintln!("note: DATABASE_URL and REDIS_URL are not both set; skipping");
-                    None
-                }
-            }
-        }
-    }
-}
-
-macro_rules! on_both_backends {
-    ($($flow:ident),* $(,)?) => {$(
-        mod $flow {
-            #[test]
-            fn sqlite_and_memory_store() {
-                super::$flow(super::Backend::Embedded)
-            }
-            #[test]
-            fn postgres_and_redis_two_instances() {
-                super::$flow(super::Backend::PostgresRedis)
-            }
-        }
-    )*};
-}
-
 /// The gateways of one test (two on PostgreSQL + Redis), their upstream and user.
 struct Site {
     db: String,
@@ -83,19 +38,22 @@ struct Site {
     user: Account,
     _up: FakeUpstream,
     gws: Vec<Gw>,
+    /// Last: removed after the gateways have stopped.
+    _dir: Option<TempDir>,
 }
 
 impl Site {
     fn start(b: Backend, auth_extra: &str) -> Option<Site> {
-        let (db, redis) = urls(b)?;
+        let (db, redis, dir) = b.urls()?;
         let user = seed_users(&db, "accounts.test", &[(Role::Patient, "Pat")]).remove(0);
         let up = FakeUpstream::start(Behavior::Echo);
         let instances = if b == Backend::Embedded { 1 } else { 2 };
         let gws = (0..instances)
             .map(|_| {
                 Gw::start(&format!(
-                    "upstreams:\n{}\nroutes:\n  - {{name: signed_in, prefix: /private, upstream: app, auth: required}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n{auth_extra}",
-                    upstream("app", &[up.url()], "")
+                    "upstreams:\n{}\nroutes:\n  - {{name: signed_in, prefix: /private, upstream: app, auth: required}}\nweb:\n  templates: {templates}\n  pages:\n    - {{path: /mine, template: docs.html, title: Mine, auth: required}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n{auth_extra}",
+                    upstream("app", &[up.url()], ""),
+                    templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
                 ))
             })
             .collect();
@@ -105,6 +63,7 @@ impl Site {
             user,
             _up: up,
             gws,
+            _dir: dir,
         })
     }
 
@@ -171,20 +130,8 @@ fn max_age(r: &Response, name: &str) -> Option<u64> {
         })
 }
 
-fn login_with(port: u16, email: &str, password: &str) -> Response {
-    let body = json!({"email": email, "password": password}).to_string();
-    request(
-        port,
-        "POST",
-        "/api/v1/auth/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("POST login")
-}
-
 fn sign_in(port: u16, email: &str, password: &str) -> Signed {
-    let r = login_with(port, email, password);
+    let r = login_as(port, email, password);
     assert_eq!(r.status, 200, "login {email}: {}", r.text());
     let v = json(&r);
     Signed {
@@ -209,18 +156,6 @@ fn with_cookie(port: u16, cookie: &str) -> Response {
         &[("Cookie", &c), ("Accept", "application/json")],
     )
     .expect("GET /private/x")
-}
-
-fn refresh(port: u16, refresh_token: &str) -> Response {
-    let body = json!({"refresh_token": refresh_token}).to_string();
-    request(
-        port,
-        "POST",
-        "/api/v1/auth/refresh",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("POST refresh")
 }
 
 fn audit(db: &str, user_id: i64) -> Vec<gatehouse::auth::users::AuditEvent> {
@@ -313,11 +248,11 @@ fn a_cli_change_ends_every_session_everywhere(b: Backend, args: &[&str], stdin: 
     // What signing in does afterwards.
     match args[0] {
         "disable" | "delete" => {
-            let r = login_with(site.port(), &email, PASSWORD);
+            let r = login_as(site.port(), &email, PASSWORD);
             assert_eq!(r.status, 401, "{args:?}: {}", r.text());
         }
         "set-password" => {
-            assert_eq!(login_with(site.port(), &email, PASSWORD).status, 401);
+            assert_eq!(login_as(site.port(), &email, PASSWORD).status, 401);
             let new = sign_in(site.port(), &email, stdin.trim());
             // A sign-in after the change is not ended by it (several polls later).
             std::thread::sleep(Duration::from_millis(600));
@@ -327,7 +262,7 @@ fn a_cli_change_ends_every_session_everywhere(b: Backend, args: &[&str], stdin: 
             assert_eq!(refresh(site.port(), &new.refresh).status, 200);
         }
         "set-role" => {
-            let r = login_with(site.port(), &email, PASSWORD);
+            let r = login_as(site.port(), &email, PASSWORD);
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(json(&r)["user"]["role"], "doctor");
         }
@@ -379,7 +314,7 @@ fn a_disabled_user_cannot_refresh(b: Backend) {
 }
 
 /// Activity keeps a browser's cookie session alive past the access TTL (10 s here): each
-/// renewal — through `validate` and through a proxied request — re-issues the cookie with
+/// renewal — through `validate`, a page and a proxied request — re-issues the cookie with
 /// the lifetime the store got; then inactivity past the idle timeout (12 s) ends it, refresh
 /// cookie included.
 fn activity_keeps_a_cookie_session_alive_and_inactivity_ends_it(b: Backend) {
@@ -388,7 +323,7 @@ fn activity_keeps_a_cookie_session_alive_and_inactivity_ends_it(b: Backend) {
         return;
     };
     let port = site.port();
-    let r = login_with(port, &site.user.email, PASSWORD);
+    let r = login_as(port, &site.user.email, PASSWORD);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(max_age(&r, COOKIE), Some(10));
     assert_eq!(
@@ -413,15 +348,23 @@ fn activity_keeps_a_cookie_session_alive_and_inactivity_ends_it(b: Backend) {
     );
     cookie = set_cookie_value(&v, COOKIE).expect("renewed cookie");
 
-    // 12 s in: a proxied request renews it again.
+    // 12 s in: a page renews it.
+    std::thread::sleep(Duration::from_secs(6));
+    let c = format!("{COOKIE}={cookie}");
+    let page = get(port, "/mine", &[("Cookie", &c), ("Accept", "text/html")]).expect("page");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(max_age(&page, COOKIE), Some(10), "{:?}", page.headers);
+    cookie = set_cookie_value(&page, COOKIE).expect("renewed cookie");
+
+    // 18 s in: a proxied request renews it again.
     std::thread::sleep(Duration::from_secs(6));
     let p = with_cookie(port, &cookie);
     assert_eq!(p.status, 200, "{}", p.text());
     assert_eq!(max_age(&p, COOKIE), Some(10), "{:?}", p.headers);
     cookie = set_cookie_value(&p, COOKIE).expect("renewed cookie");
 
-    // 17 s in: past both the access TTL and the idle timeout counted from sign-in.
-    std::thread::sleep(Duration::from_secs(5));
+    // 19 s in: past both the access TTL and the idle timeout counted from sign-in.
+    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         with_cookie(port, &cookie).status,
         200,
@@ -466,7 +409,8 @@ on_both_backends!(
 /// database change and its record for the gateways), not a bare error.
 #[test]
 fn an_unreachable_redis_fails_the_command_and_says_what_was_applied() {
-    let db = common::users::temp_db_url("accounts-noredis");
+    let dir = TempDir::new("accounts-noredis");
+    let db = dir.sqlite_url();
     let user = seed_users(&db, "accounts.test", &[(Role::Patient, "Pat")]).remove(0);
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
     let out = cli(&db, &dead, &["disable", "--email", &user.email], "");
@@ -493,7 +437,8 @@ fn an_unreachable_redis_fails_the_command_and_says_what_was_applied() {
 
 #[test]
 fn bad_input_to_the_account_commands_is_refused_with_a_message() {
-    let db = common::users::temp_db_url("accounts-bad");
+    let dir = TempDir::new("accounts-bad");
+    let db = dir.sqlite_url();
     let user = seed_users(&db, "accounts.test", &[(Role::Patient, "Pat")]).remove(0);
     let nobody = format!("nobody-{}@accounts.test", unique());
     for (args, stdin, want) in [

@@ -8,6 +8,7 @@
 //! sessions, are in `identity_redis.rs`.
 
 mod common;
+use common::backends::{Backend, TempDir};
 use common::users::{block_on, seed_users, unique, Account, PASSWORD};
 use common::*;
 
@@ -23,90 +24,6 @@ use std::process::Command;
 const SECRET: &str = "identity-tests-hs256-secret-0123456789abcdef";
 const COOKIE: &str = "predicthealth_session";
 const REFRESH_COOKIE: &str = "predicthealth_refresh";
-
-// ------------------------------------------------------------------------------------------
-// Backends
-// ------------------------------------------------------------------------------------------
-
-/// Where users and sessions live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    /// A fresh SQLite file and the in-process store.
-    Embedded,
-    /// `DATABASE_URL` (PostgreSQL, shared by every test: unique emails) and `REDIS_URL`.
-    PostgresRedis,
-}
-
-impl Backend {
-    /// `(database_url, redis_url, the SQLite file's directory)`, or `None` (with a note)
-    /// when the services are not set.
-    fn urls(self) -> Option<(String, String, Option<TempDir>)> {
-        match self {
-            Backend::Embedded => {
-                let dir = TempDir::new("db");
-                Some((dir.sqlite_url(), String::new(), Some(dir)))
-            }
-            Backend::PostgresRedis => {
-                let var = |k| {
-                    std::env::var(k)
-                        .ok()
-                        .filter(|v: &String| !v.trim().is_empty())
-                };
-                match (var("DATABASE_URL"), var("REDIS_URL")) {
-                    (Some(db), Some(redis)) => Some((db, redis, None)),
-                    _ => {
-                        eprintln!(
-                            "note: DATABASE_URL and REDIS_URL are not both set; skipping the \
-                             PostgreSQL + Redis variant (scripts/test.sh starts both)"
-                        );
-                        None
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// For each flow `f(Backend)`, a module `f` with one test per backend.
-macro_rules! on_both_backends {
-    ($($flow:ident),* $(,)?) => {$(
-        mod $flow {
-            #[test]
-            fn sqlite_and_memory_store() {
-                super::$flow(super::Backend::Embedded)
-            }
-            #[test]
-            fn postgres_and_redis() {
-                super::$flow(super::Backend::PostgresRedis)
-            }
-        }
-    )*};
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("gatehouse-identity-{}-{name}", unique()))
-}
-
-/// A directory under the system temp dir, removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = temp_path(name);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    fn sqlite_url(&self) -> String {
-        format!("sqlite://{}", self.0.join("users.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 // ------------------------------------------------------------------------------------------
 // Users and gateways
@@ -1235,9 +1152,10 @@ fn rsa_pair(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
 
 fn rs256_gateway_refuses_hs256_tokens_keyed_with_its_public_key_and_foreign_keys(b: Backend) {
     let dir = TempDir::new("keys");
-    let (Some((private, public)), Some((foreign, _))) =
-        (rsa_pair(&dir.0, "gateway"), rsa_pair(&dir.0, "foreign"))
-    else {
+    let (Some((private, public)), Some((foreign, _))) = (
+        rsa_pair(dir.path(), "gateway"),
+        rsa_pair(dir.path(), "foreign"),
+    ) else {
         eprintln!("note: openssl could not generate RSA keys; skipping the RS256 test");
         return;
     };

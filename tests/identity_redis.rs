@@ -4,10 +4,11 @@
 //! The everyday flows are in `identity.rs`.
 
 mod common;
+use common::users::refresh;
 use common::*;
 
 use gatehouse::auth::users::{Role, UserDb};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -95,15 +96,7 @@ fn gateway(db: &str, redis: &str, up: &FakeUpstream) -> Gw {
 }
 
 fn login(port: u16, email: &str) -> Response {
-    let body = json!({"email": email, "password": PASSWORD}).to_string();
-    request(
-        port,
-        "POST",
-        "/api/v1/auth/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("POST login")
+    common::users::login_as(port, email, PASSWORD)
 }
 
 fn tokens(r: &Response) -> (String, String) {
@@ -122,18 +115,6 @@ fn post_bearer(port: u16, path: &str, token: &str) -> Response {
     let auth = format!("Bearer {token}");
     request(port, "POST", path, &[("Authorization", &auth)], b"")
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-}
-
-fn refresh(port: u16, refresh_token: &str) -> Response {
-    let body = json!({ "refresh_token": refresh_token }).to_string();
-    request(
-        port,
-        "POST",
-        "/api/v1/auth/refresh",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("POST refresh")
 }
 
 fn error_code(r: &Response) -> String {

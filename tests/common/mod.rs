@@ -2,6 +2,7 @@
 //! raw HTTP clients (`upstream_and_client`). Each test owns its gateway; it stops on drop.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod scripted;
 pub mod upstream_and_client;
 pub mod users;

@@ -60,18 +60,36 @@ pub fn seed_users(db: &str, domain: &str, users: &[(Role, &str)]) -> Vec<Account
 
 /// Logs `email` in through `POST /api/v1/auth/login`; returns the access token.
 pub fn login(port: u16, email: &str) -> String {
-    let body = serde_json::json!({"email": email, "password": PASSWORD}).to_string();
-    let r = super::request(
+    let r = login_as(port, email, PASSWORD);
+    assert_eq!(r.status, 200, "login {email}: {}", r.text());
+    super::json(&r)["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access_token in {}", r.text()))
+        .to_string()
+}
+
+/// `POST /api/v1/auth/login` with JSON credentials; the raw answer.
+pub fn login_as(port: u16, email: &str, password: &str) -> super::Response {
+    let body = serde_json::json!({"email": email, "password": password}).to_string();
+    super::request(
         port,
         "POST",
         "/api/v1/auth/login",
         &[("Content-Type", "application/json")],
         body.as_bytes(),
     )
-    .expect("POST /api/v1/auth/login");
-    assert_eq!(r.status, 200, "login {email}: {}", r.text());
-    super::json(&r)["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no access_token in {}", r.text()))
-        .to_string()
+    .expect("POST /api/v1/auth/login")
+}
+
+/// `POST /api/v1/auth/refresh` with the refresh token in a JSON body; the raw answer.
+pub fn refresh(port: u16, refresh_token: &str) -> super::Response {
+    let body = serde_json::json!({ "refresh_token": refresh_token }).to_string();
+    super::request(
+        port,
+        "POST",
+        "/api/v1/auth/refresh",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .expect("POST /api/v1/auth/refresh")
 }

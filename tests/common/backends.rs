@@ -1,0 +1,87 @@
+//! Where a test's users and sessions live: the embedded defaults (a fresh SQLite file and the
+//! in-process store) or PostgreSQL and Redis (`DATABASE_URL`, `REDIS_URL`: scripts/test.sh
+//! starts throwaway ones), and `on_both_backends!`, which runs a flow on each.
+
+use std::path::{Path, PathBuf};
+
+/// A directory under the system temp dir, removed with its contents on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("gatehouse-{}-{name}", super::users::unique()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A SQLite database in this directory.
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.0.join("users.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where users and sessions live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh SQLite file and the in-process store.
+    Embedded,
+    /// `DATABASE_URL` (PostgreSQL, shared by every test: unique emails) and `REDIS_URL`.
+    PostgresRedis,
+}
+
+impl Backend {
+    /// `(database_url, redis_url, the SQLite file's directory)`, or `None` (with a note)
+    /// when the services are not set.
+    pub fn urls(self) -> Option<(String, String, Option<TempDir>)> {
+        match self {
+            Backend::Embedded => {
+                let dir = TempDir::new("db");
+                Some((dir.sqlite_url(), String::new(), Some(dir)))
+            }
+            Backend::PostgresRedis => {
+                let var = |k| {
+                    std::env::var(k)
+                        .ok()
+                        .filter(|v: &String| !v.trim().is_empty())
+                };
+                match (var("DATABASE_URL"), var("REDIS_URL")) {
+                    (Some(db), Some(redis)) => Some((db, redis, None)),
+                    _ => {
+                        eprintln!(
+                            "note: DATABASE_URL and REDIS_URL are not both set; skipping the \
+                             PostgreSQL + Redis variant (scripts/test.sh starts both)"
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For each flow `f(Backend)`, a module `f` with one test per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($flow:ident),* $(,)?) => {$(
+        mod $flow {
+            #[test]
+            fn sqlite_and_memory_store() {
+                super::$flow(super::Backend::Embedded)
+            }
+            #[test]
+            fn postgres_and_redis() {
+                super::$flow(super::Backend::PostgresRedis)
+            }
+        }
+    )*};
+}
