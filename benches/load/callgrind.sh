@@ -11,7 +11,8 @@
 # prints user-space instructions per request and the functions that cost most (self, then
 # inclusive, per request). Everything started is stopped on exit.
 #
-# Usage: benches/load/callgrind.sh [PATH]   (PATH: /plain/x; /auth/x with a token: AUTH=1)
+# Usage: benches/load/callgrind.sh [PATH]   (PATH: /plain/x; /auth/x with a token: AUTH=1;
+# RC=1 adds a browser's headers: Accept-Encoding, Accept, Accept-Language, User-Agent, a cookie)
 # Knobs: GATEHOUSE_BIN (default: the release binary under CARGO_TARGET_DIR), RUN_SECONDS (10),
 # WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in).
 # Needs valgrind, nginx-light, wrk, redis-server (installed with apt-get when missing).
@@ -113,6 +114,16 @@ if [ "${AUTH:-0}" = 1 ]; then
     "http://127.0.0.1:$GH_PORT/api/v1/auth/login" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   HEADER=(-H "Authorization: Bearer $TOKEN")
+fi
+# RC=1: what a browser sends besides the URL (the harness's rc_* scenarios).
+if [ "${RC:-0}" = 1 ]; then
+  HEADER+=(
+    -H "Accept: application/json, text/plain, */*"
+    -H "Accept-Encoding: gzip, deflate, br"
+    -H "Accept-Language: es-ES,es;q=0.9,en;q=0.8"
+    -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+    -H "Cookie: theme=dark; _ga=GA1.2.1234567890.1733500000"
+  )
 fi
 wrk -t1 -c10 -d"${WARM}s" "${HEADER[@]}" "http://127.0.0.1:$GH_PORT$URL_PATH" >/dev/null
 callgrind_control -z "$VG" >/dev/null
