@@ -786,6 +786,11 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        // `close` on any Connection line ends the connection after this answer (Pingora reads
+        // only the first line).
+        if !session.is_http2() && forwarding::connection_close(&session.req_header().headers) {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 

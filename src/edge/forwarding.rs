@@ -116,6 +116,17 @@ pub const HOP_BY_HOP: &[&str] = &[
 pub const IDENTITY_HEADERS: &[&str] =
     &["authorization", "x-user-id", "x-user-role", "x-session-id"];
 
+/// Whether any `Connection` line lists `close` (RFC 9110 §7.6.1: every line counts; Pingora
+/// reads only the first).
+pub fn connection_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
 /// Names listed in `Connection:` (also hop-by-hop), lower-cased.
 pub fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
@@ -172,6 +183,15 @@ mod tests {
             &trusted,
         );
         assert_eq!(ip, Some("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn close_on_any_connection_line_counts() {
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive".parse().expect("v"));
+        assert!(!connection_close(&h));
+        h.append("connection", "Upgrade, Close".parse().expect("v"));
+        assert!(connection_close(&h));
     }
 
     #[test]
