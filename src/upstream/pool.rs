@@ -442,3 +442,89 @@ fn build_check(
         priming,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(yaml: &str) -> Pool {
+        let cfg: UpstreamConfig = serde_yaml::from_str(yaml).expect("upstream config");
+        Pool::build("app", &cfg).expect("pool")
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn a_pick_skips_excluded_backends_and_none_is_left_when_all_are() {
+        let p = pool("backends: http://127.0.0.1:1, http://127.0.0.1:2");
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.1:2"));
+        let now = Instant::now();
+        for _ in 0..10 {
+            let (got, _) = p.select(b"", now, &[a]).expect("the other backend");
+            assert_eq!(got, b);
+        }
+        assert!(p.select(b"", now, &[a, b]).is_none());
+        assert!(!p.has_candidate(&[a, b], now));
+        assert!(p.has_candidate(&[a], now));
+        // One backend: the short path honours the exclusion too.
+        let one = pool("backends: http://127.0.0.1:3");
+        assert_eq!(
+            one.select(b"", now, &[]).map(|s| s.0),
+            Some(addr("127.0.0.1:3"))
+        );
+        assert!(one.select(b"", now, &[addr("127.0.0.1:3")]).is_none());
+    }
+
+    #[test]
+    fn round_robin_takes_turns_between_backends() {
+        let p = pool("backends: http://127.0.0.1:1, http://127.0.0.1:2");
+        let now = Instant::now();
+        let picks: Vec<SocketAddr> = (0..4)
+            .filter_map(|_| p.select(b"", now, &[]).map(|s| s.0))
+            .collect();
+        assert_eq!(picks.len(), 4);
+        assert_ne!(picks[0], picks[1]);
+        assert_eq!(picks[0], picks[2]);
+    }
+
+    #[test]
+    fn an_open_breaker_takes_its_backend_out_of_the_picks() {
+        let p = pool(
+            "backends: http://127.0.0.1:1, http://127.0.0.1:2\ncircuit_breaker: {consecutive_failures: 2, cooldown: 30s}",
+        );
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.1:2"));
+        let now = Instant::now();
+        assert_eq!(p.breaker_state(&a, now), BreakerState::Closed);
+        assert!(p.record(&a, false, now).is_none());
+        let opened = p.record(&a, false, now).expect("a transition");
+        assert_eq!(opened.to, BreakerState::Open);
+        assert_eq!(p.breaker_state(&a, now), BreakerState::Open);
+        for _ in 0..10 {
+            assert_eq!(p.select(b"", now, &[]).map(|s| s.0), Some(b));
+        }
+        assert!(!p.has_candidate(&[b], now), "b excluded and a open: nobody");
+        // A success on the other backend changes nothing for the open one.
+        p.record(&b, true, now);
+        assert_eq!(p.breaker_state(&a, now), BreakerState::Open);
+    }
+
+    #[test]
+    fn failure_statuses_labels_and_bad_urls() {
+        let p = pool("backends: http://127.0.0.1:1");
+        assert!(p.is_failure_status(500) && p.is_failure_status(503));
+        assert!(!p.is_failure_status(404) && !p.is_failure_status(200));
+        assert_eq!(p.backend_label(&addr("127.0.0.1:1")), "127.0.0.1:1");
+        assert_eq!(p.backend_label(&addr("127.0.0.1:9")), "127.0.0.1:9");
+        let cfg: UpstreamConfig =
+            serde_yaml::from_str("backends: http://127.0.0.1:1, ftp://127.0.0.1:2").expect("cfg");
+        match Pool::build("app", &cfg) {
+            Err(PoolError::Invalid { pool, index, .. }) => {
+                assert_eq!((pool.as_str(), index), ("app", 1));
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("an ftp backend was accepted"),
+        }
+    }
+}
