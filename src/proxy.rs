@@ -100,7 +100,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A fresh context for a request served with `snapshot` (both lanes).
+    /// A fresh context for a request served with `snapshot`.
     fn new(snapshot: Arc<Snapshot>) -> Ctx {
         Ctx {
             start: Instant::now(),
@@ -137,7 +137,7 @@ impl Ctx {
     }
 }
 
-/// The start of an attempt to a backend, whichever lane makes it ([`Gateway::next_attempt`]).
+/// The start of an attempt to a backend ([`Gateway::next_attempt`]).
 enum Attempt {
     /// Send it to `addr`; `remaining` is what is left of the route's total timeout.
     Go {
@@ -150,7 +150,7 @@ enum Attempt {
     Fallback(Reject),
 }
 
-/// What the retry decision needs to know of the request, whichever lane carries it.
+/// What the retry decision needs to know of the request.
 struct Sent<'a> {
     method: &'a Method,
     headers: &'a http::HeaderMap,
@@ -356,13 +356,6 @@ impl Gateway {
             ctx.client_slot = Some(ip);
         }
         None
-    }
-
-    /// The `Cookie` header an upstream gets: the client's without the gateway's own cookies
-    /// (session, refresh, CSRF, flash), decided here for both lanes. `None`: forward it as
-    /// sent; `Some("")`: drop it.
-    pub(crate) fn upstream_cookie(&self, headers: &http::HeaderMap) -> Option<String> {
-        crate::auth::cookies::strip(headers, &self.auth.own_cookies())
     }
 
     fn count_auth(&self, result: &str, reason: &str) {
@@ -676,7 +669,7 @@ impl Gateway {
         Attempt::Go { addr, remaining }
     }
 
-    /// The end of a request, whichever lane served it: in-flight slots given back, the
+    /// The end of a request: in-flight slots given back, the
     /// request metrics, the access log line.
     fn log_request(
         &self,
@@ -1191,7 +1184,9 @@ impl ProxyHttp for Gateway {
         for name in &strip {
             up.remove_header(name);
         }
-        match self.upstream_cookie(&up.headers) {
+        // The gateway's own cookies (session, refresh, CSRF, flash) never reach an upstream;
+        // the client's others pass as sent (`Some("")`: nothing is left, no header).
+        match crate::auth::cookies::strip(&up.headers, &self.auth.own_cookies()) {
             None => {}
             Some(c) if c.is_empty() => {
                 up.remove_header(&http::header::COOKIE);

@@ -626,7 +626,10 @@ impl Auth {
         };
         // The account as it is now: a disabled, deleted or re-roled account refreshes nothing,
         // and a session begun before the user's latest account change is over.
-        let valid_after = match self.account_valid_after(&claims.sub, &claims.role).await {
+        let valid_after = match self
+            .account_valid_after(&claims.sub, &claims.role, req)
+            .await
+        {
             Ok(Some(t)) => t,
             Ok(None) => {
                 if let Err(e) = self.sessions.end_session(&claims.sid).await {
@@ -636,7 +639,7 @@ impl Auth {
                 r.headers.extend(self.clear_cookies(req.tls));
                 return r;
             }
-            Err(r) => return r(req),
+            Err(r) => return r,
         };
         match self.sessions.refresh(&token, now, valid_after).await {
             Ok(pair) => {
@@ -662,13 +665,14 @@ impl Auth {
 
     /// `Some(t)`: the user exists, is enabled and still has `role`; sessions begun before
     /// `t` (unix ms, the latest account change) are over. `None`: the account is gone,
-    /// disabled or changed role. `Err`: the database cannot say (the caller answers 503).
+    /// disabled or changed role. `Err`: the database cannot say (the 503 to answer).
     async fn account_valid_after(
         &self,
         sub: &str,
         role: &str,
-    ) -> Result<Option<i64>, fn(&Request<'_>) -> Reply> {
-        let db_down = |req: &Request<'_>| unavailable(req, "database_unavailable");
+        req: &Request<'_>,
+    ) -> Result<Option<i64>, Reply> {
+        let db_down = || unavailable(req, "database_unavailable");
         let Ok(id) = sub.parse::<i64>() else {
             return Ok(None);
         };
@@ -677,14 +681,14 @@ impl Auth {
             Ok(_) => return Ok(None),
             Err(e) => {
                 tracing::error!(error = %e, "user database unavailable: account not checked");
-                return Err(db_down);
+                return Err(db_down());
             }
         }
         match self.users.sessions_valid_after(id).await {
             Ok(t) => Ok(Some(t)),
             Err(e) => {
                 tracing::error!(error = %e, "user database unavailable: revocations not checked");
-                Err(db_down)
+                Err(db_down())
             }
         }
     }

@@ -19,7 +19,7 @@ pub struct Identity {
     pub via_cookie: bool,
     /// The `Set-Cookie` value that renews a cookie session: the access token re-issued, with
     /// the lifetime its store key just got (decided here once, written by every path that
-    /// answers: proxied responses on both lanes, pages, validate).
+    /// answers: proxied responses, pages, validate).
     pub renewed_cookie: Option<String>,
 }
 

@@ -73,7 +73,7 @@ impl Gateway {
     }
 
     /// The body and headers of `r` for this request: an HTML page for browsers, JSON for
-    /// API clients (both lanes answer through it).
+    /// API clients.
     pub(super) fn reject_answer(
         &self,
         ctx: &Ctx,

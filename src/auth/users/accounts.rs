@@ -287,29 +287,28 @@ impl UserDb {
     /// Where a gateway starting now begins reading revocations: after the last one made
     /// before `since_ms` (older ones concern sessions that cannot be alive any more).
     pub async fn revocation_cursor(&self, since_ms: i64) -> Result<i64, UserError> {
-        with_pool!(self, |pool| {
-            let id: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(id), 0) FROM session_revocations WHERE at_ms < $1",
-            )
-            .bind(since_ms)
-            .fetch_one(pool)
-            .await?;
-            Ok(id)
-        })
+        self.scalar(
+            "SELECT COALESCE(MAX(id), 0) FROM session_revocations WHERE at_ms < $1",
+            since_ms,
+        )
         .await
     }
 
     /// The time (unix ms) of the user's latest revocation, 0 for none: a session that began
     /// before it is over.
     pub async fn sessions_valid_after(&self, user_id: i64) -> Result<i64, UserError> {
+        self.scalar(
+            "SELECT COALESCE(MAX(at_ms), 0) FROM session_revocations WHERE user_id = $1",
+            user_id,
+        )
+        .await
+    }
+
+    /// One integer from a query with one integer parameter.
+    async fn scalar(&self, sql: &'static str, arg: i64) -> Result<i64, UserError> {
         with_pool!(self, |pool| {
-            let at: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(at_ms), 0) FROM session_revocations WHERE user_id = $1",
-            )
-            .bind(user_id)
-            .fetch_one(pool)
-            .await?;
-            Ok(at)
+            let v: i64 = sqlx::query_scalar(sql).bind(arg).fetch_one(pool).await?;
+            Ok(v)
         })
         .await
     }
