@@ -4,6 +4,7 @@
 //! integration tests share it. [`spawn`] runs one on its own thread for tests.
 
 pub mod admin;
+pub mod answer;
 pub mod auth;
 pub mod builtin;
 pub mod cache;
@@ -13,6 +14,7 @@ pub mod errors;
 pub mod logging;
 pub mod metrics;
 pub mod pages;
+pub mod plan;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -133,7 +133,10 @@ fn auth_endpoints_assets_and_pages_come_before_routes() {
     assert_eq!(r.status, 404);
     let r = send(&s, "GET", "/page", &[("Accept", "text/html"), CATCH], b"");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap_or("").starts_with("text/html"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/html"));
     let r = send(&s, "POST", "/page", &[API, CATCH], b"");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));

@@ -6,11 +6,10 @@
 
 use crate::errors::Reject;
 use http::{Method, Version};
-use pingora::http::RequestHeader;
 
 /// Checks one request head. `raw` is the header block as received (HTTP/1 only).
 pub fn check(
-    req: &RequestHeader,
+    req: &http::request::Parts,
     raw: impl FnOnce() -> Option<bytes::Bytes>,
 ) -> Result<(), Reject> {
     if req.method == Method::TRACE || req.method.as_str() == "TRACK" {
@@ -70,6 +69,7 @@ fn has_content_length(raw: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::http::RequestHeader;
 
     fn req(method: &str, version: Version, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build(method, b"/", None).expect("req");

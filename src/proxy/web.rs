@@ -1,15 +1,14 @@
 //! The browser side of the request filter: static assets, rendered pages (with their data
 //! sources), and the choice between an HTML error page and a JSON error body.
 
+use super::admission::Admit;
 use super::{Ctx, Gateway};
+use crate::answer::Answer;
 use crate::auth::cookies;
-use crate::auth::guard::Decision;
 use crate::errors::Reject;
-use crate::pages::assets::AssetResponse;
 use crate::pages::data::{self, Fetch};
-use crate::pages::{html_headers, PageDef, Pages, RequestView};
+use crate::pages::{html_headers, PageDef, RequestView};
 use bytes::Bytes;
-use http::Method;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::{json, Value};
@@ -61,25 +60,8 @@ impl Gateway {
         }
     }
 
-    /// Answers `r` as an HTML page for browsers, as JSON for API clients.
-    pub(super) async fn send_reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        r: &Reject,
-    ) -> Result<()> {
-        let (body, headers) = self.reject_answer(ctx, r, session.req_header().uri.query());
-        self.send_json(session, ctx, r.status, body, &headers).await
-    }
-
-    /// The body and headers of `r` for this request: an HTML page for browsers, JSON for
-    /// API clients.
-    pub(super) fn reject_answer(
-        &self,
-        ctx: &Ctx,
-        r: &Reject,
-        query: Option<&str>,
-    ) -> (Bytes, Vec<(String, String)>) {
+    /// The answer `r` is for this request: an HTML page for browsers, JSON for API clients.
+    pub(super) fn reject_answer(&self, ctx: &Ctx, r: &Reject, query: Option<&str>) -> Answer {
         let pages = &ctx.snapshot.pages;
         let (body, mut headers) = if ctx.api_client || !pages.has_template("error.html") {
             (r.body(&ctx.request_id), r.headers.clone())
@@ -102,33 +84,7 @@ impl Gateway {
             (Bytes::from(html), headers)
         };
         headers.push(("Vary".into(), "Accept".into()));
-        (body, headers)
-    }
-
-    /// Serves a static asset answer; 404/405 become the usual error answers.
-    pub(super) async fn send_asset(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        a: AssetResponse,
-    ) -> Result<bool> {
-        match a.status {
-            404 => self.reject(session, ctx, Reject::not_found()).await,
-            405 => {
-                let r = crate::errors::from_status(405).with_header("Allow", "GET, HEAD");
-                self.reject(session, ctx, r).await
-            }
-            status => {
-                let headers: Vec<(String, String)> = a
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                self.send_raw(session, ctx, status, a.body, &headers)
-                    .await?;
-                Ok(true)
-            }
-        }
+        Answer::json(r.status, headers, body)
     }
 
     /// Renders a page: access rules, data sources, context, security headers, cookies.
@@ -136,15 +92,10 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        pages: Arc<Pages>,
         page: Arc<PageDef>,
         as_json: bool,
     ) -> Result<bool> {
-        let method = session.req_header().method.clone();
-        if method != Method::GET && method != Method::HEAD {
-            let r = crate::errors::from_status(405).with_header("Allow", "GET, HEAD");
-            return self.reject(session, ctx, r).await;
-        }
+        let pages = ctx.snapshot.pages.clone();
         let decision = self
             .protect(
                 session,
@@ -154,26 +105,8 @@ impl Gateway {
                 crate::config::StoreFailure::FailClosed,
             )
             .await;
-        match decision {
-            Decision::Anonymous => {}
-            Decision::Allow(identity) => {
-                self.count_auth("allow", "token");
-                ctx.identity = Some(identity);
-            }
-            Decision::Deny { reject, reason } => {
-                self.count_auth("deny", reason);
-                return self.reject(session, ctx, reject).await;
-            }
-            Decision::Redirect { location, reason } => {
-                self.count_auth("redirect", reason);
-                let headers = [
-                    ("Location".to_string(), location),
-                    ("Cache-Control".to_string(), "no-store".to_string()),
-                ];
-                self.send_json(session, ctx, 303, Bytes::new(), &headers)
-                    .await?;
-                return Ok(true);
-            }
+        if let Admit::Answered = self.admit_identity(session, ctx, decision).await? {
+            return Ok(true);
         }
 
         let mut set_cookies = Vec::new();
@@ -264,8 +197,8 @@ impl Gateway {
             if let Some(cookie) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
                 headers.push(("Set-Cookie".into(), cookie));
             }
-            self.send_json(session, ctx, 200, Bytes::from(body.to_string()), &headers)
-                .await?;
+            let answer = Answer::json(200, headers, Bytes::from(body.to_string()));
+            self.send_answer(session, ctx, answer).await?;
             return Ok(true);
         }
         let snapshot = ctx.snapshot.clone();
@@ -308,8 +241,12 @@ impl Gateway {
         if let Some(cookie) = ctx.identity.as_ref().and_then(|i| i.renewed_cookie.clone()) {
             headers.push(("Set-Cookie".into(), cookie));
         }
-        self.send_raw(session, ctx, status, Bytes::from(html), &headers)
-            .await?;
+        self.send_answer(
+            session,
+            ctx,
+            Answer::new(status, headers, Bytes::from(html)),
+        )
+        .await?;
         Ok(true)
     }
 }

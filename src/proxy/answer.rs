@@ -1,0 +1,187 @@
+//! The Pingora lane's one writer of the gateway's own answers ([`Answer`]), and the
+//! compression decisions shared with proxied answers.
+
+use super::{Ctx, Gateway};
+use crate::answer::Answer;
+use crate::errors::Reject;
+use http::Method;
+use pingora::http::ResponseHeader;
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+impl Gateway {
+    /// Writes a whole answer: its headers, then length, request id, `no-store` on errors,
+    /// CORS for this request, HSTS on TLS, and the gateway's br encoding when it applies.
+    pub(super) async fn send_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: Answer,
+    ) -> Result<()> {
+        let Answer {
+            status,
+            headers,
+            mut body,
+        } = answer;
+        let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+        let has_length = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+        if !has_length {
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if status >= 400 {
+            resp.insert_header("cache-control", "no-store")?;
+        }
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("set-cookie") {
+                resp.append_header(k, v.as_str())?;
+            } else {
+                resp.insert_header(k, v.as_str())?;
+            }
+        }
+        if let Some(cors) = ctx.cors.as_ref().filter(|c| c.is_enabled()) {
+            for (k, v) in cors.response_headers(&session.req_header().headers) {
+                if k == http::header::VARY {
+                    resp.append_header(k, v)?;
+                } else {
+                    resp.insert_header(k, v)?;
+                }
+            }
+        }
+        if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
+            resp.insert_header("strict-transport-security", h.header_value())?;
+        }
+        if !body.is_empty() && Self::wants_br(session, ctx, &resp, Some(body.len() as u64)) {
+            body = bytes::Bytes::from(crate::edge::brotli_body::compress_all(&body));
+            Self::br_headers(&mut resp)?;
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
+        ctx.status = status;
+        if crate::DRAINING.load(std::sync::atomic::Ordering::Acquire)
+            || session.is_process_shutting_down()
+        {
+            session.set_keepalive(None);
+        }
+        Self::maybe_skip_compression(session, ctx, Some(body.len() as u64));
+        let head_only = session.req_header().method == Method::HEAD || body.is_empty();
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers `r` (an HTML page for browsers, JSON for API clients) and keeps it for the
+    /// access log. Always `Ok(true)`: the request is answered.
+    pub(super) async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        r: Reject,
+    ) -> Result<bool> {
+        self.send_reject(session, ctx, &r).await?;
+        ctx.reject = Some(r);
+        Ok(true)
+    }
+
+    /// Writes `r` without keeping it (`fail_to_proxy` keeps it itself).
+    pub(super) async fn send_reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        r: &Reject,
+    ) -> Result<()> {
+        let answer = self.reject_answer(ctx, r, session.req_header().uri.query());
+        self.send_answer(session, ctx, answer).await
+    }
+
+    /// Whether this answer gets the gateway's own br encoding.
+    pub(super) fn wants_br(
+        session: &Session,
+        ctx: &Ctx,
+        resp: &ResponseHeader,
+        len: Option<u64>,
+    ) -> bool {
+        let c = ctx.snapshot.config.server.compression;
+        let status = resp.status.as_u16();
+        ctx.br
+            && c.enabled
+            && ctx.route.as_ref().is_none_or(|r| r.compression)
+            && !ctx.websocket
+            && session.req_header().method != Method::HEAD
+            && !(status < 200 || status == 204 || status == 304)
+            && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
+            && len.is_none_or(|n| n >= c.min_size.0)
+            && resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(crate::edge::brotli_body::compressible)
+    }
+
+    /// Marks a response header as br-encoded.
+    pub(super) fn br_headers(resp: &mut ResponseHeader) -> Result<()> {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.remove_header(&http::header::ACCEPT_RANGES);
+        resp.insert_header(http::header::CONTENT_ENCODING, "br")?;
+        resp.append_header(http::header::VARY, "Accept-Encoding")?;
+        let etag = resp
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(etag) = etag.filter(|e| e.starts_with('"')) {
+            resp.insert_header(http::header::ETAG, format!("W/{etag}"))?;
+        }
+        Ok(())
+    }
+
+    /// Turns compression off for this answer when it is small or its route opts out.
+    pub(super) fn maybe_skip_compression(session: &mut Session, ctx: &Ctx, len: Option<u64>) {
+        let c = ctx.snapshot.config.server.compression;
+        let small = len.is_some_and(|n| n < c.min_size.0);
+        let opted_out = ctx.route.as_ref().is_some_and(|r| !r.compression);
+        if c.enabled && (small || opted_out) {
+            if let Some(m) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                m.adjust_level(0);
+            }
+        }
+    }
+
+    /// Switches compression on before the modules read `Accept-Encoding` (small answers and
+    /// routes that opt out switch it off again at response time); br is the gateway's own.
+    pub(super) fn choose_compression(session: &mut Session, ctx: &mut Ctx) {
+        let c = ctx.snapshot.config.server.compression;
+        if !c.enabled {
+            return;
+        }
+        let accept = session
+            .req_header()
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        ctx.br = crate::edge::brotli_body::prefers_br(accept);
+        if !ctx.br {
+            if let Some(m) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
+            {
+                m.adjust_level(c.level);
+                // Pingora 0.9.1's brotli stream is never finished: br is ours.
+                m.adjust_algorithm_level(
+                    pingora::protocols::http::compression::Algorithm::Brotli,
+                    0,
+                );
+            }
+        }
+    }
+}
