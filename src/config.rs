@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use units::{Dur, Size};
-pub use validate::{parse_backend_url, parse_cidr, HashKeySpec};
+pub use validate::{parse_backend_url, parse_cidr, BackendUrl, HashKeySpec};
 
 /// A config that failed to load, with every problem found, each prefixed by its path.
 #[derive(Debug, thiserror::Error)]
@@ -673,8 +673,8 @@ fn split_list(s: &str) -> Vec<String> {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `http://host:port` URLs (or `host:port`): a comma-separated string, or a list of
-    /// strings or `{url, weight}` entries.
+    /// `http://host:port` or `https://host:port` URLs (or `host:port`): a comma-separated
+    /// string, or a list of strings or `{url, weight}` entries.
     pub backends: BackendList,
     #[serde(default)]
     pub balance: Balance,
@@ -699,6 +699,45 @@ pub struct UpstreamConfig {
     pub retry_budget: RetryBudgetConfig,
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
+    /// TLS to this pool's `https://` backends.
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
+}
+
+/// `upstreams.NAME.tls:` — how the pool's `https://` backends are reached. File paths are
+/// relative to the config file; the files are read when the pool is built (start, `check`,
+/// every reload). Loading them is [`crate::upstream::tls`]'s business.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CA certificates the backends' certificates must chain to. Absent:
+    /// the system's roots.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub ca_file: Option<String>,
+    /// Name sent as SNI and checked against the certificate. Absent: each backend URL's host.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub server_name: Option<String>,
+    /// Verify the backend's certificate (chain and name). Default true; `false` is warned
+    /// about at start and by `gatehouse check`.
+    pub verify: bool,
+    /// PEM client certificate (chain) for mutual TLS; needs `client_key`.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(deserialize_with = "empty_as_none")]
+    pub client_key: Option<String>,
+}
+
+impl Default for UpstreamTlsConfig {
+    fn default() -> Self {
+        UpstreamTlsConfig {
+            ca_file: None,
+            server_name: None,
+            verify: true,
+            client_cert: None,
+            client_key: None,
+        }
+    }
 }
 
 fn default_idle() -> Dur {

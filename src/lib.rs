@@ -99,6 +99,9 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     if config.server.native_http1 {
         tracing::warn!("server.native_http1 is ignored: the native HTTP/1 lane was removed (README, \"The native HTTP/1 lane\"); Pingora's proxy serves every request");
     }
+    for w in config::validate::warnings(&config) {
+        tracing::warn!(warning = %w, "configuration");
+    }
     let auth = Arc::new(auth::Auth::build(&config.auth, metrics.clone())?);
     auth.watch_revocations();
     let snapshot = Snapshot::build_with(config, None, auth.redis.as_ref())?;

@@ -311,7 +311,13 @@ fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run { upgrade: false }) {
-        Command::Check => match Config::load(&cli.config).and_then(gatehouse::check) {
+        Command::Check => match Config::load(&cli.config).and_then(|c| {
+            // Allowed but risky settings (e.g. `tls.verify: false`): said, not refused.
+            for w in gatehouse::config::validate::warnings(&c) {
+                eprintln!("{}: warning: {w}", cli.config.display());
+            }
+            gatehouse::check(c)
+        }) {
             Ok(snap) => {
                 println!(
                     "{}: ok ({} routes, {} upstreams)",

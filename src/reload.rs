@@ -96,6 +96,9 @@ impl Reloader {
                 return Err(e);
             }
         };
+        for w in crate::config::validate::warnings(&snap.config) {
+            tracing::warn!(warning = %w, "configuration");
+        }
         snap.prime_health().await;
         if let Some(resolver) = &self.tls {
             match resolver.reload(&snap.config.server.tls, &snap.config.base_dir) {

@@ -5,6 +5,7 @@
 use crate::config::{parse_cidr, Config, ConfigError, RetryConfig, RetryMethods, Timeouts};
 use crate::routing::{RouteKey, RouteTable};
 use crate::upstream::retry::RetryPolicy;
+use crate::upstream::tls::UpstreamTls;
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use http::Method;
@@ -138,13 +139,26 @@ impl Snapshot {
         let mut problems = Vec::new();
         let mut pools = BTreeMap::new();
         for (name, ucfg) in &config.upstreams {
+            // TLS files are read on every build, so a reload picks up replaced certificates
+            // and keys; a pool is carried over only when they are unchanged too.
+            let tls = match UpstreamTls::load(
+                &format!("upstreams.{name}.tls"),
+                &ucfg.tls,
+                &config.base_dir,
+            ) {
+                Ok(t) => t,
+                Err(ps) => {
+                    problems.extend(ps);
+                    continue;
+                }
+            };
             if let Some(old) = previous.and_then(|p| p.pools.get(name)) {
-                if &old.config == ucfg {
+                if &old.config == ucfg && old.tls == tls {
                     pools.insert(name.clone(), old.clone());
                     continue;
                 }
             }
-            match Pool::build(name, ucfg) {
+            match Pool::build(name, ucfg, tls) {
                 Ok(p) => {
                     pools.insert(name.clone(), Arc::new(p));
                 }

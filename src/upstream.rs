@@ -1,5 +1,5 @@
-//! Upstream pools: backends, load balancing (pingora-load-balancing) and active health
-//! checks. Retry policy and circuit breaking build on this (resilience work).
+//! Upstream pools: backends, load balancing (pingora-load-balancing), active health
+//! checks and TLS to `https://` backends. Retry policy and circuit breaking build on this (resilience work).
 //!
 //! This module owns "which backend may take this request"; it knows nothing of routes.
 
@@ -7,6 +7,7 @@ pub mod breaker;
 mod health;
 mod pool;
 pub mod retry;
+pub mod tls;
 
 pub use health::HealthService;
 pub use pool::{BackendInfo, Pool, PoolError};

@@ -84,8 +84,14 @@ pub fn validate(c: &Config) -> Vec<String> {
         let mut seen = BTreeSet::new();
         for (i, b) in u.backends.0.iter().enumerate() {
             match parse_backend_url(&b.url) {
-                Ok(hp) => {
-                    if !seen.insert(hp.clone()) {
+                Ok(url) => {
+                    if url.tls && u.tls.server_name.is_none() && !valid_server_name(&url.host) {
+                        p.push(format!(
+                            "{at}.backends[{i}]: {:?} is not a name TLS can verify; set {at}.tls.server_name",
+                            url.host
+                        ));
+                    }
+                    if !seen.insert((url.host, url.port)) {
                         p.push(format!("{at}.backends[{i}]: {:?} is listed twice", b.url));
                     }
                 }
@@ -144,6 +150,7 @@ pub fn validate(c: &Config) -> Vec<String> {
                 ));
             }
         }
+        check_upstream_tls(&mut p, &at, &u.tls);
         check_timeouts(&mut p, &format!("{at}.timeouts"), &u.timeouts);
         check_retry(&mut p, &format!("{at}.retry"), &u.retry);
         let b = &u.retry_budget;
@@ -507,6 +514,57 @@ fn check_web(p: &mut Vec<String>, c: &Config) {
     }
 }
 
+/// `upstreams.NAME.tls`: what can be said without reading the files (reading them is part
+/// of building the pool: [`crate::upstream::tls`]).
+fn check_upstream_tls(p: &mut Vec<String>, at: &str, t: &super::UpstreamTlsConfig) {
+    if let Some(name) = &t.server_name {
+        if !valid_server_name(name) {
+            p.push(format!(
+                "{at}.tls.server_name: {name:?} is not a DNS name or IP address"
+            ));
+        }
+    }
+    match (&t.client_cert, &t.client_key) {
+        (Some(_), None) => p.push(format!(
+            "{at}.tls.client_key: required with {at}.tls.client_cert"
+        )),
+        (None, Some(_)) => p.push(format!(
+            "{at}.tls.client_cert: required with {at}.tls.client_key"
+        )),
+        _ => {}
+    }
+}
+
+/// A name rustls can send as SNI and verify a certificate against (DNS name or IP).
+fn valid_server_name(name: &str) -> bool {
+    pingora::tls::ServerName::try_from(name).is_ok()
+}
+
+/// What is allowed but worth saying, with its path: printed by `gatehouse check` and
+/// logged at start and on reload.
+pub fn warnings(c: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    for (name, u) in &c.upstreams {
+        let at = format!("upstreams.{name}.tls");
+        let any_tls = u
+            .backends
+            .0
+            .iter()
+            .any(|b| parse_backend_url(&b.url).is_ok_and(|url| url.tls));
+        if !u.tls.verify && any_tls {
+            w.push(format!(
+                "{at}.verify: false: the certificates of this pool's https:// backends are not verified; anyone on the path can impersonate them"
+            ));
+        }
+        if u.tls != super::UpstreamTlsConfig::default() && !any_tls {
+            w.push(format!(
+                "{at}: set, but no backend of upstreams.{name} is https://; it has no effect"
+            ));
+        }
+    }
+    w
+}
+
 const RETRY_ON: [&str; 6] = ["connect_error", "timeout", "reset", "502", "503", "504"];
 
 fn check_retry(p: &mut Vec<String>, at: &str, r: &RetryConfig) {
@@ -594,17 +652,27 @@ impl HashKeySpec {
     }
 }
 
-/// `http://host:port[/]` or `host:port` → (host, port). `https` is refused until TLS to
-/// upstreams exists, rather than silently speaking plain HTTP to a TLS port.
-pub fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(format!("{url:?}: https backends are not supported yet"));
+/// A backend URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// `https://`: the connection is TLS ([`crate::config::UpstreamTlsConfig`]).
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// `http://host:port[/]`, `https://host:port[/]` or `host:port` (plain HTTP).
+pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
     } else if url.contains("://") {
-        return Err(format!("{url:?}: only http:// backends are supported"));
+        return Err(format!(
+            "{url:?}: only http:// and https:// backends are supported"
+        ));
     } else {
-        url
+        (false, url)
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('@') || rest.contains('?') {
@@ -630,7 +698,7 @@ pub fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
     if port == 0 {
         return Err(format!("{url:?}: port 0 is not a backend"));
     }
-    Ok((host, port))
+    Ok(BackendUrl { tls, host, port })
 }
 
 /// `10.0.0.0/8`, `::1/128` or a bare address.
@@ -707,20 +775,95 @@ mod tests {
 
     #[test]
     fn backend_urls() {
+        let url = |tls, host: &str, port| BackendUrl {
+            tls,
+            host: host.into(),
+            port,
+        };
         assert_eq!(
             parse_backend_url("http://svc:8000"),
-            Ok(("svc".into(), 8000))
+            Ok(url(false, "svc", 8000))
         );
         assert_eq!(
             parse_backend_url("127.0.0.1:80/"),
-            Ok(("127.0.0.1".into(), 80))
+            Ok(url(false, "127.0.0.1", 80))
         );
-        assert_eq!(parse_backend_url("http://[::1]:9"), Ok(("::1".into(), 9)));
-        assert!(parse_backend_url("https://svc:443")
+        assert_eq!(
+            parse_backend_url("http://[::1]:9"),
+            Ok(url(false, "::1", 9))
+        );
+        assert_eq!(
+            parse_backend_url("https://svc.internal:443"),
+            Ok(url(true, "svc.internal", 443))
+        );
+        assert!(parse_backend_url("ftp://svc:21")
             .unwrap_err()
-            .contains("not supported"));
+            .contains("only http:// and https://"));
+        assert!(parse_backend_url("https://svc").is_err());
         assert!(parse_backend_url("http://svc:8000/api").is_err());
         assert!(parse_backend_url("http://svc").is_err());
+    }
+
+    #[test]
+    fn upstream_tls_block_defaults_and_problems() {
+        let c = Config::from_yaml_str_with_env(
+            "upstreams:\n  a: {backends: 'https://svc.internal:443'}\n",
+            |_| None,
+        )
+        .expect("valid");
+        let t = &c.upstreams["a"].tls;
+        assert!(t.verify, "verification is on by default");
+        assert_eq!(t, &crate::config::UpstreamTlsConfig::default());
+        assert!(warnings(&c).is_empty());
+
+        // Every key, and an empty value read as absent (an unset `${VAR:-}`).
+        let c = Config::from_yaml_str_with_env(
+            "upstreams:\n  a:\n    backends: 'https://10.0.0.5:8443'\n    tls: {ca_file: ca.pem, server_name: svc.internal, verify: true, client_cert: c.pem, client_key: k.pem}\n  b:\n    backends: 'https://10.0.0.6:8443'\n    tls: {ca_file: ''}\n",
+            |_| None,
+        )
+        .expect("valid");
+        let t = &c.upstreams["a"].tls;
+        assert_eq!(t.ca_file.as_deref(), Some("ca.pem"));
+        assert_eq!(t.server_name.as_deref(), Some("svc.internal"));
+        assert_eq!(t.client_key.as_deref(), Some("k.pem"));
+        assert_eq!(c.upstreams["b"].tls.ca_file, None);
+
+        let p = problems(
+            "upstreams:\n  a:\n    backends: 'https://127.0.0.1:1'\n    tls: {client_cert: c.pem, server_name: 'not a name'}\n  b:\n    backends: 'https://127.0.0.1:2'\n    tls: {client_key: k.pem}\n",
+        );
+        assert_eq!(
+            p,
+            vec![
+                r#"upstreams.a.tls.server_name: "not a name" is not a DNS name or IP address"#
+                    .to_string(),
+                "upstreams.a.tls.client_key: required with upstreams.a.tls.client_cert".into(),
+                "upstreams.b.tls.client_cert: required with upstreams.b.tls.client_key".into(),
+            ]
+        );
+        assert!(problems(
+            "upstreams:\n  a: {backends: 'https://127.0.0.1:1', tls: {verfy: false}}\n"
+        )[0]
+        .contains("unknown field `verfy`"));
+    }
+
+    #[test]
+    fn verify_false_and_an_unused_tls_block_are_warned_about() {
+        let c = Config::from_yaml_str_with_env(
+            "upstreams:\n  a: {backends: 'https://127.0.0.1:1', tls: {verify: false}}\n  b: {backends: 'http://127.0.0.1:2', tls: {server_name: svc}}\n  c: {backends: 'http://127.0.0.1:3', tls: {verify: false}}\n",
+            |_| None,
+        )
+        .expect("valid");
+        let w = warnings(&c);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].starts_with("upstreams.a.tls.verify: false: "), "{w:?}");
+        assert!(
+            w[1].starts_with("upstreams.b.tls: set, but no backend"),
+            "{w:?}"
+        );
+        assert!(
+            w[2].starts_with("upstreams.c.tls: set, but no backend"),
+            "{w:?}"
+        );
     }
 
     #[test]

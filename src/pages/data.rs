@@ -10,7 +10,6 @@ use crate::upstream::retry::{AttemptFacts, Failure, RetryPolicy};
 use crate::upstream::Pool;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,7 +145,8 @@ async fn exchange(
     let up = |e: Box<pingora::Error>| (Failure::of(&e), e.to_string());
     let local = |e: Box<pingora::Error>| (Failure::Status(0), e.to_string());
     let timeouts = &pool.config.timeouts;
-    let mut peer = HttpPeer::new(addr, false, String::new());
+    // Plain or TLS as the pool's backend URL says, with the pool's TLS settings.
+    let mut peer = pool.peer(addr);
     peer.options.connection_timeout =
         Some(timeouts.connect.map_or(Duration::from_secs(2), |d| d.0));
     peer.options.read_timeout = Some(timeouts.read.map_or(Duration::from_secs(5), |d| d.0));

@@ -100,7 +100,7 @@ impl Gateway {
                 return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
             }
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = route.pool.peer(addr);
         let opts = &mut peer.options;
         opts.connection_timeout = Some(route.connect_timeout.min(remaining));
         opts.total_connection_timeout = Some(route.connect_timeout.min(remaining));

@@ -1,5 +1,7 @@
-//! Active health checks: our wrapper around pingora's checks (thresholds, priming, logs)
-//! and the background service that runs every pool's checks on its own interval.
+//! Active health checks: our wrapper around pingora's checks (thresholds, priming, logs, one
+//! check per way of reaching a backend), a connect-only check that can carry a TLS client
+//! certificate, and the background service that runs every pool's checks on its own
+//! interval.
 //!
 //! The service reads the current snapshot on every tick, so pools added by a reload are
 //! checked without restarting anything.
@@ -14,10 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Wraps a pingora check: rise/fall thresholds, a one-check threshold while priming, and
-/// health changes logged with the pool name.
+/// Wraps pingora checks: rise/fall thresholds, a one-check threshold while priming, and
+/// health changes logged with the pool name. Backends that are reached differently (plain
+/// or TLS, another SNI) have their own check: `checks[targets[addr]]`.
 pub(super) struct Check {
-    pub inner: Box<dyn HealthCheck + Send + Sync>,
+    pub checks: Vec<Box<dyn HealthCheck + Send + Sync>>,
+    pub targets: Vec<(std::net::SocketAddr, usize)>,
     pub pool: String,
     pub rise: usize,
     pub fall: usize,
@@ -27,7 +31,18 @@ pub(super) struct Check {
 #[async_trait]
 impl HealthCheck for Check {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
-        self.inner.check(target).await
+        let index = target
+            .addr
+            .as_inet()
+            .and_then(|a| self.targets.iter().find(|(t, _)| t == a))
+            .map_or(0, |(_, i)| *i);
+        match self.checks.get(index) {
+            Some(c) => c.check(target).await,
+            None => pingora::Error::e_explain(
+                pingora::ErrorType::InternalError,
+                "no health check for this backend",
+            ),
+        }
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
@@ -46,6 +61,27 @@ impl HealthCheck for Check {
         } else {
             self.fall
         }
+    }
+}
+
+/// A `tcp` check of a TLS backend: connect and complete the handshake with the pool's TLS
+/// settings. Pingora's `TcpHealthCheck` takes a `BasicPeer`, which cannot carry a client
+/// certificate, so a backend that requires one would fail it.
+pub(super) struct ConnectCheck {
+    pub peer_template: pingora::upstreams::peer::HttpPeer,
+    pub connector: pingora::connectors::TransportConnector,
+}
+
+#[async_trait]
+impl HealthCheck for ConnectCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let mut peer = self.peer_template.clone();
+        peer._address = target.addr.clone();
+        self.connector.new_stream(&peer).await.map(|_| ())
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
     }
 }
 

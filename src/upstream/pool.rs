@@ -1,8 +1,10 @@
 //! One upstream pool: resolved backends behind a pingora `LoadBalancer`, with its
-//! health-check settings and per-pool timeout defaults.
+//! health-check settings, per-pool timeout defaults and TLS settings, and the Pingora peer
+//! an attempt at one of its backends connects with.
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 use super::retry::{BudgetConfig, RetryBudget};
+use super::tls::UpstreamTls;
 use crate::config::{parse_backend_url, HashKeySpec};
 use crate::config::{Balance, HealthCheckKind, UpstreamConfig};
 use pingora::lb::discovery::Static;
@@ -10,6 +12,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +47,11 @@ pub struct BackendInfo {
     pub weight: usize,
     /// `addr` as text, for metric labels (formatted once, not per request).
     pub label: String,
+    /// `https://`: reached over TLS with the pool's settings.
+    pub tls: bool,
+    /// The name sent as SNI and verified (TLS backends only): `tls.server_name`, else the
+    /// URL's host.
+    pub server_name: String,
 }
 
 enum Balancer {
@@ -69,6 +77,8 @@ pub struct Pool {
     pub config: UpstreamConfig,
     pub backends: Vec<BackendInfo>,
     pub hash_key: Option<HashKeySpec>,
+    /// `tls:` with its files as read when the pool was built.
+    pub tls: UpstreamTls,
     balancer: Balancer,
     health_interval: Option<Duration>,
     next_check: Mutex<Instant>,
@@ -98,17 +108,31 @@ impl Pool {
         }
     }
 
+    /// The peer for one attempt at `addr`: plain HTTP, or TLS with this pool's SNI,
+    /// verification, CA list and client certificate. The caller sets the timeouts.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        match self.backends.iter().find(|b| b.addr == addr) {
+            Some(b) if b.tls => {
+                let mut peer = HttpPeer::new(addr, true, b.server_name.clone());
+                self.tls.apply(&mut peer);
+                peer
+            }
+            // `addr` comes from this pool's picks, so it is always one of its backends.
+            _ => HttpPeer::new(addr, false, String::new()),
+        }
+    }
+
     /// Resolves the backends (blocking DNS, once) and builds the balancer and health check.
-    pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Pool, PoolError> {
+    /// `tls` is the pool's `tls:` block with its files loaded ([`UpstreamTls::load`]).
+    pub fn build(name: &str, cfg: &UpstreamConfig, tls: UpstreamTls) -> Result<Pool, PoolError> {
         let mut backends = Vec::new();
         for (index, entry) in cfg.backends.0.iter().enumerate() {
-            let (host, port) =
-                parse_backend_url(&entry.url).map_err(|reason| PoolError::Invalid {
-                    pool: name.into(),
-                    index,
-                    reason,
-                })?;
-            let addr = (host.as_str(), port)
+            let url = parse_backend_url(&entry.url).map_err(|reason| PoolError::Invalid {
+                pool: name.into(),
+                index,
+                reason,
+            })?;
+            let addr = (url.host.as_str(), url.port)
                 .to_socket_addrs()
                 .map_err(|e| PoolError::Resolve {
                     pool: name.into(),
@@ -128,6 +152,12 @@ impl Pool {
                 label: addr.to_string(),
                 addr,
                 weight: entry.weight.max(1),
+                tls: url.tls,
+                server_name: if url.tls {
+                    tls.server_name_for(&url.host)
+                } else {
+                    String::new()
+                },
             });
         }
         let set: BTreeSet<Backend> = backends
@@ -148,7 +178,14 @@ impl Pool {
         let priming = Arc::new(AtomicBool::new(true));
         let check = match &cfg.health_check {
             None => None,
-            Some(hc) => Some(build_check(name, cfg, hc, priming.clone())?),
+            Some(hc) => Some(build_check(
+                name,
+                cfg,
+                hc,
+                &backends,
+                &tls,
+                priming.clone(),
+            )?),
         };
         let balancer = match cfg.balance {
             Balance::RoundRobin => Balancer::RoundRobin(make_lb(set, check)),
@@ -200,6 +237,7 @@ impl Pool {
             config: cfg.clone(),
             backends,
             hash_key,
+            tls,
             balancer,
             health_interval: cfg.health_check.as_ref().map(|h| h.interval.0),
             next_check: Mutex::new(Instant::now()),
@@ -386,35 +424,87 @@ fn build_check(
     pool: &str,
     cfg: &UpstreamConfig,
     hc: &crate::config::HealthCheckConfig,
+    backends: &[BackendInfo],
+    tls: &UpstreamTls,
     priming: Arc<AtomicBool>,
 ) -> Result<Box<dyn HealthCheck + Send + Sync>, PoolError> {
+    // One check per way of reaching a backend (plain, or TLS with its SNI): pingora's checks
+    // take one peer template each.
+    let mut ways: Vec<(bool, &str)> = Vec::new();
+    let mut targets = Vec::new();
+    for b in backends {
+        let way = (b.tls, b.server_name.as_str());
+        let index = match ways.iter().position(|w| *w == way) {
+            Some(i) => i,
+            None => {
+                ways.push(way);
+                ways.len() - 1
+            }
+        };
+        targets.push((b.addr, index));
+    }
+    let checks = ways
+        .iter()
+        .map(|&(is_tls, server_name)| {
+            let peer_tls = is_tls.then_some((tls, server_name));
+            one_check(pool, cfg, hc, peer_tls)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Box::new(super::health::Check {
+        checks,
+        targets,
+        pool: pool.into(),
+        rise: hc.rise,
+        fall: hc.fall,
+        priming,
+    }))
+}
+
+/// The check of the backends reached one way: plain, or TLS with this SNI.
+fn one_check(
+    pool: &str,
+    cfg: &UpstreamConfig,
+    hc: &crate::config::HealthCheckConfig,
+    tls: Option<(&UpstreamTls, &str)>,
+) -> Result<Box<dyn HealthCheck + Send + Sync>, PoolError> {
     let timeout = hc.timeout.0;
-    let inner: Box<dyn HealthCheck + Send + Sync> = match hc.kind {
-        HealthCheckKind::Tcp => {
+    let err = |e: Box<pingora::Error>| PoolError::HealthCheck {
+        pool: pool.into(),
+        reason: e.to_string(),
+    };
+    Ok(match (hc.kind, tls) {
+        (HealthCheckKind::Tcp, None) => {
             let mut c = TcpHealthCheck::new();
             c.peer_template.options.connection_timeout = Some(timeout);
             c.peer_template.options.total_connection_timeout = Some(timeout);
             c
         }
-        HealthCheckKind::Http => {
-            let host = cfg.host.clone().unwrap_or_else(|| "localhost".into());
-            let mut c = HttpHealthCheck::new(&host, false);
-            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(|e| {
-                PoolError::HealthCheck {
-                    pool: pool.into(),
-                    reason: e.to_string(),
-                }
-            })?;
-            req.insert_header("Host", host.as_str())
-                .map_err(|e| PoolError::HealthCheck {
-                    pool: pool.into(),
-                    reason: e.to_string(),
-                })?;
+        (HealthCheckKind::Tcp, Some((tls, server_name))) => {
+            let mut peer = HttpPeer::new("0.0.0.0:1", true, server_name.to_string());
+            tls.apply(&mut peer);
+            peer.options.connection_timeout = Some(timeout);
+            peer.options.total_connection_timeout = Some(timeout);
+            Box::new(super::health::ConnectCheck {
+                peer_template: peer,
+                connector: pingora::connectors::TransportConnector::new(None),
+            })
+        }
+        (HealthCheckKind::Http, _) => {
+            // The Host of a TLS check defaults to the name the certificate is checked for.
+            let host = cfg
+                .host
+                .clone()
+                .or_else(|| tls.map(|(_, name)| name.to_string()))
+                .unwrap_or_else(|| "localhost".into());
+            let mut c = HttpHealthCheck::new(&host, tls.is_some());
+            if let Some((tls, server_name)) = tls {
+                c.peer_template.sni = server_name.to_string();
+                tls.apply(&mut c.peer_template);
+            }
+            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(err)?;
+            req.insert_header("Host", host.as_str()).map_err(err)?;
             req.insert_header("User-Agent", "gatehouse-health-check")
-                .map_err(|e| PoolError::HealthCheck {
-                    pool: pool.into(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(err)?;
             c.req = req;
             c.peer_template.options.connection_timeout = Some(timeout);
             c.peer_template.options.total_connection_timeout = Some(timeout);
@@ -433,14 +523,7 @@ fn build_check(
             }));
             Box::new(c)
         }
-    };
-    Ok(Box::new(super::health::Check {
-        inner,
-        pool: pool.into(),
-        rise: hc.rise,
-        fall: hc.fall,
-        priming,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -449,7 +532,7 @@ mod tests {
 
     fn pool(yaml: &str) -> Pool {
         let cfg: UpstreamConfig = serde_yaml::from_str(yaml).expect("upstream config");
-        Pool::build("app", &cfg).expect("pool")
+        Pool::build("app", &cfg, UpstreamTls::default()).expect("pool")
     }
 
     fn addr(s: &str) -> SocketAddr {
@@ -511,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn https_backends_get_tls_peers_with_their_host_as_server_name() {
+        use pingora::upstreams::peer::Peer;
+        let p = pool("backends: https://127.0.0.1:1, http://127.0.0.1:2");
+        let tls = p.peer(addr("127.0.0.1:1"));
+        assert!(tls.is_tls());
+        assert_eq!(tls.sni(), "127.0.0.1");
+        assert!(tls.verify_cert() && tls.verify_hostname());
+        let plain = p.peer(addr("127.0.0.1:2"));
+        assert!(!plain.is_tls());
+        assert_eq!(plain.sni(), "");
+        let cfg: UpstreamConfig =
+            serde_yaml::from_str("backends: https://127.0.0.1:3\ntls: {server_name: svc.internal}")
+                .expect("cfg");
+        let tls = UpstreamTls::load("upstreams.app.tls", &cfg.tls, std::path::Path::new("."))
+            .expect("no files");
+        let p = Pool::build("app", &cfg, tls).expect("pool");
+        assert_eq!(p.peer(addr("127.0.0.1:3")).sni(), "svc.internal");
+    }
+
+    #[test]
     fn failure_statuses_labels_and_bad_urls() {
         let p = pool("backends: http://127.0.0.1:1");
         assert!(p.is_failure_status(500) && p.is_failure_status(503));
@@ -519,7 +622,7 @@ mod tests {
         assert_eq!(p.backend_label(&addr("127.0.0.1:9")), "127.0.0.1:9");
         let cfg: UpstreamConfig =
             serde_yaml::from_str("backends: http://127.0.0.1:1, ftp://127.0.0.1:2").expect("cfg");
-        match Pool::build("app", &cfg) {
+        match Pool::build("app", &cfg, UpstreamTls::default()) {
             Err(PoolError::Invalid { pool, index, .. }) => {
                 assert_eq!((pool.as_str(), index), ("app", 1));
             }
