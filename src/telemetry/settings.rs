@@ -60,12 +60,13 @@ impl TelemetryConfig {
         if self.service_name.trim().is_empty() {
             p.push(format!("{at}.service_name: must not be empty"));
         }
-        if let Err(e) = Sampler::from_name(&self.sampler, self.sampler_arg) {
-            let key = match e {
-                super::sampler::SamplerError::Unknown(_) => "sampler",
-                super::sampler::SamplerError::Ratio(_) => "sampler_arg",
-            };
-            p.push(format!("{at}.{key}: {e}"));
+        if let Some(r) = self.sampler_arg.filter(|r| !(0.0..=1.0).contains(r)) {
+            p.push(format!("{at}.sampler_arg: {r} is not a ratio from 0 to 1"));
+        }
+        if let Err(e @ super::sampler::SamplerError::Unknown(_)) =
+            Sampler::from_name(&self.sampler, None)
+        {
+            p.push(format!("{at}.sampler: {e}"));
         }
         if !(1..=1_000_000).contains(&self.queue_size) {
             p.push(format!("{at}.queue_size: must be between 1 and 1000000"));
@@ -376,10 +377,12 @@ mod tests {
             endpoint: "ftp://x".into(),
             sampler: "nope".into(),
             batch_size: 5000,
+            sampler_arg: Some(3.0),
             ..Default::default()
         };
         let p = file.validate("telemetry").join("\n");
         assert!(p.contains("telemetry.endpoint:"), "{p}");
+        assert!(p.contains("telemetry.sampler_arg: 3 is not a ratio"), "{p}");
         assert!(p.contains("telemetry.sampler: unknown sampler"), "{p}");
         assert!(p.contains("telemetry.batch_size:"), "{p}");
         let e = resolve(&file, env(&[])).expect_err("invalid").join("\n");
