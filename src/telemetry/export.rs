@@ -77,6 +77,11 @@ impl Exporter {
         }
     }
 
+    /// What is queued, taken without being exported (benchmarks, tests).
+    pub fn take_queued(&mut self) -> Vec<SpanData> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+
     /// Exports until `shutdown` completes (then sends what is queued, once) or every
     /// [`super::Tracer`] is gone.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {

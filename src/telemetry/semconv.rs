@@ -32,10 +32,15 @@ impl Tracer {
     ///
     /// Call it first thing in `request_filter` (Pingora's `RequestHeader` derefs to
     /// `http::request::Parts`).
+    #[inline]
     pub fn start_server(&self, req: &http::request::Parts) -> Span {
         if !self.is_enabled() {
             return Span::none();
         }
+        self.start_server_on(req)
+    }
+
+    fn start_server_on(&self, req: &http::request::Parts) -> Span {
         let incoming = super::context::incoming(&req.headers);
         let method = method_name(&req.method);
         let mut s = self.start(method, SpanKind::Server, incoming);
@@ -94,10 +99,14 @@ fn split_host(host: &str) -> (&str, Option<u16>) {
 
 impl Span {
     /// The matched route, once known: `http.route` and the span name `{method} {route}`.
+    #[inline]
     pub fn set_route(&mut self, route: &str) {
-        if !self.is_recording() {
-            return;
+        if self.is_recording() {
+            self.set_route_recording(route);
         }
+    }
+
+    fn set_route_recording(&mut self, route: &str) {
         let method = match self.data().and_then(|d| d.get(HTTP_REQUEST_METHOD)) {
             Some(Value::Str(m)) => m.clone(),
             _ => "HTTP".into(),
@@ -107,10 +116,14 @@ impl Span {
     }
 
     /// `client.address` (after trusted proxies) and `network.peer.address` (the TCP peer).
+    #[inline]
     pub fn set_client(&mut self, client: Option<IpAddr>, peer: Option<IpAddr>) {
-        if !self.is_recording() {
-            return;
+        if self.is_recording() {
+            self.set_client_recording(client, peer);
         }
+    }
+
+    fn set_client_recording(&mut self, client: Option<IpAddr>, peer: Option<IpAddr>) {
         if let Some(c) = client {
             self.set_str(CLIENT_ADDRESS, &c.to_string());
         }
@@ -122,10 +135,14 @@ impl Span {
     /// Ends the server span with the status answered (`0`: none was). A 5xx, or `error`
     /// (what went wrong, e.g. the Pingora error type), marks it failed; 4xx do not (the
     /// conventions leave a server span's status unset for client errors).
-    pub fn end_server(mut self, status: u16, error: Option<&str>) {
-        if !self.is_recording() {
-            return;
+    #[inline]
+    pub fn end_server(self, status: u16, error: Option<&str>) {
+        if self.is_recording() {
+            self.end_server_recording(status, error);
         }
+    }
+
+    fn end_server_recording(mut self, status: u16, error: Option<&str>) {
         if status > 0 {
             self.set_int(HTTP_RESPONSE_STATUS_CODE, i64::from(status));
         }
@@ -143,6 +160,7 @@ impl Span {
     /// `attempt` counts from 1; attempts after the first carry `http.request.resend_count`.
     /// Send [`Span::traceparent`] of the returned span (and [`Span::tracestate`]) with the
     /// attempt.
+    #[inline]
     pub fn attempt(
         &self,
         method: &http::Method,
@@ -150,6 +168,9 @@ impl Span {
         backend: SocketAddr,
         attempt: u32,
     ) -> Span {
+        if self.span_context().is_none() {
+            return Span::none();
+        }
         let m = method_name(method);
         attempt_span(
             self.child(m, SpanKind::Client),
@@ -164,10 +185,19 @@ impl Span {
     /// `gatehouse_upstream_requests_total`: `ok`, `failure_status`, `connect_error`,
     /// `timeout`, `reset`), the status if one came back, and failed when the status is 4xx or
     /// 5xx or `error_type` names what went wrong (e.g. the outcome, or Pingora's error type).
-    pub fn end_attempt(mut self, outcome: &str, status: Option<u16>, error_type: Option<&str>) {
-        if !self.is_recording() {
-            return;
+    #[inline]
+    pub fn end_attempt(self, outcome: &str, status: Option<u16>, error_type: Option<&str>) {
+        if self.is_recording() {
+            self.end_attempt_recording(outcome, status, error_type);
         }
+    }
+
+    fn end_attempt_recording(
+        mut self,
+        outcome: &str,
+        status: Option<u16>,
+        error_type: Option<&str>,
+    ) {
         self.set_str(GATEHOUSE_ATTEMPT_OUTCOME, outcome);
         if let Some(st) = status {
             self.set_int(HTTP_RESPONSE_STATUS_CODE, i64::from(st));
@@ -183,6 +213,7 @@ impl Span {
     }
 
     /// Work inside the gateway under this span: `auth`, `render page` ….
+    #[inline]
     pub fn internal(&self, name: &'static str) -> Span {
         self.child(name, SpanKind::Internal)
     }
@@ -190,7 +221,11 @@ impl Span {
     /// A store or database call under this span: a client span named by the operation, with
     /// `db.system` (`redis`, `postgresql`, `sqlite`, `memory`) and `db.operation.name`.
     /// Mark a failure with [`Span::set_error`].
+    #[inline]
     pub fn db(&self, system: &'static str, operation: &'static str) -> Span {
+        if self.span_context().is_none() {
+            return Span::none();
+        }
         let mut s = self.child(operation, SpanKind::Client);
         s.set_static(DB_SYSTEM, system);
         s.set_static(DB_OPERATION_NAME, operation);
@@ -200,6 +235,7 @@ impl Span {
 
 impl TraceContext {
     /// [`Span::attempt`] under the span of this context (from another task or module).
+    #[inline]
     pub fn attempt(
         &self,
         method: &http::Method,
@@ -207,6 +243,9 @@ impl TraceContext {
         backend: SocketAddr,
         attempt: u32,
     ) -> Span {
+        if self.span_context().is_none() {
+            return Span::none();
+        }
         let m = method_name(method);
         attempt_span(
             self.child(m, SpanKind::Client),
