@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request work gatehouse adds: route lookup in a 200-route
 //! table, path normalisation and header processing, JWT verification (HS256, RS256,
 //! ES256), the live-session check against the in-process store, and page rendering
-//! (landing and a dashboard). Speed is measured here, never asserted in `cargo test`.
+//! (landing and a dashboard), and the tracing calls of a proxied request, off and on.
+//! Speed is measured here, never asserted in `cargo test`.
 //!
 //! Run: `cargo bench --bench hot_path`. RS256/ES256 keys are generated with `openssl` at
 //! start (skipped when it is missing).
@@ -265,12 +266,111 @@ fn page_rendering(c: &mut Criterion) {
     });
 }
 
+/// The tracing calls one proxied request makes — server span (reading `traceparent`), route,
+/// client address, one attempt and its `traceparent`, the attempt's and the request's end —
+/// against doing nothing: with tracing off (nothing configured) they must cost nothing
+/// measurable. On, the same calls with the span recorded (queued for export; the queue is
+/// emptied outside the timing), not sampled (ids and `traceparent` only), and continuing a
+/// caller's trace; and the export encoding of a 512-span batch.
+fn tracing_calls(c: &mut Criterion) {
+    use gatehouse::telemetry::settings::{resolve, TelemetryConfig};
+    use gatehouse::telemetry::{proto, Counters, TraceParent, Tracer};
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Instant;
+
+    fn request(traceparent: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder()
+            .method("GET")
+            .uri("/api/v1/doctors/7")
+            .header("host", "gw.example")
+            .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0");
+        if let Some(tp) = traceparent {
+            b = b.header("traceparent", tp);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+    let backend: SocketAddr = "10.0.0.5:8000".parse().expect("addr");
+    let client: IpAddr = "203.0.113.7".parse().expect("ip");
+    let calls = |t: &Tracer, req: &http::request::Parts| -> Option<TraceParent> {
+        let mut s = t.start_server(req);
+        s.set_route("/api/v1/doctors");
+        s.set_client(Some(client), Some(client));
+        let a = s.attempt(&Method::GET, "doctors", backend, 1);
+        let tp = a.traceparent();
+        a.end_attempt("ok", Some(200), None);
+        s.end_server(200, None);
+        tp
+    };
+    let plain = request(None);
+    c.bench_function("tracing_baseline_nothing", |b| {
+        b.iter(|| black_box(&plain).uri.path().len())
+    });
+    let off = Tracer::disabled();
+    c.bench_function("tracing_off_request_calls", |b| {
+        b.iter(|| calls(black_box(&off), black_box(&plain)))
+    });
+
+    let metrics = gatehouse::metrics::Metrics::new();
+    let on = |sampler: &str| {
+        let cfg = TelemetryConfig {
+            endpoint: "http://127.0.0.1:4318".into(),
+            sampler: sampler.into(),
+            queue_size: 20_000,
+            ..Default::default()
+        };
+        let s = resolve(&cfg, |_| None).expect("valid").expect("on");
+        Tracer::new(s, Counters::of(&metrics))
+    };
+    let continued = request(Some(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ));
+    for (name, sampler, req) in [
+        ("tracing_on_request_calls_recorded", "always_on", &plain),
+        (
+            "tracing_on_request_calls_continued",
+            "parentbased_always_on",
+            &continued,
+        ),
+        ("tracing_on_request_calls_not_sampled", "always_off", &plain),
+    ] {
+        let (tracer, mut exporter) = on(sampler);
+        c.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    // Two spans a request: stay within the queue, empty it untimed.
+                    let n = left.min(5_000);
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        black_box(calls(&tracer, black_box(req)));
+                    }
+                    total += start.elapsed();
+                    exporter.take_queued();
+                    left -= n;
+                }
+                total
+            })
+        });
+    }
+    let (tracer, mut exporter) = on("always_on");
+    for _ in 0..256 {
+        calls(&tracer, &plain);
+    }
+    let batch = exporter.take_queued();
+    assert_eq!(batch.len(), 512);
+    c.bench_function("tracing_export_encode_512_spans", |b| {
+        b.iter(|| prost::Message::encode_to_vec(&proto::request("gatehouse", black_box(&batch))))
+    });
+}
+
 criterion_group!(
     benches,
     route_table,
     header_processing,
     jwt,
     session_check,
-    page_rendering
+    page_rendering,
+    tracing_calls
 );
 criterion_main!(benches);

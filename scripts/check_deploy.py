@@ -10,6 +10,7 @@ Run by scripts/test.sh (python3 with PyYAML). Checks:
   9091, exec-form ENTRYPOINT/CMD, apt hygiene, and every COPY source exists and is not
   excluded by .dockerignore;
 * docker-compose.yml: the seeds' variables reach gatehouse, the admin port is not published,
+  the trace endpoint (OTEL_EXPORTER_OTLP_ENDPOINT) is a compose service with OTLP enabled,
   `service_healthy` dependencies have health checks, bind-mounted files exist, every required
   `${VAR:?}` is documented in .env.example (whose JWT_SECRET_KEY is at least 32 bytes), and
   Prometheus scrapes a service that exists;
@@ -370,11 +371,48 @@ def check_compose():
     for t in targets:
         if t.split(":")[0] not in services:
             problem("deploy/prometheus/prometheus.yml", f"target {t} is not a compose service")
+    check_trace_backend(services, env, env_ex)
     ds = load_all(ROOT / "deploy/grafana/provisioning/datasources.yml")
     for d in (ds[0] if ds else {}).get("datasources") or []:
         host = re.sub(r"^https?://", "", d.get("url", "")).split(":")[0]
         if host not in services:
             problem("deploy/grafana/provisioning/datasources.yml", f"data source host {host} is not a compose service")
+
+
+def check_trace_backend(services, env, env_ex):
+    """gatehouse exports traces to a service of the stack that receives OTLP/HTTP on the port
+    named, and the UI is published on 127.0.0.1 only."""
+    where = "docker-compose.yml"
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER"):
+        if var not in env:
+            problem(where, f"gatehouse does not get {var}")
+        elif f"${{{var}" not in str(env[var]):
+            problem(where, f"gatehouse's {var} is not taken from the environment / .env")
+        if var not in env_ex:
+            problem(".env.example", f"does not document {var}")
+    m = re.search(r":-(https?://[^}]*)\}", str(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")))
+    if not m:
+        problem(where, "gatehouse's OTEL_EXPORTER_OTLP_ENDPOINT has no default URL")
+        return
+    url = re.sub(r"^https?://", "", m.group(1)).split("/")[0]
+    host, _, port = url.partition(":")
+    svc = services.get(host)
+    if svc is None:
+        problem(where, f"the trace endpoint host {host} is not a compose service")
+        return
+    if port != "4318":
+        problem(where, f"the trace endpoint should be OTLP/HTTP on port 4318, not {port or 'the default'}")
+    tenv = svc.get("environment") or {}
+    if isinstance(tenv, list):
+        tenv = dict(e.split("=", 1) if "=" in e else (e, None) for e in tenv)
+    if "jaeger" in str(svc.get("image", "")) and str(tenv.get("COLLECTOR_OTLP_ENABLED")).lower() != "true":
+        problem(where, f"{host} does not set COLLECTOR_OTLP_ENABLED=true (no OTLP receiver)")
+    exposed = [str(p) for p in (svc.get("expose") or []) + (svc.get("ports") or [])]
+    if not any(p.split(":")[-1] == "4318" for p in exposed):
+        problem(where, f"{host} does not expose 4318 (OTLP/HTTP)")
+    for p in svc.get("ports") or []:
+        if not str(p).startswith("127.0.0.1:"):
+            problem(where, f"{host} publishes {p} beyond 127.0.0.1")
 
 
 # ------------------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ pub struct Config {
     /// Server-rendered pages, error pages and static assets.
     #[serde(default)]
     pub web: WebConfig,
+    /// OpenTelemetry tracing (off unless an endpoint is configured).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// Folder relative paths in the file are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
@@ -50,15 +51,22 @@ pub struct RunOptions {
 /// Validates and builds everything `run` would, without binding sockets (`gatehouse check`).
 pub fn check(config: Config) -> Result<Snapshot, ConfigError> {
     let auth_cfg = config.auth.clone();
+    // The OTEL_* variables the gateway would read, checked as `run` would.
+    let telemetry = telemetry::settings::resolve(&config.telemetry, |k| std::env::var(k).ok())
+        .map_err(|problems| ConfigError { problems });
     let snapshot = Snapshot::build(config, None);
     let keys = auth::build_jwt(&auth_cfg);
-    match (snapshot, keys) {
-        (Ok(s), Ok(_)) => Ok(s),
-        (Err(mut a), Err(b)) => {
-            a.problems.extend(b.problems);
-            Err(a)
+    let mut problems = Vec::new();
+    for r in [keys.err(), telemetry.err()].into_iter().flatten() {
+        problems.extend(r.problems);
+    }
+    match snapshot {
+        Ok(s) if problems.is_empty() => Ok(s),
+        Ok(_) => Err(ConfigError { problems }),
+        Err(mut e) => {
+            e.problems.extend(problems);
+            Err(e)
         }
-        (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }
 
@@ -69,6 +77,8 @@ pub struct Handles {
     pub state: SharedState,
     pub metrics: Arc<metrics::Metrics>,
     pub reloader: Arc<reload::Reloader>,
+    /// The tracer (disabled when `telemetry:` and the `OTEL_*` variables name no endpoint).
+    pub tracer: telemetry::Tracer,
 }
 
 /// Pingora's server settings for `server:` (`sole_server`: see [`RunOptions::sole_server`]).
@@ -102,6 +112,9 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     for w in config::validate::warnings(&config) {
         tracing::warn!(warning = %w, "configuration");
     }
+    // Built first: a bad OTEL_* variable fails the start before anything connects.
+    let (tracer, exporter) =
+        telemetry::Tracer::from_config(&config.telemetry, &metrics, |k| std::env::var(k).ok())?;
     let auth = Arc::new(auth::Auth::build(&config.auth, metrics.clone())?);
     auth.watch_revocations();
     let snapshot = Snapshot::build_with(config, None, auth.redis.as_ref())?;
@@ -179,6 +192,12 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
             state: state.clone(),
         },
     ));
+    if let Some(exporter) = exporter {
+        server.add_service(background_service(
+            "trace export",
+            telemetry::ExportService::new(exporter),
+        ));
+    }
     let reloader = Arc::new(reload::Reloader {
         state: state.clone(),
         metrics: metrics.clone(),
@@ -200,6 +219,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
             state,
             metrics,
             reloader,
+            tracer,
         },
     ))
 }
@@ -269,6 +289,7 @@ pub struct RunningGateway {
     pub state: SharedState,
     pub metrics: Arc<metrics::Metrics>,
     pub reloader: Arc<reload::Reloader>,
+    pub tracer: telemetry::Tracer,
     stop: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -291,6 +312,7 @@ pub fn spawn(config: Config) -> Result<RunningGateway, ConfigError> {
         state,
         metrics,
         reloader,
+        tracer,
     } = handles;
     let stop = Arc::new(tokio::sync::Notify::new());
     let watch = NotifyWatch(stop.clone());
@@ -306,6 +328,7 @@ pub fn spawn(config: Config) -> Result<RunningGateway, ConfigError> {
         state,
         metrics,
         reloader,
+        tracer,
         stop,
         thread: Some(thread),
     })

@@ -36,6 +36,10 @@ pub struct Metrics {
     cache_entries: IntGauge,
     cache_size_bytes: IntGauge,
     cache_evictions_total: IntCounter,
+    /// Spans the trace exporter delivered (the collector answered 2xx).
+    pub trace_spans_exported_total: IntCounter,
+    /// Spans not delivered, by reason (`queue_full`, `export_failed`).
+    pub trace_spans_dropped_total: IntCounterVec,
     process_cpu_seconds: prometheus::Counter,
     process_resident_memory_bytes: IntGauge,
     process_open_fds: IntGauge,
@@ -285,6 +289,17 @@ impl Metrics {
                 "cache_evictions_total",
                 "Cached answers evicted to stay under server.cache.max_size.",
             ),
+            trace_spans_exported_total: single_counter(
+                &r,
+                "trace_spans_exported_total",
+                "Trace spans delivered to the OTLP endpoint.",
+            ),
+            trace_spans_dropped_total: counter(
+                &r,
+                "trace_spans_dropped_total",
+                "Trace spans not delivered, by reason (queue_full: the export queue was full; export_failed: the export request failed).",
+                &["reason"],
+            ),
             process_cpu_seconds: {
                 let c = prometheus::Counter::new(
                     "gatehouse_process_cpu_seconds_total",
@@ -333,6 +348,9 @@ impl Metrics {
         }
         for limit in ["total", "per_ip"] {
             self.connections_refused_total.with_label_values(&[limit]);
+        }
+        for reason in ["queue_full", "export_failed"] {
+            self.trace_spans_dropped_total.with_label_values(&[reason]);
         }
         for (result, reason) in AUTH_DECISIONS {
             self.auth_decisions_total

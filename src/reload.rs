@@ -66,6 +66,9 @@ fn restart_needed(old: &Config, new: &Config) -> NeedsRestart {
     if x != y {
         out.push("auth");
     }
+    if old.telemetry != new.telemetry {
+        out.push("telemetry");
+    }
     out
 }
 

@@ -55,6 +55,7 @@ pub fn validate(c: &Config) -> Vec<String> {
         p.push("server.limits.keepalive_timeout: must be greater than 0".into());
     }
     p.extend(s.cache.validate("server.cache"));
+    p.extend(c.telemetry.validate("telemetry"));
     if !(1..=9).contains(&s.compression.level) {
         p.push("server.compression.level: must be between 1 and 9".into());
     }

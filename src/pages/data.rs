@@ -4,8 +4,12 @@
 //! again on another backend of the pool, with the default retry policy's backoff (as a
 //! route's GET would be). A failed source becomes `{"unavailable": true}`: the page still
 //! renders.
+//!
+//! With tracing on, each attempt is a client span under the page's span and sends a
+//! `traceparent` naming it ([`fetch_all_traced`]).
 
 use crate::auth::guard::Identity;
+use crate::telemetry::{span as attr, Span, TraceContext};
 use crate::upstream::retry::{AttemptFacts, Failure, RetryPolicy};
 use crate::upstream::Pool;
 use pingora::connectors::http::Connector;
@@ -42,12 +46,42 @@ pub async fn fetch_all(
     request_id: &str,
     timeout: Duration,
 ) -> serde_json::Map<String, Value> {
+    fetch_all_traced(
+        connector,
+        fetches,
+        who,
+        request_id,
+        timeout,
+        &TraceContext::none(),
+    )
+    .await
+}
+
+/// [`fetch_all`] with each attempt a client span under `trace` (the page's span), whose
+/// `traceparent` (and the caller's `tracestate`) the attempt sends. `TraceContext::none()`:
+/// no spans, no trace headers.
+pub async fn fetch_all_traced(
+    connector: &Arc<Connector>,
+    fetches: Vec<Fetch>,
+    who: &Identity,
+    request_id: &str,
+    timeout: Duration,
+    trace: &TraceContext,
+) -> serde_json::Map<String, Value> {
     let mut set = tokio::task::JoinSet::new();
     for f in fetches {
         let connector = connector.clone();
         let headers = identity_headers(who, request_id);
+        let source = Source {
+            name: f.name.clone(),
+            trace: trace.clone(),
+        };
         set.spawn(async move {
-            let result = tokio::time::timeout(timeout, fetch_one(&connector, &f.pool, &f.path, &headers)).await;
+            let result = tokio::time::timeout(
+                timeout,
+                fetch_one(&connector, &f.pool, &f.path, &headers, &source),
+            )
+            .await;
             let value = match result {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
@@ -82,11 +116,18 @@ fn identity_headers(who: &Identity, request_id: &str) -> Vec<(&'static str, Stri
     ]
 }
 
+/// What an attempt's span needs to know of its source.
+struct Source {
+    name: String,
+    trace: TraceContext,
+}
+
 async fn fetch_one(
     connector: &Connector,
     pool: &Pool,
     path: &str,
     headers: &[(&'static str, String)],
+    source: &Source,
 ) -> Result<Value, String> {
     let policy = RetryPolicy::default();
     let mut tried = Vec::new();
@@ -96,12 +137,29 @@ async fn fetch_one(
         let (addr, _) = pool
             .select(b"", now, &tried)
             .ok_or("no backend can take the request")?;
-        let result = exchange(connector, pool, addr, path, headers).await;
+        let mut span =
+            source
+                .trace
+                .attempt(&http::Method::GET, &pool.name, addr, tried.len() as u32 + 1);
+        span.set_str(attr::URL_PATH, path);
+        span.set_str(attr::GATEHOUSE_DATA_SOURCE, &source.name);
+        let result = exchange(connector, pool, addr, path, headers, &span).await;
         let failure = match &result {
             Ok((status, _)) if pool.is_failure_status(*status) => Some(Failure::Status(*status)),
             Ok(_) => None,
             Err((f, _)) => Some(*f),
         };
+        match (&result, failure) {
+            (Ok((status, _)), None) => span.end_attempt("ok", Some(*status), None),
+            (Ok((status, _)), Some(_)) => span.end_attempt("failure_status", Some(*status), None),
+            (Err((f, _)), _) => {
+                let outcome = match f {
+                    Failure::Status(_) => "failure_status",
+                    other => other.reason(),
+                };
+                span.end_attempt(outcome, None, Some(outcome))
+            }
+        }
         pool.record(&addr, failure.is_none(), Instant::now());
         let retry = failure.is_some_and(|failure| {
             tried.push(addr);
@@ -140,6 +198,7 @@ async fn exchange(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&'static str, String)],
+    span: &Span,
 ) -> Result<(u16, Vec<u8>), (Failure, String)> {
     // Errors of Pingora's exchange are classified; building the request cannot be retried.
     let up = |e: Box<pingora::Error>| (Failure::of(&e), e.to_string());
@@ -158,6 +217,13 @@ async fn exchange(
     req.insert_header("host", host).map_err(local)?;
     for (k, v) in headers {
         req.insert_header(*k, v.as_str()).map_err(local)?;
+    }
+    if let Some(tp) = span.traceparent() {
+        req.insert_header("traceparent", tp.as_str())
+            .map_err(local)?;
+        if let Some(ts) = span.tracestate() {
+            req.insert_header("tracestate", ts).map_err(local)?;
+        }
     }
     session
         .write_request_header(Box::new(req))

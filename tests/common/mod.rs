@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod otlp;
 pub mod scripted;
 pub mod upstream_and_client;
 pub mod users;
