@@ -140,6 +140,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         auth,
         access_log: s.log.access_log,
         cache,
+        tracer: tracer.clone(),
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let app = edge::listener::EdgeApp {

@@ -20,6 +20,7 @@ use crate::errors::Reject;
 use crate::metrics::Metrics;
 use crate::plan::{self, Plan};
 use crate::state::{Route, SharedState, Snapshot};
+use crate::telemetry::Span;
 use async_trait::async_trait;
 
 mod access_log;
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub access_log: bool,
     /// The response cache (routes opt in with `cache:`).
     pub cache: crate::cache::Cache,
+    /// OpenTelemetry tracing (a no-op when off).
+    pub tracer: crate::telemetry::Tracer,
 }
 
 /// Per-request context. The snapshot is loaded once, so retries and logging see the
@@ -70,6 +73,10 @@ pub struct Ctx {
     status: u16,
     /// What the attempts to backends learned.
     up: attempts::AttemptState,
+    /// The request's server span (nothing when tracing is off).
+    trace: Span,
+    /// The current upstream attempt's client span.
+    attempt_span: Span,
     /// The signed-in user, when the route checked one.
     identity: Option<Identity>,
     /// TLS in front of the client: ours, or a trusted proxy's (`X-Forwarded-Proto: https`).
@@ -111,6 +118,8 @@ impl Ctx {
             reject: None,
             status: 0,
             up: attempts::AttemptState::default(),
+            trace: Span::default(),
+            attempt_span: Span::default(),
             identity: None,
             tls: false,
             tls_conn: false,
@@ -157,6 +166,7 @@ impl ProxyHttp for Gateway {
 
     /// The plan decides (`crate::plan`); this executes it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.trace = self.tracer.start_server(session.req_header());
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -173,6 +183,7 @@ impl ProxyHttp for Gateway {
             plan::plan(&ctx.snapshot, &inbound, raw)
         };
         ctx.learn(facts);
+        ctx.trace.set_client(ctx.client_ip, ctx.peer_ip);
         match plan {
             Plan::Refuse {
                 reject,
@@ -181,6 +192,9 @@ impl ProxyHttp for Gateway {
             } => {
                 if close {
                     session.set_keepalive(None);
+                }
+                if let Some(r) = &route {
+                    ctx.trace.set_route(&r.prefix);
                 }
                 ctx.route = route;
                 self.reject(session, ctx, reject).await
@@ -396,6 +410,9 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let error = e.map(|e| e.etype().as_str()).unwrap_or("");
         self.log_request(ctx, &req.method, req.uri.path(), status, bytes, error);
+        // An attempt still open (the client left mid-answer, say) ends with the request.
+        std::mem::take(&mut ctx.attempt_span).end_attempt("unfinished", None, e.map(|_| error));
+        std::mem::take(&mut ctx.trace).end_server(status, e.map(|_| error));
     }
 
     fn persist_connection_context(

@@ -453,7 +453,12 @@ fn page_data_sources_send_a_traceparent_naming_their_attempt_span() {
     ))
     .expect("config");
     let pool = Arc::new(
-        gatehouse::upstream::Pool::build("patients", &cfg.upstreams["patients"]).expect("pool"),
+        gatehouse::upstream::Pool::build(
+            "patients",
+            &cfg.upstreams["patients"],
+            Default::default(),
+        )
+        .expect("pool"),
     );
     let who = Identity {
         claims: Claims {

@@ -59,6 +59,7 @@ impl Gateway {
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
+            trace_id = %ctx.trace.log_trace_id(),
             client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
             method = %method,
             path = %path,

@@ -30,6 +30,7 @@ impl Gateway {
         ctx: &mut Ctx,
         route: Arc<Route>,
     ) -> Result<bool> {
+        ctx.trace.set_route(&route.prefix);
         let refused = self.take_in_flight(ctx, &route);
         ctx.route = Some(route.clone()); // so that `logging` gives back a slot already taken
         if let Some(r) = refused {
@@ -76,7 +77,13 @@ impl Gateway {
             api_client: ctx.api_client,
             tls: ctx.tls,
         };
-        guard::protect(&self.auth, mode, roles, on_store_error, &greq).await
+        let mut span = ctx.trace.internal("auth");
+        let decision = guard::protect(&self.auth, mode, roles, on_store_error, &greq).await;
+        if let Decision::Deny { reason, .. } = &decision {
+            span.set_error(reason, "refused");
+        }
+        span.end();
+        decision
     }
 
     /// Acts on the guard's decision, the one mapping for routes and pages: the identity kept,

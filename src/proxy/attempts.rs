@@ -100,6 +100,12 @@ impl Gateway {
                 return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
             }
         };
+        ctx.attempt_span = ctx.trace.attempt(
+            &session.req_header().method,
+            &route.pool.name,
+            addr,
+            ctx.up.count,
+        );
         let mut peer = route.pool.peer(addr);
         let opts = &mut peer.options;
         opts.connection_timeout = Some(route.connect_timeout.min(remaining));
@@ -123,7 +129,7 @@ impl Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.finish_attempt(ctx, Some(false), "connect_error");
+        self.finish_attempt(ctx, Some(false), "connect_error", None);
         let retry = self.decide_retry(&Sent::of(session), ctx, Failure::Connect, None);
         e.set_retry(retry);
         e
@@ -147,7 +153,7 @@ impl Gateway {
         if e.esource() == &ErrorSource::Downstream {
             // The client went away (or broke the exchange) before the answer was through:
             // nothing to retry, and nothing the backend did wrong.
-            self.finish_attempt(ctx, None, "client_error");
+            self.finish_attempt(ctx, None, "client_error", None);
             e.set_retry(false);
             return e;
         }
@@ -157,11 +163,16 @@ impl Gateway {
             // A pooled connection the upstream had already closed: nothing was processed,
             // so this is as safe to retry as a connect failure, and not the backend's fault.
             ctx.up.start = None;
+            std::mem::take(&mut ctx.attempt_span).end_attempt(
+                "reset",
+                None,
+                Some("pooled connection closed"),
+            );
             let retry = self.decide_retry(&Sent::of(session), ctx, Failure::Connect, None);
             e.set_retry(retry);
             return e;
         }
-        self.finish_attempt(ctx, Some(false), failure.reason());
+        self.finish_attempt(ctx, Some(false), failure.reason(), None);
         let retry = self.decide_retry(&Sent::of(session), ctx, failure, None);
         e.set_retry(retry);
         e
@@ -181,7 +192,7 @@ impl Gateway {
         let status = resp.status.as_u16();
         let failed = route.pool.is_failure_status(status);
         let outcome = if failed { "failure_status" } else { "ok" };
-        self.finish_attempt(ctx, Some(!failed), outcome);
+        self.finish_attempt(ctx, Some(!failed), outcome, Some(status));
         if matches!(status, 502..=504) {
             let retry_after = resp
                 .headers
@@ -202,7 +213,19 @@ impl Gateway {
 
     /// Closes the current attempt: breaker outcome (`None`: none, the backend is not to
     /// blame), metrics.
-    fn finish_attempt(&self, ctx: &mut Ctx, success: Option<bool>, outcome: &'static str) {
+    fn finish_attempt(
+        &self,
+        ctx: &mut Ctx,
+        success: Option<bool>,
+        outcome: &'static str,
+        status: Option<u16>,
+    ) {
+        let failed = !matches!(outcome, "ok" | "failure_status");
+        std::mem::take(&mut ctx.attempt_span).end_attempt(
+            outcome,
+            status,
+            failed.then_some(outcome),
+        );
         let (Some(route), Some(addr), Some(start)) =
             (ctx.route.as_ref(), ctx.up.backend, ctx.up.start.take())
         else {

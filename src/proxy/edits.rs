@@ -115,6 +115,17 @@ impl Gateway {
         }
         self.forwarding_headers(up, ctx, orig_host)?;
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // W3C Trace Context: this attempt's span is the upstream's parent. Tracing off: the
+        // client's headers pass as sent.
+        if let Some(tp) = ctx.attempt_span.traceparent() {
+            up.insert_header("traceparent", tp.as_str())?;
+            match ctx.attempt_span.tracestate() {
+                Some(ts) => up.insert_header("tracestate", ts)?,
+                None => {
+                    up.remove_header("tracestate");
+                }
+            }
+        }
         apply_ops!(up, route.headers.request_ops());
         if let Some(id) = &ctx.identity {
             up.insert_header("authorization", format!("Bearer {}", id.token))?;

@@ -137,12 +137,26 @@ impl Gateway {
             set_cookies.push(cookies::clear(c, FLASH_COOKIE, "/", ctx.tls));
         }
 
+        // Ends when this function returns (a span ends when dropped).
+        let mut render = ctx.trace.internal("render page");
         // The signed-in user's profile from the database; identity alone if it is down.
         let user = match &ctx.identity {
             None => None,
             Some(id) => {
                 let by_db = match id.claims.sub.parse::<i64>() {
-                    Ok(uid) => self.auth.users.find_by_id(uid).await.ok().flatten(),
+                    Ok(uid) => {
+                        let system = match self.auth.users.backend() {
+                            "postgres" => "postgresql",
+                            other => other,
+                        };
+                        let mut span = ctx.trace.db(system, "SELECT");
+                        let found = self.auth.users.find_by_id(uid).await;
+                        if let Err(e) = &found {
+                            span.set_error("db_error", &e.to_string());
+                        }
+                        span.end();
+                        found.ok().flatten()
+                    }
                     Err(_) => None,
                 };
                 Some(match by_db {
@@ -167,12 +181,13 @@ impl Gateway {
                         path: data::fill_path(path, who),
                     })
                     .collect();
-                data::fetch_all(
+                data::fetch_all_traced(
                     &pages.connector,
                     fetches,
                     who,
                     &ctx.request_id,
                     pages.data_timeout,
+                    &render.context(),
                 )
                 .await
             }
@@ -229,6 +244,7 @@ impl Gateway {
             Ok(html) => (200, html),
             Err(e) => {
                 tracing::error!(request_id = %ctx.request_id, template = %page.template, error = %e, "page failed to render");
+                render.set_error("template_error", "page failed to render");
                 (500, pages.render_error(500, &view))
             }
         };
