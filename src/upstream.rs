@@ -10,4 +10,4 @@ pub mod retry;
 pub mod tls;
 
 pub use health::HealthService;
-pub use pool::{BackendInfo, Pool, PoolError};
+pub use pool::{BackendInfo, Pool, PoolError, Retry, RetryState};

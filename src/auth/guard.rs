@@ -23,6 +23,19 @@ pub struct Identity {
     pub renewed_cookie: Option<String>,
 }
 
+impl Identity {
+    /// The identity headers an upstream receives for this user, on proxied requests and page
+    /// data sources alike (the client's own copies are removed before these are set).
+    pub fn upstream_headers(&self) -> [(&'static str, String); 4] {
+        [
+            ("authorization", format!("Bearer {}", self.token)),
+            ("x-user-id", self.claims.sub.clone()),
+            ("x-user-role", self.claims.role.clone()),
+            ("x-session-id", self.claims.sid.clone()),
+        ]
+    }
+}
+
 /// What the request filter does next.
 #[derive(Debug)]
 pub enum Decision {

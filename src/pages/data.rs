@@ -11,7 +11,7 @@
 use crate::auth::guard::Identity;
 use crate::telemetry::{span as attr, Span, TraceContext};
 use crate::upstream::retry::{AttemptFacts, Failure, RetryPolicy};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Retry, RetryState};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde_json::{json, Value};
@@ -75,6 +75,7 @@ pub async fn fetch_all_traced(
         let source = Source {
             name: f.name.clone(),
             trace: trace.clone(),
+            deadline: Instant::now() + timeout,
         };
         set.spawn(async move {
             let result = tokio::time::timeout(
@@ -106,20 +107,18 @@ pub async fn fetch_all_traced(
 }
 
 fn identity_headers(who: &Identity, request_id: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("authorization", format!("Bearer {}", who.token)),
-        ("x-user-id", who.claims.sub.clone()),
-        ("x-user-role", who.claims.role.clone()),
-        ("x-session-id", who.claims.sid.clone()),
-        ("x-request-id", request_id.to_string()),
-        ("accept", "application/json".to_string()),
-    ]
+    let mut headers = Vec::from(who.upstream_headers());
+    headers.push(("x-request-id", request_id.to_string()));
+    headers.push(("accept", "application/json".to_string()));
+    headers
 }
 
 /// What an attempt's span needs to know of its source.
 struct Source {
     name: String,
     trace: TraceContext,
+    /// When the page stops waiting for it (no retry is started that could not finish).
+    deadline: Instant,
 }
 
 async fn fetch_one(
@@ -130,12 +129,13 @@ async fn fetch_one(
     source: &Source,
 ) -> Result<Value, String> {
     let policy = RetryPolicy::default();
-    let mut tried = Vec::new();
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    let mut same_backend_ok = false;
     pool.budget.record_request(Instant::now());
     loop {
         let now = Instant::now();
         let (addr, _) = pool
-            .select(b"", now, &tried)
+            .pick(b"", now, &tried, same_backend_ok)
             .ok_or("no backend can take the request")?;
         let mut span =
             source
@@ -161,7 +161,8 @@ async fn fetch_one(
             }
         }
         pool.record(&addr, failure.is_none(), Instant::now());
-        let retry = failure.is_some_and(|failure| {
+        // The same decision as a proxied GET's (`Pool::decide_retry`), within the page's wait.
+        let retry = failure.and_then(|failure| {
             tried.push(addr);
             let facts = AttemptFacts {
                 failure,
@@ -171,15 +172,23 @@ async fn fetch_one(
                 body_bytes: 0,
                 body_truncated: false,
             };
-            let now = Instant::now();
-            policy.allows(&facts).is_ok()
-                && pool.has_candidate(&tried, now)
-                && pool.budget.try_spend(now)
+            let state = RetryState {
+                tried: &tried,
+                deadline: Some(source.deadline),
+                retry_after: None,
+                response_started: false,
+            };
+            pool.decide_retry(&policy, &facts, &state, Instant::now())
+                .ok()
         });
-        if retry {
-            let wait = policy.backoff(tried.len() as u32, rand::random::<f64>());
-            tracing::debug!(upstream = %pool.name, backend = %addr, ?wait, "page data source retried");
-            tokio::time::sleep(wait).await;
+        if let Some(Retry {
+            delay,
+            same_backend_ok: same,
+        }) = retry
+        {
+            same_backend_ok = same;
+            tracing::debug!(upstream = %pool.name, backend = %addr, ?delay, "page data source retried");
+            tokio::time::sleep(delay).await;
             continue;
         }
         let (status, body) = result.map_err(|(_, e)| e)?;

@@ -7,6 +7,7 @@ use crate::errors::Reject;
 use crate::state::Route;
 use crate::upstream::breaker::Transition;
 use crate::upstream::retry::{parse_retry_after, AttemptFacts, Failure, NoRetry};
+use crate::upstream::{Retry, RetryState};
 use http::Method;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -298,38 +299,22 @@ impl Gateway {
             body_bytes: up.body_bytes,
             body_truncated: sent.body_truncated,
         };
-        let now = Instant::now();
-        let decision = route.retry.allows(&facts).and_then(|()| {
-            if sent.response_started {
-                return Err(NoRetry::ResponseStarted);
-            }
-            let delay = match (failure, retry_after) {
-                (Failure::Status(503), Some(ra)) => ra,
-                _ => route.retry.backoff(up.count, rand::random::<f64>()),
-            };
-            let remaining = up
-                .deadline
-                .map_or(Duration::MAX, |d| d.saturating_duration_since(now));
-            if delay >= remaining {
-                return Err(NoRetry::Deadline);
-            }
-            let same_ok = matches!(failure, Failure::Status(_));
-            if !same_ok && !route.pool.has_candidate(&up.tried, now) {
-                return Err(NoRetry::NoOtherBackend);
-            }
-            if !route.pool.budget.try_spend(now) {
-                self.metrics
-                    .retry_budget_exhausted_total
-                    .with_label_values(&[route.pool.name.as_str()])
-                    .inc();
-                return Err(NoRetry::Budget);
-            }
-            Ok((delay, same_ok))
-        });
+        let state = RetryState {
+            tried: &up.tried,
+            deadline: up.deadline,
+            retry_after,
+            response_started: sent.response_started,
+        };
+        let decision = route
+            .pool
+            .decide_retry(&route.retry, &facts, &state, Instant::now());
         match decision {
-            Ok((delay, same_ok)) => {
+            Ok(Retry {
+                delay,
+                same_backend_ok,
+            }) => {
                 up.next_delay = Some(delay);
-                up.same_backend_ok = same_ok;
+                up.same_backend_ok = same_backend_ok;
                 self.metrics
                     .retries_total
                     .with_label_values(&[route.name.as_str(), failure.reason()])
@@ -341,6 +326,12 @@ impl Gateway {
                 true
             }
             Err(why) => {
+                if why == NoRetry::Budget {
+                    self.metrics
+                        .retry_budget_exhausted_total
+                        .with_label_values(&[route.pool.name.as_str()])
+                        .inc();
+                }
                 tracing::debug!(request_id = %ctx.request_id, reason = failure.reason(), why = why.as_str(), "not retried");
                 false
             }
@@ -375,10 +366,9 @@ impl Gateway {
             route.pool.budget.record_request(now);
         }
         let key = hash_key(route, headers, ctx);
-        let mut pick = route.pool.select(&key, now, &ctx.up.tried);
-        if pick.is_none() && ctx.up.same_backend_ok && !ctx.up.tried.is_empty() {
-            pick = route.pool.select(&key, now, &[]);
-        }
+        let pick = route
+            .pool
+            .pick(&key, now, &ctx.up.tried, ctx.up.same_backend_ok);
         let Some((addr, transition)) = pick else {
             self.metrics
                 .fallbacks_total

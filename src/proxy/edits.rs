@@ -128,10 +128,9 @@ impl Gateway {
         }
         apply_ops!(up, route.headers.request_ops());
         if let Some(id) = &ctx.identity {
-            up.insert_header("authorization", format!("Bearer {}", id.token))?;
-            up.insert_header("x-user-id", id.claims.sub.as_str())?;
-            up.insert_header("x-user-role", id.claims.role.as_str())?;
-            up.insert_header("x-session-id", id.claims.sid.as_str())?;
+            for (name, value) in id.upstream_headers() {
+                up.insert_header(name, value)?;
+            }
         }
         Ok(())
     }

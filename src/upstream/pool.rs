@@ -3,7 +3,7 @@
 //! an attempt at one of its backends connects with.
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
-use super::retry::{BudgetConfig, RetryBudget};
+use super::retry::{AttemptFacts, BudgetConfig, Failure, NoRetry, RetryBudget, RetryPolicy};
 use super::tls::UpstreamTls;
 use crate::config::{parse_backend_url, HashKeySpec};
 use crate::config::{Balance, HealthCheckKind, UpstreamConfig};
@@ -18,6 +18,25 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Where a request's attempts stand, for [`Pool::decide_retry`].
+pub struct RetryState<'a> {
+    /// Backends tried so far.
+    pub tried: &'a [SocketAddr],
+    /// When the request's time runs out.
+    pub deadline: Option<Instant>,
+    /// The upstream's `Retry-After` (honoured on a 503).
+    pub retry_after: Option<Duration>,
+    /// The client already has the start of an answer.
+    pub response_started: bool,
+}
+
+/// A retry allowed: wait `delay` first; `same_backend_ok`: the backend just tried may take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub delay: Duration,
+    pub same_backend_ok: bool,
+}
 
 /// Why a pool could not be built (beyond what config validation already caught).
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +317,62 @@ impl Pool {
         })
     }
 
+    /// The backend for the next attempt: as [`Pool::select`] among backends not tried yet; a
+    /// retry on an upstream status (`same_backend_ok`) may go back to one already tried when
+    /// no other can take it.
+    pub fn pick(
+        &self,
+        key: &[u8],
+        now: Instant,
+        tried: &[SocketAddr],
+        same_backend_ok: bool,
+    ) -> Option<(SocketAddr, Option<Transition>)> {
+        let pick = self.select(key, now, tried);
+        if pick.is_none() && same_backend_ok && !tried.is_empty() {
+            return self.select(key, now, &[]);
+        }
+        pick
+    }
+
+    /// The one retry decision for proxied requests and page data sources: the policy
+    /// (`allows`), nothing of the answer sent yet, the wait (backoff, or a 503's
+    /// `Retry-After`) within the deadline, another backend able to take it (a status retry
+    /// may reuse the same one), and the pool's retry budget — spent only when all else
+    /// says yes.
+    pub fn decide_retry(
+        &self,
+        policy: &RetryPolicy,
+        facts: &AttemptFacts<'_>,
+        state: &RetryState<'_>,
+        now: Instant,
+    ) -> Result<Retry, NoRetry> {
+        policy.allows(facts)?;
+        if state.response_started {
+            return Err(NoRetry::ResponseStarted);
+        }
+        let delay = match (facts.failure, state.retry_after) {
+            (Failure::Status(503), Some(ra)) => ra,
+            _ => policy.backoff(facts.attempts, rand::random::<f64>()),
+        };
+        let remaining = state
+            .deadline
+            .map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+        if delay >= remaining {
+            return Err(NoRetry::Deadline);
+        }
+        let same_backend_ok = matches!(facts.failure, Failure::Status(_));
+        if !same_backend_ok && !self.has_candidate(state.tried, now) {
+            return Err(NoRetry::NoOtherBackend);
+        }
+        if !self.budget.try_spend(now) {
+            return Err(NoRetry::Budget);
+        }
+        Ok(Retry {
+            delay,
+            same_backend_ok,
+        })
+    }
+
     /// Feeds one attempt's outcome to the backend's breaker.
     pub fn record(&self, addr: &SocketAddr, success: bool, now: Instant) -> Option<Transition> {
         self.breaker(addr).and_then(|b| b.record(success, now))
@@ -537,6 +612,87 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("addr")
+    }
+
+    fn facts(failure: Failure, attempts: u32) -> AttemptFacts<'static> {
+        AttemptFacts {
+            failure,
+            method: &http::Method::GET,
+            has_idempotency_key: false,
+            attempts,
+            body_bytes: 0,
+            body_truncated: false,
+        }
+    }
+
+    fn state(tried: &[SocketAddr]) -> RetryState<'_> {
+        RetryState {
+            tried,
+            deadline: None,
+            retry_after: None,
+            response_started: false,
+        }
+    }
+
+    #[test]
+    fn the_retry_decision_needs_another_backend_unless_it_is_a_status_retry() {
+        let one = pool("backends: http://127.0.0.1:3");
+        let a = addr("127.0.0.1:3");
+        let now = Instant::now();
+        let policy = RetryPolicy::default();
+        let connect = one.decide_retry(&policy, &facts(Failure::Connect, 1), &state(&[a]), now);
+        assert_eq!(connect, Err(NoRetry::NoOtherBackend));
+        let status = one
+            .decide_retry(&policy, &facts(Failure::Status(503), 1), &state(&[a]), now)
+            .expect("a status retry may go back to the same backend");
+        assert!(status.same_backend_ok);
+        // ... and `pick` then hands the tried backend out again.
+        assert_eq!(one.pick(b"", now, &[a], true).map(|p| p.0), Some(a));
+        assert!(one.pick(b"", now, &[a], false).is_none());
+    }
+
+    #[test]
+    fn the_retry_decision_honours_retry_after_the_deadline_and_a_started_answer() {
+        let p = pool("backends: http://127.0.0.1:1, http://127.0.0.1:2");
+        let tried = [addr("127.0.0.1:1")];
+        let now = Instant::now();
+        let policy = RetryPolicy::default();
+        let mut st = state(&tried);
+        st.retry_after = Some(Duration::from_millis(700));
+        let r = p
+            .decide_retry(&policy, &facts(Failure::Status(503), 1), &st, now)
+            .expect("retried");
+        assert_eq!(
+            r.delay,
+            Duration::from_millis(700),
+            "a 503's Retry-After is the wait"
+        );
+        st.deadline = Some(now + Duration::from_millis(500));
+        let late = p.decide_retry(&policy, &facts(Failure::Status(503), 1), &st, now);
+        assert_eq!(
+            late,
+            Err(NoRetry::Deadline),
+            "no retry that cannot finish in time"
+        );
+        let mut started = state(&tried);
+        started.response_started = true;
+        let r = p.decide_retry(&policy, &facts(Failure::Connect, 1), &started, now);
+        assert_eq!(r, Err(NoRetry::ResponseStarted));
+    }
+
+    #[test]
+    fn the_retry_decision_spends_the_budget_last_and_stops_when_it_is_gone() {
+        let p = pool(
+            "backends: http://127.0.0.1:1, http://127.0.0.1:2\nretry_budget: {ratio: 0.0, min_per_second: 0}",
+        );
+        let tried = [addr("127.0.0.1:1")];
+        let now = Instant::now();
+        let policy = RetryPolicy::default();
+        let r = p.decide_retry(&policy, &facts(Failure::Connect, 1), &state(&tried), now);
+        assert_eq!(r, Err(NoRetry::Budget));
+        // A refusal before the budget leaves it untouched (nothing to spend on).
+        let r = p.decide_retry(&policy, &facts(Failure::Connect, 9), &state(&tried), now);
+        assert_eq!(r, Err(NoRetry::Exhausted));
     }
 
     #[test]
