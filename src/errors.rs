@@ -22,6 +22,15 @@ pub struct Reject {
     pub template: Option<String>,
 }
 
+/// A route's configured fallback answer.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<bytes::Bytes>,
+    pub template: Option<String>,
+}
+
 impl Reject {
     pub fn new(status: u16, code: &'static str, message: &'static str) -> Reject {
         Reject {
@@ -58,7 +67,7 @@ impl Reject {
 
     /// What a route answers when no backend can take a request: its configured fallback,
     /// else 503 with `Retry-After`. Either way marked `X-Gatehouse-Fallback: 1`.
-    pub fn fallback(f: Option<&crate::state::Fallback>) -> Reject {
+    pub fn fallback(f: Option<&Fallback>) -> Reject {
         let mut r = match f {
             None => Reject::no_backend(),
             Some(f) => {

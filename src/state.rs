@@ -3,6 +3,7 @@
 //! config is unchanged so their health state survives.
 
 use crate::config::{parse_cidr, Config, ConfigError, RetryConfig, RetryMethods, Timeouts};
+pub use crate::errors::Fallback;
 use crate::routing::{RouteKey, RouteTable};
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::tls::UpstreamTls;
@@ -71,15 +72,6 @@ pub struct Route {
     pub on_store_error: crate::config::StoreFailure,
     /// This route's request metrics, resolved once.
     pub series: crate::metrics::RouteSeries,
-}
-
-/// A route's configured fallback answer.
-#[derive(Debug, Clone)]
-pub struct Fallback {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Option<bytes::Bytes>,
-    pub template: Option<String>,
 }
 
 /// Route settings over pool settings over `defaults` over the built-in policy.
