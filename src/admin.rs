@@ -98,7 +98,7 @@ impl Admin {
                 error_body(405, "method_not_allowed", "Use POST to purge."),
             );
         }
-        let param = |n| crate::pages::query_param(query, n).filter(|v| !v.is_empty());
+        let param = |n| crate::forms::query_param(query, n).filter(|v| !v.is_empty());
         let (route, prefix) = (param("route"), param("prefix"));
         let all = param("all").is_some_and(|v| v == "true");
         if prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
