@@ -71,7 +71,7 @@ pub struct Route {
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
     /// This route's request metrics, resolved once.
-    pub series: crate::metrics::RouteSeries,
+    pub series: crate::metrics::series::RouteSeries,
 }
 
 /// Route settings over pool settings over `defaults` over the built-in policy.
