@@ -4,6 +4,7 @@
 //! [`crate::state`]) and never touches sockets, so `gatehouse check` can run it anywhere.
 //! Every struct denies unknown fields: a typo is an error, not a silently ignored key.
 
+pub mod cache;
 mod interpolate;
 pub mod units;
 pub mod validate;
@@ -497,7 +498,7 @@ pub struct ServerConfig {
     /// Optional HTTPS listener.
     pub tls: crate::edge::tls::TlsConfig,
     /// The response cache's store (routes opt in with `routes[i].cache`).
-    pub cache: crate::cache::CacheConfig,
+    pub cache: cache::CacheConfig,
     /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
     pub upgrade_sock: String,
     /// Where the process id is written.
@@ -523,7 +524,7 @@ impl Default for ServerConfig {
             watch_config: false,
             compression: CompressionConfig::default(),
             tls: crate::edge::tls::TlsConfig::default(),
-            cache: crate::cache::CacheConfig::default(),
+            cache: cache::CacheConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
             native_http1: false,
             pid_file: "/tmp/gatehouse.pid".into(),
@@ -921,7 +922,7 @@ pub struct RouteConfig {
     pub max_in_flight_per_client: Option<u32>,
     /// Cache this route's GET and HEAD answers (see `server.cache` for the store).
     #[serde(default)]
-    pub cache: Option<crate::cache::RouteCacheConfig>,
+    pub cache: Option<cache::RouteCacheConfig>,
 }
 
 fn yes() -> bool {
