@@ -6,6 +6,7 @@
 
 pub mod cache;
 mod interpolate;
+pub mod tls;
 pub mod units;
 pub mod validate;
 
@@ -496,7 +497,7 @@ pub struct ServerConfig {
     /// Response compression (gzip, br, zstd) for clients that accept it.
     pub compression: CompressionConfig,
     /// Optional HTTPS listener.
-    pub tls: crate::edge::tls::TlsConfig,
+    pub tls: tls::TlsConfig,
     /// The response cache's store (routes opt in with `routes[i].cache`).
     pub cache: cache::CacheConfig,
     /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
@@ -523,7 +524,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             watch_config: false,
             compression: CompressionConfig::default(),
-            tls: crate::edge::tls::TlsConfig::default(),
+            tls: tls::TlsConfig::default(),
             cache: cache::CacheConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
             native_http1: false,
