@@ -6,6 +6,7 @@
 
 pub mod cache;
 mod interpolate;
+pub mod role;
 pub mod tls;
 pub mod units;
 pub mod validate;
