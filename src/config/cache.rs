@@ -1,5 +1,5 @@
 //! `server.cache:` and `routes[i].cache:`: the response cache's part of the file format and
-//! its validation. What the settings do is [`crate::cache`]'s business.
+//! its validation. What the settings do is `cache`'s business.
 
 use super::{Dur, Size};
 use serde::Deserialize;

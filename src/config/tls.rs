@@ -1,5 +1,5 @@
 //! `server.tls:`: the TLS listener's part of the file format. Loading the certificates, and
-//! checking that they load, is [`crate::edge::tls`]'s business.
+//! checking that they load, is `edge::tls`'s business.
 
 use super::Dur;
 use serde::Deserialize;
