@@ -15,7 +15,7 @@
 
 use crate::auth::guard::Identity;
 use crate::auth::Auth;
-use crate::edge::{forwarding, listener::Reused};
+use crate::edge::forwarding::{self, Reused};
 use crate::errors::Reject;
 use crate::metrics::Metrics;
 use crate::plan::{self, Plan};
