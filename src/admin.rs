@@ -3,6 +3,9 @@
 //! and database reachable),
 //! `GET /metrics` in the Prometheus text format, and the response cache: `GET /cache` (its
 //! size) and `POST /cache/purge` (`?route=NAME`, `?prefix=/path`, both, or `?all=true`).
+//!
+//! Layer: beside the lanes (its own listener), above `state`, `auth`, `metrics` and `cache`; must
+//! not import `proxy`, `plan` or `reload`.
 
 use async_trait::async_trait;
 use http::Response;

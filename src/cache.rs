@@ -14,6 +14,9 @@
 //!
 //! The settings (`server.cache`, `routes[i].cache`) are part of the file format:
 //! [`crate::config::cache`].
+//!
+//! Layer: above `config`; must not import `state`, `upstream`, `metrics`, `auth`, `pages`, `plan`
+//! or `proxy`.
 
 pub mod store;
 

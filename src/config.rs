@@ -3,6 +3,12 @@
 //! This module owns the file format only. It does not build runtime tables (that is
 //! [`crate::state`]) and never touches sockets, so `gatehouse check` can run it anywhere.
 //! Every struct denies unknown fields: a typo is an error, not a silently ignored key.
+//!
+//! Layer: the bottom: the file format. Uses only the leaf `routing` (a path's normal form) and its
+//! own children. Must not import `state`, `cache`, `upstream`, `metrics`, `auth`, `pages`,
+//! `errors`, `plan`, `proxy`, `edge::tls` or `edge::listener`. (The config shapes of the edge
+//! policies are still defined in `edge::cors`, `edge::ip_rules`, `edge::header_rules` and
+//! `edge::ratelimit`, leaves that import nothing back; they belong here next.)
 
 pub mod cache;
 mod interpolate;

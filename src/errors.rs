@@ -4,6 +4,9 @@
 //! a stable machine-readable `code`, and a public message. The body is
 //! `{"error": {"status", "code", "message", "request_id"}}`; internals (addresses, causes)
 //! go to the log with the request id, never to the client.
+//!
+//! Layer: a leaf (Pingora's error types only); must not import `config`, `state`, `auth`, `pages`,
+//! `plan` or `proxy`.
 
 use pingora::{ErrorSource, ErrorType};
 use serde_json::json;

@@ -4,6 +4,10 @@
 //!
 //! Labels are bounded: route and upstream names come from the config, backends from the
 //! pools, methods from a fixed list; raw paths are never labels.
+//!
+//! Layer: the registry is above `state` (it reads the snapshot at scrape time); the series that
+//! routes and pools hold are the leaf `metrics::series`. Must not import `auth`, `pages`, `edge`,
+//! `plan` or `proxy`.
 
 pub mod series;
 

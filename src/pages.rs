@@ -5,6 +5,9 @@
 //! Built with the snapshot, so a reload recompiles templates and reloads assets. Rendering
 //! never panics and never leaks internals: a template failure becomes the 500 page, and if
 //! even that fails, a fixed minimal page.
+//!
+//! Layer: above `config`, `upstream` and `forms`; built by `state`, so must not import `state`,
+//! `metrics`, `auth`, `plan` or `proxy` (`pages::data`, a step of the lane, has its own line).
 
 pub mod assets;
 pub mod data;

@@ -12,6 +12,7 @@
 //! - `fail_to_proxy` — the error answer (504 for timeouts), `logging` — `access_log`.
 //!
 //! Layer: the lane. Imports the plan and everything below it; nothing below imports this.
+//! Must not import `edge::listener` (which wraps it), `admin` or `reload`.
 
 use crate::auth::guard::Identity;
 use crate::auth::Auth;

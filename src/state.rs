@@ -1,6 +1,9 @@
 //! The runtime tables built from one config: a [`Snapshot`]. Immutable once built; a
 //! reload builds a new one and swaps it in ([`SharedState`]), carrying over pools whose
 //! config is unchanged so their health state survives.
+//!
+//! Layer: above `config`, the edge policies, `cache`, `upstream`, `pages`, `routing`, `errors` and
+//! `metrics::series`; must not import `auth`, `builtin`, `admin`, `reload`, `plan` or `proxy`.
 
 use crate::config::{parse_cidr, Config, ConfigError, RetryConfig, RetryMethods, Timeouts};
 pub use crate::errors::Fallback;

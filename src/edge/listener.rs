@@ -18,6 +18,10 @@
 //! [`EdgeApp::after_head`]), never inside the async bodies, where rustc would keep room for
 //! them in the future (it was 2.8 KiB that way). The client stream's write buffer
 //! ([`crate::edge::write_buffer`]) holds memory only while an answer is written.
+//!
+//! Layer: the top below `lib`: it wraps the lane (generic over the Pingora app, it names none of
+//! it) and uses `state`, `metrics`, `errors` and the edge policies; must not import `proxy`,
+//! `plan`, `auth` or `admin`.
 
 use crate::edge::forwarding::{new_request_id, Reused};
 use crate::errors::Reject;

@@ -4,6 +4,9 @@
 //! again on another backend of the pool, with the default retry policy's backoff (as a
 //! route's GET would be). A failed source becomes `{"unavailable": true}`: the page still
 //! renders.
+//!
+//! Layer: a step of the lane, above `auth` (it fetches for the signed-in user) and `upstream`; must
+//! not import `plan` or `proxy`.
 
 use crate::auth::guard::Identity;
 use crate::upstream::retry::{AttemptFacts, Failure, RetryPolicy};
