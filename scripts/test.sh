@@ -12,6 +12,9 @@
 # deploy/k8s with PyYAML; the k8s manifests against Kubernetes' schemas with PyPI's
 # kubernetes-validate, in a venv next to $CARGO_TARGET_DIR), and cargo test with REDIS_URL and
 # DATABASE_URL pointing at the throwaway instances. Everything started is stopped on exit.
+# cargo test includes tests/layers.rs: the module graph of src/ (from its `crate::` paths) has
+# no import cycle, there is no mod.rs, and each module's "Layer: …; must not import …" doc is
+# true.
 # The browser test's screenshots are left in test-artifacts/browser/ (git-ignored).
 # Exits non-zero on any failure.
 # Builds go to $CARGO_TARGET_DIR (default ~/.cache/gatehouse/target, outside the clone, so

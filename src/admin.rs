@@ -3,6 +3,9 @@
 //! and database reachable),
 //! `GET /metrics` in the Prometheus text format, and the response cache: `GET /cache` (its
 //! size) and `POST /cache/purge` (`?route=NAME`, `?prefix=/path`, both, or `?all=true`).
+//!
+//! Layer: beside the lanes (its own listener), above `state`, `auth`, `metrics` and `cache`; must
+//! not import `proxy`, `plan` or `reload`.
 
 use async_trait::async_trait;
 use http::Response;
@@ -98,7 +101,7 @@ impl Admin {
                 error_body(405, "method_not_allowed", "Use POST to purge."),
             );
         }
-        let param = |n| crate::pages::query_param(query, n).filter(|v| !v.is_empty());
+        let param = |n| crate::forms::query_param(query, n).filter(|v| !v.is_empty());
         let (route, prefix) = (param("route"), param("prefix"));
         let all = param("all").is_some_and(|v| v == "true");
         if prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {

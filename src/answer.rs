@@ -3,7 +3,8 @@
 //! (`proxy::answer`) adds what every answer carries — length, request id, CORS, HSTS,
 //! compression — so no producer of an answer decides those.
 //!
-//! A leaf: imports nothing from the crate.
+//! Layer: a leaf; must not import any gatehouse module (`config`, `errors`, `state`, `plan`,
+//! `proxy`, …).
 
 use bytes::Bytes;
 

@@ -5,6 +5,9 @@
 //! Submodules: `jwt` (tokens), `store` (Redis or in-process key-value), `sessions` (live
 //! sessions on top of both), `users` (sqlx), `cookies`, `guard` (route protection) and
 //! `endpoints` (login, validate, refresh, logout).
+//!
+//! Layer: above `config`, `errors`, `forms` and `metrics` (it counts its decisions); must not
+//! import `state`, `pages`, `edge`, `plan` or `proxy`.
 
 pub mod cookies;
 pub mod endpoints;

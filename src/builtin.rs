@@ -1,5 +1,7 @@
 //! Endpoints the gateway answers itself: `GET /health` (liveness, the seeds' shape) and
 //! `GET /api/v1/health` (every route and every backend's current health).
+//!
+//! Layer: above `state`; must not import `auth`, `plan` or `proxy`.
 
 use crate::state::Snapshot;
 use serde_json::{json, Value};

@@ -3,8 +3,17 @@
 //! This module owns the file format only. It does not build runtime tables (that is
 //! [`crate::state`]) and never touches sockets, so `gatehouse check` can run it anywhere.
 //! Every struct denies unknown fields: a typo is an error, not a silently ignored key.
+//!
+//! Layer: the bottom: the file format. Uses only the leaf `routing` (a path's normal form) and its
+//! own children. Must not import `state`, `cache`, `upstream`, `metrics`, `auth`, `pages`,
+//! `errors`, `plan`, `proxy`, `edge::tls` or `edge::listener`. (The config shapes of the edge
+//! policies are still defined in `edge::cors`, `edge::ip_rules`, `edge::header_rules` and
+//! `edge::ratelimit`, leaves that import nothing back; they belong here next.)
 
+pub mod cache;
 mod interpolate;
+pub mod role;
+pub mod tls;
 pub mod units;
 pub mod validate;
 
@@ -498,9 +507,9 @@ pub struct ServerConfig {
     /// Response compression (gzip, br, zstd) for clients that accept it.
     pub compression: CompressionConfig,
     /// Optional HTTPS listener.
-    pub tls: crate::edge::tls::TlsConfig,
+    pub tls: tls::TlsConfig,
     /// The response cache's store (routes opt in with `routes[i].cache`).
-    pub cache: crate::cache::CacheConfig,
+    pub cache: cache::CacheConfig,
     /// Unix socket through which a new process takes over the listeners (`run --upgrade`).
     pub upgrade_sock: String,
     /// Where the process id is written.
@@ -525,8 +534,8 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             watch_config: false,
             compression: CompressionConfig::default(),
-            tls: crate::edge::tls::TlsConfig::default(),
-            cache: crate::cache::CacheConfig::default(),
+            tls: tls::TlsConfig::default(),
+            cache: cache::CacheConfig::default(),
             upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
             native_http1: false,
             pid_file: "/tmp/gatehouse.pid".into(),
@@ -924,7 +933,7 @@ pub struct RouteConfig {
     pub max_in_flight_per_client: Option<u32>,
     /// Cache this route's GET and HEAD answers (see `server.cache` for the store).
     #[serde(default)]
-    pub cache: Option<crate::cache::RouteCacheConfig>,
+    pub cache: Option<cache::RouteCacheConfig>,
 }
 
 fn yes() -> bool {

@@ -1,6 +1,10 @@
 //! Edge policies applied before routing: connection-level limits (header deadline, header
 //! size, idle keep-alive), request hygiene, forwarding headers and the client address.
 //! Also CORS, IP rules and header rules per route.
+//!
+//! Layer: the edge policies sit above `config` and `errors`; must not import `state`, `cache`,
+//! `upstream`, `metrics`, `auth`, `pages`, `plan` or `proxy`. The listener (`edge::listener`) is
+//! the top layer and has its own line.
 
 pub mod brotli_body;
 pub mod client;

@@ -4,6 +4,9 @@
 //! a stable machine-readable `code`, and a public message. The body is
 //! `{"error": {"status", "code", "message", "request_id"}}`; internals (addresses, causes)
 //! go to the log with the request id, never to the client.
+//!
+//! Layer: a leaf (Pingora's error types only); must not import `config`, `state`, `auth`, `pages`,
+//! `plan` or `proxy`.
 
 use pingora::{ErrorSource, ErrorType};
 use serde_json::json;
@@ -19,6 +22,15 @@ pub struct Reject {
     /// A configured body (route fallbacks) instead of the standard error body.
     pub custom_body: Option<bytes::Bytes>,
     /// A configured template for browsers (route fallbacks) instead of the error page.
+    pub template: Option<String>,
+}
+
+/// A route's configured fallback answer.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<bytes::Bytes>,
     pub template: Option<String>,
 }
 
@@ -58,7 +70,7 @@ impl Reject {
 
     /// What a route answers when no backend can take a request: its configured fallback,
     /// else 503 with `Retry-After`. Either way marked `X-Gatehouse-Fallback: 1`.
-    pub fn fallback(f: Option<&crate::state::Fallback>) -> Reject {
+    pub fn fallback(f: Option<&Fallback>) -> Reject {
         let mut r = match f {
             None => Reject::no_backend(),
             Some(f) => {

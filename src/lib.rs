@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod errors;
+pub mod forms;
 pub mod logging;
 pub mod metrics;
 pub mod pages;

@@ -1,5 +1,7 @@
 //! tracing set-up: level from `server.log.level` (the default file reads `LOG_LEVEL`),
 //! text or JSON lines on stderr. Pingora's `log` records are captured too.
+//!
+//! Layer: above `config`; must not import `state`, `auth`, `plan` or `proxy`.
 
 use crate::config::{LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;

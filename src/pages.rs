@@ -5,11 +5,15 @@
 //! Built with the snapshot, so a reload recompiles templates and reloads assets. Rendering
 //! never panics and never leaks internals: a template failure becomes the 500 page, and if
 //! even that fails, a fixed minimal page.
+//!
+//! Layer: above `config`, `upstream` and `forms`; built by `state`, so must not import `state`,
+//! `metrics`, `auth`, `plan` or `proxy` (`pages::data`, a step of the lane, has its own line).
 
 pub mod assets;
 pub mod data;
 
 use crate::config::{AuthMode, Config, ConfigError};
+use crate::forms::{query_param, safe_next};
 use crate::upstream::Pool;
 use assets::Assets;
 use minijinja::value::Serde;
@@ -92,15 +96,6 @@ pub struct RequestView<'a> {
     pub user: Option<Value>,
     pub csrf_token: &'a str,
     pub flash: Vec<Value>,
-}
-
-/// The form-decoded value of query parameter `name`.
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| crate::auth::endpoints::form_decode(v))
 }
 
 /// Loads every template under `dir` (names are paths relative to it, with `/`).
@@ -260,7 +255,7 @@ impl Pages {
         let portal = query_param(req.query, "portal")
             .filter(|p| ["patient", "doctor", "institution"].contains(&p.as_str()))
             .unwrap_or_else(|| "patient".into());
-        let next = query_param(req.query, "next").filter(|n| crate::auth::guard::safe_next(n));
+        let next = query_param(req.query, "next").filter(|n| safe_next(n));
         let error = query_param(req.query, "error")
             .filter(|e| ["invalid", "locked", "forbidden"].contains(&e.as_str()));
         let mut ctx: BTreeMap<String, MjValue> = BTreeMap::new();
@@ -427,15 +422,6 @@ mod tests {
     fn minimal_page_escapes() {
         let html = minimal_error_page(500, "a<b", "c&d", "id\"");
         assert!(html.contains("a&lt;b") && html.contains("c&amp;d") && html.contains("id&quot;"));
-    }
-
-    #[test]
-    fn query_params_are_decoded() {
-        assert_eq!(
-            query_param(Some("next=%2Fpatient%2Fdashboard&x=1"), "next").as_deref(),
-            Some("/patient/dashboard")
-        );
-        assert_eq!(query_param(Some("a=b"), "next"), None);
     }
 
     #[test]

@@ -12,10 +12,11 @@
 //! - `fail_to_proxy` — the error answer (504 for timeouts), `logging` — `access_log`.
 //!
 //! Layer: the lane. Imports the plan and everything below it; nothing below imports this.
+//! Must not import `edge::listener` (which wraps it), `admin` or `reload`.
 
 use crate::auth::guard::Identity;
 use crate::auth::Auth;
-use crate::edge::{forwarding, listener::Reused};
+use crate::edge::forwarding::{self, Reused};
 use crate::errors::Reject;
 use crate::metrics::Metrics;
 use crate::plan::{self, Plan};

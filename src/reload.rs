@@ -4,6 +4,9 @@
 //! snapshot they started with; pools whose config is unchanged are carried over with their
 //! health, breaker and connection state. Settings that only take effect at start (listeners,
 //! threads, identity backends and keys) are reported as needing a restart.
+//!
+//! Layer: above `state` (builds and swaps snapshots), `metrics` and `edge::tls`; must not import
+//! `auth`, `admin`, `plan` or `proxy`.
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;

@@ -9,6 +9,9 @@
 //! decoded (`%64` → `d`), repeated slashes are merged, and `.`/`..` segments are resolved.
 //! What cannot be made safe is rejected: escaped `/`, `\` or NUL, other control bytes, bad
 //! escapes, and `..` above the root.
+//!
+//! Layer: a leaf (pure logic, used by `config` to check paths); must not import `config`, `state`,
+//! `upstream`, `plan` or `proxy`.
 
 use http::Method;
 use std::collections::HashMap;

@@ -1,8 +1,12 @@
 //! The runtime tables built from one config: a [`Snapshot`]. Immutable once built; a
 //! reload builds a new one and swaps it in ([`SharedState`]), carrying over pools whose
 //! config is unchanged so their health state survives.
+//!
+//! Layer: above `config`, the edge policies, `cache`, `upstream`, `pages`, `routing`, `errors` and
+//! `metrics::series`; must not import `auth`, `builtin`, `admin`, `reload`, `plan` or `proxy`.
 
 use crate::config::{parse_cidr, Config, ConfigError, RetryConfig, RetryMethods, Timeouts};
+pub use crate::errors::Fallback;
 use crate::routing::{RouteKey, RouteTable};
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::tls::UpstreamTls;
@@ -70,16 +74,7 @@ pub struct Route {
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
     /// This route's request metrics, resolved once.
-    pub series: crate::metrics::RouteSeries,
-}
-
-/// A route's configured fallback answer.
-#[derive(Debug, Clone)]
-pub struct Fallback {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Option<bytes::Bytes>,
-    pub template: Option<String>,
+    pub series: crate::metrics::series::RouteSeries,
 }
 
 /// Route settings over pool settings over `defaults` over the built-in policy.

@@ -2,6 +2,9 @@
 //! checks and TLS to `https://` backends. Retry policy and circuit breaking build on this (resilience work).
 //!
 //! This module owns "which backend may take this request"; it knows nothing of routes.
+//!
+//! Layer: above `config` and the leaf `metrics::series`; must not import `state`, `cache`, `auth`,
+//! `pages`, `plan` or `proxy` (`upstream::health`, which reads the snapshot, has its own line).
 
 pub mod breaker;
 mod health;

@@ -6,11 +6,12 @@
 //! Each handler takes plain request facts and returns a [`Reply`]; the proxy reads the body
 //! and writes the reply. Failures are recorded as auth events and counted by the caller.
 
-use super::guard::{find_token, safe_next};
+use super::guard::find_token;
 use super::sessions::{SessionError, TokenPair};
 use super::users::{EventKind, Role, User, UserError};
 use super::{cookies, unix_now, Auth};
 use crate::errors::Reject;
+use crate::forms::{form_decode, safe_next};
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::json;
@@ -154,32 +155,8 @@ impl Request<'_> {
     }
 
     fn query_param(&self, name: &str) -> Option<String> {
-        crate::pages::query_param(self.query, name)
+        crate::forms::query_param(self.query, name)
     }
-}
-
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte); bad
-/// escapes are kept as they are.
-pub(crate) fn form_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'+', _) => out.push(b' '),
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 2;
-            }
-            (c, _) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn bad_request(req: &Request<'_>, message: &'static str) -> Reply {
@@ -790,12 +767,5 @@ mod tests {
             route(&Method::POST, "/api/v1/auth/validate"),
             Some(Err("GET, HEAD"))
         );
-    }
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(form_decode("a+b%40c.d"), "a b@c.d");
-        assert_eq!(form_decode("100%"), "100%");
-        assert_eq!(form_decode("%zz"), "%zz");
     }
 }

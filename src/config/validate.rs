@@ -414,7 +414,7 @@ fn check_auth(p: &mut Vec<String>, a: &super::AuthConfig) {
         p.push("auth.sessions.idle_timeout: must be at least 10s".into());
     }
     for (role, r) in &a.roles {
-        if !crate::auth::users::Role::ALL
+        if !crate::config::role::Role::ALL
             .iter()
             .any(|known| known.as_str() == role)
         {

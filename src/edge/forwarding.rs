@@ -139,6 +139,11 @@ pub fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Marker carried across keep-alive requests so the wrapper (`edge::listener`) knows a
+/// connection is reused, and by whom (for the per-ip connection count). The lane sets it;
+/// here so that the lane need not import the listener that wraps it.
+pub struct Reused(pub Option<std::net::IpAddr>);
+
 #[cfg(test)]
 mod tests {
     use super::*;

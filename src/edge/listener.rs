@@ -18,8 +18,12 @@
 //! [`EdgeApp::after_head`]), never inside the async bodies, where rustc would keep room for
 //! them in the future (it was 2.8 KiB that way). The client stream's write buffer
 //! ([`crate::edge::write_buffer`]) holds memory only while an answer is written.
+//!
+//! Layer: the top below `lib`: it wraps the lane (generic over the Pingora app, it names none of
+//! it) and uses `state`, `metrics`, `errors` and the edge policies; must not import `proxy`,
+//! `plan`, `auth` or `admin`.
 
-use crate::edge::forwarding::new_request_id;
+use crate::edge::forwarding::{new_request_id, Reused};
 use crate::errors::Reject;
 use crate::state::SharedState;
 use async_trait::async_trait;
@@ -34,10 +38,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-
-/// Marker carried across keep-alive requests so the wrapper knows a connection is reused,
-/// and by whom (for the per-ip connection count).
-pub struct Reused(pub Option<std::net::IpAddr>);
 
 /// See the module docs.
 pub struct EdgeApp<A> {

@@ -1,71 +1,16 @@
 //! TLS termination (rustls through Pingora): an optional HTTPS listener with certificate
 //! and key files, several certificates chosen by SNI, HTTP/2 by ALPN, and certificates that
 //! are re-read on reload without a restart (the resolver swaps its table in place).
+//!
+//! The settings (`server.tls`) are part of the file format: [`crate::config::tls`]; checking
+//! that the certificates load ([`TlsConfig::validate`]) is here, where they are loaded.
 
+use crate::config::tls::{CertConfig, TlsConfig};
 use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// `server.tls:`
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// HTTPS listen addresses, e.g. `0.0.0.0:443`. Empty: no TLS listener.
-    pub listen: Vec<String>,
-    /// Certificates; the first is the default for clients without (or with an unknown) SNI.
-    pub certificates: Vec<CertConfig>,
-    /// Offer HTTP/2 by ALPN. Default true.
-    #[serde(default = "yes")]
-    pub http2: bool,
-    /// `Strict-Transport-Security` on HTTPS answers; absent: not sent.
-    pub hsts: Option<HstsConfig>,
-    /// Answer plain-HTTP requests with a 308 to the HTTPS address. Default false.
-    pub redirect_http: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `server.tls.certificates[i]:`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CertConfig {
-    /// PEM certificate chain file.
-    pub cert: String,
-    /// PEM private key file (PKCS#8, PKCS#1 or SEC1).
-    pub key: String,
-    /// Host names served with this certificate (`*.example.com` wildcards allowed).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-}
-
-/// `server.tls.hsts:`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HstsConfig {
-    pub max_age: crate::config::Dur,
-    #[serde(default)]
-    pub include_subdomains: bool,
-    #[serde(default)]
-    pub preload: bool,
-}
-
-impl HstsConfig {
-    pub fn header_value(&self) -> String {
-        let mut v = format!("max-age={}", self.max_age.0.as_secs());
-        if self.include_subdomains {
-            v.push_str("; includeSubDomains");
-        }
-        if self.preload {
-            v.push_str("; preload");
-        }
-        v
-    }
-}
 
 impl TlsConfig {
     /// Problems with paths, plus whether each certificate loads.

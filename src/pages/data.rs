@@ -7,6 +7,9 @@
 //!
 //! With tracing on, each attempt is a client span under the page's span and sends a
 //! `traceparent` naming it ([`fetch_all_traced`]).
+//!
+//! Layer: a step of the lane, above `auth` (it fetches for the signed-in user) and `upstream`; must
+//! not import `plan` or `proxy`.
 
 use crate::auth::guard::Identity;
 use crate::telemetry::{span as attr, Span, TraceContext};

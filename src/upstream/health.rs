@@ -5,6 +5,9 @@
 //!
 //! The service reads the current snapshot on every tick, so pools added by a reload are
 //! checked without restarting anything.
+//!
+//! Layer: above `state` (it reads the live snapshot's pools); must not import `auth`, `pages`,
+//! `plan` or `proxy`.
 
 use crate::state::SharedState;
 use async_trait::async_trait;

@@ -111,7 +111,7 @@ pub struct Pool {
     failure_statuses: Vec<u16>,
     pub budget: RetryBudget,
     /// This pool's attempt metrics, resolved once.
-    pub series: crate::metrics::PoolSeries,
+    pub series: crate::metrics::series::PoolSeries,
     /// The balancer's readiness of each backend (in `backends` order), copied after every
     /// health-check pass (the only thing that changes it): asking the balancer costs two
     /// SipHashes and a map lookup per pick.
