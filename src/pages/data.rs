@@ -1,9 +1,8 @@
 //! Page data sources: GETs to upstream pools on behalf of the signed-in user, fetched
 //! concurrently through the same pools (health checks, breakers, retry budget) with a
-//! timeout. A GET that fails to connect, times out, is reset or answers 502/503/504 is tried
-//! again on another backend of the pool, with the default retry policy's backoff (as a
-//! route's GET would be). A failed source becomes `{"unavailable": true}`: the page still
-//! renders.
+//! timeout, and retried by the same decision as a proxied GET (`Pool::pick`,
+//! `Pool::decide_retry`: another backend, or the same one for a 502/503/504, within the
+//! page's wait). A failed source becomes `{"unavailable": true}`: the page still renders.
 //!
 //! With tracing on, each attempt is a client span under the page's span and sends a
 //! `traceparent` naming it ([`fetch_all_traced`]).
