@@ -13,6 +13,7 @@
 pub mod cache;
 mod interpolate;
 pub mod role;
+pub mod telemetry;
 pub mod tls;
 pub mod units;
 pub mod validate;
@@ -62,7 +63,7 @@ pub struct Config {
     pub web: WebConfig,
     /// OpenTelemetry tracing (off unless an endpoint is configured).
     #[serde(default)]
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: telemetry::TelemetryConfig,
     /// Folder relative paths in the file are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,

@@ -13,6 +13,10 @@
 //! spans still get ids so the `traceparent` sent upstream is right. A finished recorded span
 //! goes into a bounded queue with `try_send`: recording never waits, and a full queue drops
 //! the span and counts it.
+//!
+//! Layer: above `config` (its `telemetry:` section and endpoint URL) and the `metrics`
+//! registry (the export counters); below the lanes, which call it; must not import `plan`,
+//! `proxy`, `auth`, `pages`, `state`.
 
 pub mod context;
 pub mod export;

@@ -122,6 +122,15 @@ fn ratio_decides(ratio: f64, trace_id: &TraceId) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_sampler_name_the_config_accepts_is_one_this_module_builds() {
+        for name in crate::config::telemetry::SAMPLERS {
+            assert!(Sampler::from_name(name, Some(0.5)).is_ok(), "{name}");
+        }
+        assert!(Sampler::from_name("parentbased_sometimes", None).is_err());
+    }
+
     use super::*;
     use crate::telemetry::context::SpanId;
 
