@@ -628,8 +628,7 @@ fn local_limit_passes_exactly_five_then_answers_429_with_ratelimit_headers() {
         metric(
             gw.admin_port,
             "gatehouse_rate_limited_total",
-            "route",
-            "limited"
+            &[("route", "limited")]
         ),
         2.0
     );

@@ -547,15 +547,13 @@ fn per_ip_limit_closes_a_fourth_connection_from_one_address_but_serves_another_a
     let per_ip = metric(
         gw.admin_port,
         "gatehouse_connections_refused_total",
-        "limit",
-        "per_ip",
+        &[("limit", "per_ip")],
     );
     assert!(per_ip >= 1.0, "per_ip refusals counted: {per_ip}");
     let total = metric(
         gw.admin_port,
         "gatehouse_connections_refused_total",
-        "limit",
-        "total",
+        &[("limit", "total")],
     );
     assert_eq!(total, 0.0, "no total-limit refusal happened");
 }
@@ -579,8 +577,7 @@ fn total_limit_closes_a_third_connection_from_any_address() {
     let total = metric(
         gw.admin_port,
         "gatehouse_connections_refused_total",
-        "limit",
-        "total",
+        &[("limit", "total")],
     );
     assert!(total >= 2.0, "total refusals counted: {total}");
 }
@@ -701,8 +698,7 @@ fn per_client_in_flight_limit_answers_429_to_that_client_while_another_is_served
         metric(
             gw.admin_port,
             "gatehouse_in_flight_rejected_total",
-            "scope",
-            "client"
+            &[("scope", "client")]
         ),
         1.0
     );
