@@ -135,18 +135,22 @@ pub fn svc_gateway(urls: &[String], pool_extra: &str, route_extra: &str) -> Gw {
     ))
 }
 
-/// An Echo upstream behind `/api` (any method), plus `extra_routes` (YAML list items), with
-/// `server_extra` lines inside `server:`.
-pub fn echo_gateway(server_extra: &str, extra_routes: &str) -> (FakeUpstream, Gw) {
+/// An Echo upstream as pool `pool`, then `rest` (routes, auth …) after the `upstreams:`
+/// block, with `server_extra` lines inside `server:`.
+pub fn echo_pool_gateway(pool: &str, server_extra: &str, rest: &str) -> (FakeUpstream, Gw) {
     let up = FakeUpstream::start(Behavior::Echo);
     let gw = Gw::start_with_server(
         server_extra,
-        &format!(
-            "upstreams:\n{}\nroutes:\n  - {{prefix: /api, upstream: api}}\n{extra_routes}",
-            upstream("api", &[up.url()], "")
-        ),
+        &format!("upstreams:\n{}\n{rest}", upstream(pool, &[up.url()], "")),
     );
     (up, gw)
+}
+
+/// An Echo upstream behind `/api` (any method), plus `extra_routes` (YAML list items), with
+/// `server_extra` lines inside `server:`.
+pub fn echo_gateway(server_extra: &str, extra_routes: &str) -> (FakeUpstream, Gw) {
+    let routes = format!("routes:\n  - {{prefix: /api, upstream: api}}\n{extra_routes}");
+    echo_pool_gateway("api", server_extra, &routes)
 }
 
 /// A URL on a free port where nothing listens: a dead backend.
