@@ -68,43 +68,20 @@ fn seed_patient(url: &str) -> i64 {
     })
 }
 
-/// The gateway's configuration after `server:`: the patients pool, the three pages the
-/// flow visits (the repo's templates and assets) and the users database.
-fn gateway_yaml(root: &Path, patients_url: &str, database_url: &str) -> String {
-    let templates = root.join("templates");
-    let assets = root.join("assets");
+/// The gateway's configuration after `server:`: the patients pool (also the dashboard's data
+/// sources `profiles` and `appointments`), the pages (the repo's templates and assets) and the
+/// users database.
+fn gateway_yaml(patients_url: &str, database_url: &str) -> String {
+    let pool = |name: &str| {
+        let extra = "    timeouts: {connect: 2s, read: 5s, total: 10s}\n";
+        upstream(name, &[patients_url.to_string()], extra)
+    };
     format!(
-        r#"upstreams:
-  patients:
-    backends: "{patients_url}"
-    timeouts: {{connect: 2s, read: 5s, total: 10s}}
-routes:
-  - {{name: patients, prefix: /api/v1/patients, upstream: patients, auth: required}}
-web:
-  templates: "{templates}"
-  assets: "{assets}"
-  assets_prefix: /assets/
-  data_timeout: 3s
-  site:
-    name: PredictHealth
-    lang: es
-    tagline: Salud predictiva para pacientes, médicos e instituciones
-  pages:
-    - {{path: /, template: landing.html, title: Inicio}}
-    - {{path: /login, template: login.html, title: Iniciar sesión}}
-    - path: /patient/dashboard
-      template: patient/dashboard.html
-      title: Mi panel
-      auth: required
-      roles: [patient]
-      data:
-        profile: {{upstream: patients, path: "/api/v1/patients/{{user_id}}"}}
-        appointments: {{upstream: patients, path: "/api/v1/patients/{{user_id}}/appointments"}}
-auth:
-  database_url: "{database_url}"
-"#,
-        templates = templates.display(),
-        assets = assets.display(),
+        "upstreams:\n{}{}{}routes:\n  - {{name: patients, prefix: /api/v1/patients, upstream: patients, auth: required}}\n{}auth:\n  database_url: \"{database_url}\"\n",
+        pool("patients"),
+        pool("profiles"),
+        pool("appointments"),
+        web_block("3s"),
     )
 }
 
@@ -168,7 +145,7 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
     });
     let database_url = temp_db_url("browser");
     let patient_id = seed_patient(&database_url);
-    let gw = Gw::start(&gateway_yaml(&root, &upstream.url(), &database_url));
+    let gw = Gw::start(&gateway_yaml(&upstream.url(), &database_url));
     let base = format!("http://127.0.0.1:{}", gw.port);
 
     // The gateway serves the page the browser starts on.

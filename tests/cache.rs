@@ -181,10 +181,7 @@ fn protected(url: &str, cache: &str) -> (Gw, Vec<Account>) {
         "cache.test",
         &[(Role::Patient, "Ana"), (Role::Patient, "Beto")],
     );
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /c, upstream: app, auth: required, cache: {cache}}}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
-        upstream("app", &[url.to_string()], "")
-    ));
+    let gw = pool_gateway("app", &[url.to_string()], &format!("routes:\n  - {{prefix: /c, upstream: app, auth: required, cache: {cache}}}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n"));
     (gw, users)
 }
 

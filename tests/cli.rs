@@ -25,15 +25,10 @@ fn version_prints_name_and_version() {
 
 #[test]
 fn check_accepts_the_default_config() {
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(repo_file("gateway.yaml"))
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(repo_file("gateway.yaml")),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 routes, 4 upstreams)"));
 }

@@ -770,20 +770,21 @@ fn request_header_rules_set_add_and_remove_what_the_upstream_sees() {
 
 #[test]
 fn response_header_rules_set_and_remove_what_the_client_sees() {
-    let up = FakeUpstream::start(Behavior::Respond {
-        status: 200,
-        headers: vec![
-            ("X-Powered-By".into(), "PHP".into()),
-            ("Server".into(), "x".into()),
-            ("X-Frame-Options".into(), "SAMEORIGIN".into()),
-            ("X-Kept".into(), "yes".into()),
+    let up = FakeUpstream::responding(
+        200,
+        &[
+            ("X-Powered-By", "PHP"),
+            ("Server", "x"),
+            ("X-Frame-Options", "SAMEORIGIN"),
+            ("X-Kept", "yes"),
         ],
-        body: "hello".into(),
-    });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: ruled, prefix: /ruled, upstream: app, {HEADER_RULES}}}\n",
-        upstream("app", &[up.url()], "")
-    ));
+        "hello",
+    );
+    let gw = pool_gateway(
+        "app",
+        &[up.url()],
+        &format!("routes:\n  - {{name: ruled, prefix: /ruled, upstream: app, {HEADER_RULES}}}\n"),
+    );
     let r = gw.get("/ruled/x");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "hello");
@@ -1128,10 +1129,11 @@ fn assert_echoes(hs: &mut Handshake, payload: &[u8]) {
 #[test]
 fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
     let up = ws_upstream();
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: live, prefix: /live, upstream: ws, websocket: true}}\n",
-        upstream("ws", &[up.url()], "")
-    ));
+    let gw = pool_gateway(
+        "ws",
+        &[up.url()],
+        "routes:\n  - {name: live, prefix: /live, upstream: ws, websocket: true}\n",
+    );
     let mut hs = ws_connect(gw.port, "/live/socket", &[]);
     assert_eq!(hs.status, 101, "{:?}", hs.headers);
     assert_echoes(&mut hs, b"\x81\x05hello");
@@ -1163,10 +1165,11 @@ fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
 #[test]
 fn route_without_websocket_drops_upgrade_and_never_switches() {
     let up = ws_upstream();
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: plain, prefix: /plain, upstream: ws}}\n",
-        upstream("ws", &[up.url()], "")
-    ));
+    let gw = pool_gateway(
+        "ws",
+        &[up.url()],
+        "routes:\n  - {name: plain, prefix: /plain, upstream: ws}\n",
+    );
     let hs = ws_connect(gw.port, "/plain/socket", &[]);
     assert_ne!(hs.status, 101, "switched on a route without websocket");
     assert_eq!(hs.status, 200, "{:?}", hs.headers);

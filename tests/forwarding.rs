@@ -252,18 +252,12 @@ fn hop_by_hop_response_headers_from_the_upstream_are_removed() {
         ("X-Up-Hop", "1"),
         ("X-Normal", "1"),
     ];
-    let up = FakeUpstream::start(Behavior::Respond {
-        status: 200,
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        body: "ok".into(),
-    });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /api, upstream: api}}\n",
-        upstream("api", &[up.url()], "")
-    ));
+    let up = FakeUpstream::responding(200, &headers, "ok");
+    let gw = pool_gateway(
+        "api",
+        &[up.url()],
+        "routes:\n  - {prefix: /api, upstream: api}\n",
+    );
     let r = gw.get("/api/x");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "ok");

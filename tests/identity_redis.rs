@@ -33,10 +33,7 @@ fn add_patient(db: &str) -> (i64, String) {
 
 /// A gateway on `db` and `redis` (empty: the in-process store) with an Echo upstream.
 fn gateway(db: &str, redis: &str, up: &FakeUpstream) -> Gw {
-    Gw::start(&format!(
-        "upstreams:\n{}\n{ROUTES}auth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n",
-        upstream("app", &[up.url()], "")
-    ))
+    pool_gateway("app", &[up.url()], &format!("{ROUTES}auth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n"))
 }
 
 fn tokens(r: &Response) -> (String, String) {

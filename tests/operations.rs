@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use gatehouse::Config;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -99,20 +98,7 @@ fn promtool_accepts_the_metrics_of_a_gateway_that_served_traffic() {
     );
     assert!(text.contains("gatehouse_circuit_breaker_state{"), "{text}");
     let Some(promtool) = promtool() else { return };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    let out = child.wait_with_output().expect("promtool");
+    let out = output_with_stdin(Command::new(promtool).args(["check", "metrics"]), &text);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
@@ -328,10 +314,11 @@ fn counters_with_known_labels_exist_at_zero_on_a_fresh_gateway_and_after_a_reloa
 #[test]
 fn backend_health_gauge_goes_to_0_when_its_checks_fail_and_back_to_1() {
     let up = FakeUpstream::start(Behavior::Echo);
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\n    health_check: {{interval: 200ms, timeout: 200ms, rise: 1, fall: 1}}\nroutes:\n  - {{name: svc, prefix: /svc, upstream: svc}}\n",
-        upstream("svc", &[up.url()], "")
-    ));
+    let gw = svc_gateway(
+        &[up.url()],
+        "    health_check: {interval: 200ms, timeout: 200ms, rise: 1, fall: 1}\n",
+        "",
+    );
     let addr = up.addr();
     let labels = [("upstream", "svc"), ("backend", addr.as_str())];
     let name = "gatehouse_upstream_backend_healthy";
@@ -358,10 +345,11 @@ fn breaker_state_gauge_opens_after_consecutive_failures() {
         headers: vec![],
         body: "boom".into(),
     });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\n    circuit_breaker: {{consecutive_failures: 2, cooldown: 30s}}\nroutes:\n  - {{name: svc, prefix: /svc, upstream: svc, retry: {{retries: 0}}}}\n",
-        upstream("svc", &[up.url()], "")
-    ));
+    let gw = svc_gateway(
+        &[up.url()],
+        "    circuit_breaker: {consecutive_failures: 2, cooldown: 30s}\n",
+        ", retry: {retries: 0}",
+    );
     let addr = up.addr();
     let labels = [("upstream", "svc"), ("backend", addr.as_str())];
     let state = "gatehouse_circuit_breaker_state";
@@ -663,7 +651,8 @@ fn status(p: &Process, path: &str) -> u16 {
 /// A config file with ports and database from the environment (see [`start`]).
 fn config_text(server_extra: &str, rest: &str) -> String {
     format!(
-        "server:\n  listen: ${{GATEHOUSE_LISTEN}}\n  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 0s\n  log: {{access_log: false}}\n{server_extra}{rest}\nauth: {{database_url: \"${{DATABASE_URL}}\"}}\n"
+        "{}{rest}\nauth: {{database_url: \"${{DATABASE_URL}}\"}}\n",
+        env_server_block(server_extra)
     )
 }
 

@@ -21,16 +21,7 @@ use std::time::Duration;
 /// socket differ (from the environment too), since both run on one machine.
 fn replica_config(upstream_url: &str, limiter: &str) -> String {
     format!(
-        "server:
-  listen: ${{GATEHOUSE_LISTEN}}
-  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}
-  threads: 1
-  grace_period: 0s
-  shutdown_timeout: 0s
-  pid_file: ${{TEST_PID_FILE}}
-  upgrade_sock: ${{TEST_UPGRADE_SOCK}}
-  log: {{level: warn, access_log: false}}
-auth:
+        "{}auth:
   database_url: ${{DATABASE_URL}}
   redis_url: ${{REDIS_URL}}
   jwt: {{algorithm: HS256, secret: ${{JWT_SECRET_KEY}}}}
@@ -43,8 +34,17 @@ routes:
     prefix: /limited
     upstream: app
     rate_limits: [{{name: {limiter}, rate: \"4/1m\", backend: redis}}]
-"
+",
+        replica_server("")
     )
+}
+
+/// The replicas' `server:` block: listeners, pid file and upgrade socket from the environment
+/// (both run on one machine), plus `extra` lines.
+fn replica_server(extra: &str) -> String {
+    env_server_block(&format!(
+        "  pid_file: ${{TEST_PID_FILE}}\n  upgrade_sock: ${{TEST_UPGRADE_SOCK}}\n{extra}"
+    ))
 }
 
 /// Files of one test run, removed on drop.
@@ -252,21 +252,12 @@ fn a_configmap_symlink_swap_is_reloaded_by_watch_config() {
     let up = FakeUpstream::start(Behavior::Echo);
     let config = |routes: &str| {
         format!(
-            "server:
-  listen: ${{GATEHOUSE_LISTEN}}
-  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}
-  threads: 1
-  grace_period: 0s
-  shutdown_timeout: 0s
-  watch_config: true
-  pid_file: ${{TEST_PID_FILE}}
-  upgrade_sock: ${{TEST_UPGRADE_SOCK}}
-  log: {{level: warn, access_log: false}}
-auth: {{database_url: \"sqlite://{}\"}}
+            "{}auth: {{database_url: \"sqlite://{}\"}}
 upstreams:
   app: {{backends: \"{}\"}}
 routes:
 {routes}",
+            replica_server("  watch_config: true\n"),
             db.display(),
             up.url()
         )

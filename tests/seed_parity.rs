@@ -492,10 +492,11 @@ fn one_request_in_flight(
         status: 200,
         body: "slow".into(),
     });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /slow, upstream: slow, {limit}}}\n",
-        upstream("slow", &[slow.url()], "")
-    ));
+    let gw = pool_gateway(
+        "slow",
+        &[slow.url()],
+        &format!("routes:\n  - {{prefix: /slow, upstream: slow, {limit}}}\n"),
+    );
     let port = gw.port;
     let first = std::thread::spawn(move || get(port, "/slow/first", &[API_JSON]));
     assert!(

@@ -61,8 +61,22 @@ pub struct Gw {
 /// The `server:` block tests use: free ports, one thread, quick shutdown, no access log
 /// noise. `extra` is indented YAML appended inside `server:` (e.g. limits).
 pub fn server_block(port: u16, admin_port: u16, extra: &str) -> String {
+    let (listen, admin) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{admin_port}"),
+    );
+    server_block_on(&listen, &admin, extra)
+}
+
+/// The same `server:` block for a `gatehouse` process whose listeners come from the
+/// environment (`${GATEHOUSE_LISTEN}`, `${GATEHOUSE_ADMIN_LISTEN}`: see [`gatehouse_on`]).
+pub fn env_server_block(extra: &str) -> String {
+    server_block_on("${GATEHOUSE_LISTEN}", "${GATEHOUSE_ADMIN_LISTEN}", extra)
+}
+
+fn server_block_on(listen: &str, admin_listen: &str, extra: &str) -> String {
     format!(
-        "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 0s\n  log: {{access_log: false}}\n{extra}\n"
+        "server:\n  listen: {listen}\n  admin_listen: {admin_listen}\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 0s\n  log: {{access_log: false}}\n{extra}\n"
     )
 }
 
@@ -124,6 +138,11 @@ impl Gw {
 /// YAML for one upstream pool named `name` with these backend URLs and extra indented lines.
 pub fn upstream(name: &str, urls: &[String], extra: &str) -> String {
     format!("  {name}:\n    backends: \"{}\"\n{extra}", urls.join(", "))
+}
+
+/// A gateway with the one pool `pool` (backends `urls`), then `rest` (routes, auth …).
+pub fn pool_gateway(pool: &str, urls: &[String], rest: &str) -> Gw {
+    Gw::start(&format!("upstreams:\n{}\n{rest}", upstream(pool, urls, "")))
 }
 
 /// A gateway with pool `svc` (`pool_extra`: indented pool lines) and route `/svc`, named `svc`

@@ -99,6 +99,35 @@ impl Drop for Process {
     }
 }
 
+/// Runs `cmd` with `stdin` written to it; its output.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("child output")
+}
+
+/// Runs `cmd` to completion; its output, after failing the test (with its stderr) unless it
+/// exited successfully.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `gatehouse ARGS` with these environment variables and `stdin`; its output.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut cmd = Command::new(BIN);
@@ -106,19 +135,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gatehouse");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("gatehouse output")
+    output_with_stdin(&mut cmd, stdin)
 }
 
 /// Adds a user with `gatehouse user add`, as an operator would (password on stdin).
