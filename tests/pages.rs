@@ -981,7 +981,8 @@ fn traversal_attempts_never_leave_the_assets_folder() {
 
 #[test]
 fn fingerprinted_asset_names_get_an_immutable_cache_policy() {
-    let dir = temp_path("assets");
+    let tmp = TempDir::new("assets");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("js")).expect("mkdir");
     std::fs::write(dir.join("js/app.3f9a1c2e.js"), "console.log('v1');\n").expect("write");
     std::fs::write(dir.join("js/app.js"), "console.log('v1');\n").expect("write");
@@ -1005,7 +1006,6 @@ fn fingerprinted_asset_names_get_an_immutable_cache_policy() {
         !cc.contains("immutable"),
         "plain name must not be immutable: {cc:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1030,8 +1030,8 @@ fn check_error(templates: &std::path::Path, pages: &str) -> String {
 
 #[test]
 fn template_syntax_error_is_reported_with_file_and_line() {
-    let dir = temp_path("templates");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tmp = TempDir::new("templates");
+    let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "<p>{{ error.status }}</p>\n").expect("write");
     std::fs::write(
         dir.join("x.html"),
@@ -1044,13 +1044,12 @@ fn template_syntax_error_is_reported_with_file_and_line() {
         "error does not name the file: {err}"
     );
     assert!(err.contains("line 3"), "error does not name line 3: {err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn page_with_missing_template_is_reported_by_its_config_path() {
-    let dir = temp_path("templates");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tmp = TempDir::new("templates");
+    let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "<p>{{ error.status }}</p>\n").expect("write");
     let err = check_error(
         &dir,
@@ -1064,7 +1063,6 @@ fn page_with_missing_template_is_reported_by_its_config_path() {
         err.contains("does-not-exist.html"),
         "error does not name the template: {err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -789,8 +789,8 @@ fn a_flapping_health_check_never_fails_a_request() {
 
 #[test]
 fn fallback_template_is_rendered_for_browsers_and_its_json_body_for_api_clients() {
-    let dir = std::env::temp_dir().join(format!("gatehouse-fallback-tpl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = TempDir::new("fallback-tpl");
+    let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "error {{ error.status }}").expect("write");
     std::fs::write(
         dir.join("maintenance.html"),
