@@ -1038,7 +1038,7 @@ fn template_syntax_error_is_reported_with_file_and_line() {
         "<h1>ok</h1>\n<p>line two</p>\n{% if %}\n<p>never closed</p>\n",
     )
     .expect("write");
-    let err = check_error(&dir, "    - {path: /x, template: x.html, title: X}\n");
+    let err = check_error(dir, "    - {path: /x, template: x.html, title: X}\n");
     assert!(
         err.contains("x.html"),
         "error does not name the file: {err}"
@@ -1052,7 +1052,7 @@ fn page_with_missing_template_is_reported_by_its_config_path() {
     let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "<p>{{ error.status }}</p>\n").expect("write");
     let err = check_error(
-        &dir,
+        dir,
         "    - {path: /nope, template: does-not-exist.html, title: Nope}\n",
     );
     assert!(
