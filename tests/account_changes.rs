@@ -14,19 +14,12 @@
 //! Redis with two gateway instances.
 
 mod common;
-use common::backends::{Backend, TempDir};
-use common::users::{login_as, refresh, seed_users, unique, Account, PASSWORD};
 use common::*;
 
 use gatehouse::auth::users::{Role, UserDb};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-const SECRET: &str = "account-change-tests-hs256-secret-0123456789";
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-const COOKIE: &str = "predicthealth_session";
-const REFRESH_COOKIE: &str = "predicthealth_refresh";
 /// How long a change may take to reach every gateway in these tests. The gateways poll
 /// every 250 ms; the bound leaves room for a loaded test machine (not a speed test).
 const REACH: Duration = Duration::from_secs(3);
@@ -82,23 +75,8 @@ impl Site {
 }
 
 fn cli(db: &str, redis: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(["-c", "/nonexistent/gateway.yaml", "user"])
-        .args(args)
-        .env("DATABASE_URL", db)
-        .env("REDIS_URL", redis)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gatehouse");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("gatehouse output")
+    let args = [&["-c", "/nonexistent/gateway.yaml", "user"], args].concat();
+    run_cli(&args, &[("DATABASE_URL", db), ("REDIS_URL", redis)], stdin)
 }
 
 /// What a browser and an API client hold after one sign-in.
@@ -109,47 +87,30 @@ struct Signed {
 }
 
 fn set_cookie_value(r: &Response, name: &str) -> Option<String> {
-    r.header_all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .map(|c| {
-            let first = c.split(';').next().unwrap_or("");
-            first.split_once('=').map_or("", |(_, v)| v).to_string()
-        })
+    set_cookie(r, name).map(|c| cookie_value(c).to_string())
 }
 
 fn max_age(r: &Response, name: &str) -> Option<u64> {
-    r.header_all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .and_then(|c| {
-            c.split(';')
-                .map(str::trim)
-                .find_map(|a| a.strip_prefix("Max-Age="))
-                .and_then(|v| v.parse().ok())
-        })
+    set_cookie(r, name)?
+        .split(';')
+        .map(str::trim)
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .and_then(|v| v.parse().ok())
 }
 
 fn sign_in(port: u16, email: &str, password: &str) -> Signed {
-    let r = login_as(port, email, password);
+    let r = login_as(port, email, password, &[]);
     assert_eq!(r.status, 200, "login {email}: {}", r.text());
     let v = json(&r);
     Signed {
         access: v["access_token"].as_str().expect("access").to_string(),
         refresh: v["refresh_token"].as_str().expect("refresh").to_string(),
-        cookie: set_cookie_value(&r, COOKIE).expect("session cookie"),
+        cookie: set_cookie_value(&r, SESSION_COOKIE).expect("session cookie"),
     }
 }
 
-fn with_bearer(port: u16, token: &str) -> u16 {
-    let auth = format!("Bearer {token}");
-    get(port, "/private/x", &[("Authorization", &auth)])
-        .expect("GET /private/x")
-        .status
-}
-
 fn with_cookie(port: u16, cookie: &str) -> Response {
-    let c = format!("{COOKIE}={cookie}");
+    let c = format!("{SESSION_COOKIE}={cookie}");
     get(
         port,
         "/private/x",
@@ -159,7 +120,7 @@ fn with_cookie(port: u16, cookie: &str) -> Response {
 }
 
 fn audit(db: &str, user_id: i64) -> Vec<gatehouse::auth::users::AuditEvent> {
-    common::users::block_on(async {
+    block_on(async {
         let udb = UserDb::connect(Some(db)).await.expect("connect");
         udb.events_of(user_id).await.expect("events")
     })
@@ -169,7 +130,8 @@ fn audit(db: &str, user_id: i64) -> Vec<gatehouse::auth::users::AuditEvent> {
 fn all_refused(site: &Site, sessions: &[&Signed]) -> bool {
     site.ports().into_iter().all(|port| {
         sessions.iter().all(|s| {
-            with_bearer(port, &s.access) == 401 && with_cookie(port, &s.cookie).status == 401
+            with_bearer(port, "/private/x", &s.access).status == 401
+                && with_cookie(port, &s.cookie).status == 401
         })
     })
 }
@@ -188,7 +150,7 @@ fn a_cli_change_ends_every_session_everywhere(b: Backend, args: &[&str], stdin: 
     let bystander = sign_in(site.port(), &other.email, PASSWORD);
     for port in site.ports() {
         for s in [&one, &two, &bystander] {
-            assert_eq!(with_bearer(port, &s.access), 200);
+            assert_eq!(with_bearer(port, "/private/x", &s.access).status, 200);
             assert_eq!(with_cookie(port, &s.cookie).status, 200);
         }
     }
@@ -219,7 +181,7 @@ fn a_cli_change_ends_every_session_everywhere(b: Backend, args: &[&str], stdin: 
     }
     for port in site.ports() {
         assert_eq!(
-            with_bearer(port, &bystander.access),
+            with_bearer(port, "/private/x", &bystander.access).status,
             200,
             "{args:?}: bystander"
         );
@@ -248,28 +210,31 @@ fn a_cli_change_ends_every_session_everywhere(b: Backend, args: &[&str], stdin: 
     // What signing in does afterwards.
     match args[0] {
         "disable" | "delete" => {
-            let r = login_as(site.port(), &email, PASSWORD);
+            let r = login_as(site.port(), &email, PASSWORD, &[]);
             assert_eq!(r.status, 401, "{args:?}: {}", r.text());
         }
         "set-password" => {
-            assert_eq!(login_as(site.port(), &email, PASSWORD).status, 401);
+            assert_eq!(login_as(site.port(), &email, PASSWORD, &[]).status, 401);
             let new = sign_in(site.port(), &email, stdin.trim());
             // A sign-in after the change is not ended by it (several polls later).
             std::thread::sleep(Duration::from_millis(600));
             for port in site.ports() {
-                assert_eq!(with_bearer(port, &new.access), 200);
+                assert_eq!(with_bearer(port, "/private/x", &new.access).status, 200);
             }
             assert_eq!(refresh(site.port(), &new.refresh).status, 200);
         }
         "set-role" => {
-            let r = login_as(site.port(), &email, PASSWORD);
+            let r = login_as(site.port(), &email, PASSWORD, &[]);
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(json(&r)["user"]["role"], "doctor");
         }
         _ => {
             let new = sign_in(site.port(), &email, PASSWORD);
             std::thread::sleep(Duration::from_millis(600));
-            assert_eq!(with_bearer(site.port(), &new.access), 200);
+            assert_eq!(
+                with_bearer(site.port(), "/private/x", &new.access).status,
+                200
+            );
         }
     }
 }
@@ -301,7 +266,7 @@ fn a_disabled_user_cannot_refresh(b: Backend) {
         return;
     };
     let s = sign_in(site.port(), &site.user.email, PASSWORD);
-    common::users::block_on(async {
+    block_on(async {
         let udb = UserDb::connect(Some(&site.db)).await.expect("connect");
         udb.set_disabled(&site.user.email, true)
             .await
@@ -310,7 +275,10 @@ fn a_disabled_user_cannot_refresh(b: Backend) {
     let r = refresh(site.port(), &s.refresh);
     assert_eq!(r.status, 401, "{}", r.text());
     // The refused refresh also ended the session.
-    assert_eq!(with_bearer(site.port(), &s.access), 401);
+    assert_eq!(
+        with_bearer(site.port(), "/private/x", &s.access).status,
+        401
+    );
 }
 
 /// Activity keeps a browser's cookie session alive past the access TTL (10 s here): each
@@ -323,45 +291,50 @@ fn activity_keeps_a_cookie_session_alive_and_inactivity_ends_it(b: Backend) {
         return;
     };
     let port = site.port();
-    let r = login_as(port, &site.user.email, PASSWORD);
+    let r = login_as(port, &site.user.email, PASSWORD, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(max_age(&r, COOKIE), Some(10));
+    assert_eq!(max_age(&r, SESSION_COOKIE), Some(10));
     assert_eq!(
         max_age(&r, REFRESH_COOKIE),
         Some(12),
         "the idle timeout, not 7 days"
     );
     assert_eq!(json(&r)["refresh_expires_in"], 12);
-    let mut cookie = set_cookie_value(&r, COOKIE).expect("cookie");
+    let mut cookie = set_cookie_value(&r, SESSION_COOKIE).expect("cookie");
     let refresh_cookie = set_cookie_value(&r, REFRESH_COOKIE).expect("refresh cookie");
 
     // 6 s in (second half of the access TTL): a front end polling validate gets a new cookie.
     std::thread::sleep(Duration::from_secs(6));
-    let c = format!("{COOKIE}={cookie}");
+    let c = format!("{SESSION_COOKIE}={cookie}");
     let v = get(port, "/api/v1/auth/validate", &[("Cookie", &c)]).expect("validate");
     assert_eq!(v.status, 200, "{}", v.text());
     assert_eq!(
-        max_age(&v, COOKIE),
+        max_age(&v, SESSION_COOKIE),
         Some(10),
         "validate renews: {:?}",
         v.headers
     );
-    cookie = set_cookie_value(&v, COOKIE).expect("renewed cookie");
+    cookie = set_cookie_value(&v, SESSION_COOKIE).expect("renewed cookie");
 
     // 12 s in: a page renews it.
     std::thread::sleep(Duration::from_secs(6));
-    let c = format!("{COOKIE}={cookie}");
+    let c = format!("{SESSION_COOKIE}={cookie}");
     let page = get(port, "/mine", &[("Cookie", &c), ("Accept", "text/html")]).expect("page");
     assert_eq!(page.status, 200, "{}", page.text());
-    assert_eq!(max_age(&page, COOKIE), Some(10), "{:?}", page.headers);
-    cookie = set_cookie_value(&page, COOKIE).expect("renewed cookie");
+    assert_eq!(
+        max_age(&page, SESSION_COOKIE),
+        Some(10),
+        "{:?}",
+        page.headers
+    );
+    cookie = set_cookie_value(&page, SESSION_COOKIE).expect("renewed cookie");
 
     // 18 s in: a proxied request renews it again.
     std::thread::sleep(Duration::from_secs(6));
     let p = with_cookie(port, &cookie);
     assert_eq!(p.status, 200, "{}", p.text());
-    assert_eq!(max_age(&p, COOKIE), Some(10), "{:?}", p.headers);
-    cookie = set_cookie_value(&p, COOKIE).expect("renewed cookie");
+    assert_eq!(max_age(&p, SESSION_COOKIE), Some(10), "{:?}", p.headers);
+    cookie = set_cookie_value(&p, SESSION_COOKIE).expect("renewed cookie");
 
     // 19 s in: past both the access TTL and the idle timeout counted from sign-in.
     std::thread::sleep(Duration::from_secs(1));
@@ -421,7 +394,7 @@ fn an_unreachable_redis_fails_the_command_and_says_what_was_applied() {
             && err.contains("could not be ended in Redis"),
         "{err}"
     );
-    let (disabled, revoked) = common::users::block_on(async {
+    let (disabled, revoked) = block_on(async {
         let udb = UserDb::connect(Some(&db)).await.expect("connect");
         let u = udb.find_by_id(user.id).await.expect("db").expect("user");
         (
@@ -465,7 +438,7 @@ fn bad_input_to_the_account_commands_is_refused_with_a_message() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     // Nothing was applied: the user still signs in with the old password, same role.
-    let u = common::users::block_on(async {
+    let u = block_on(async {
         let udb = UserDb::connect(Some(&db)).await.expect("connect");
         assert_eq!(udb.sessions_valid_after(user.id).await.expect("db"), 0);
         udb.authenticate(&user.email, PASSWORD).await.expect("db")

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const PATIENT_EMAIL: &str = "ana.perez@predicthealth.test";
-const PATIENT_PASSWORD: &str = "correct-horse-battery-staple";
 const PATIENT_NAME: &str = "Ana Pérez";
 /// What the fake patients service answers on every path (profile and appointments alike).
 const PATIENT_JSON: &str = r#"{"nombre":"Ana Pérez","tipo_sangre":"O+","alergias":"Penicilina"}"#;
@@ -56,64 +55,33 @@ fn missing_tools(root: &Path) -> Vec<String> {
     missing
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
 /// Migrates the database at `url` and adds the patient; returns the patient's id.
 fn seed_patient(url: &str) -> i64 {
     block_on(async {
         let db = UserDb::connect(Some(url)).await.expect("connect user db");
         db.migrate().await.expect("migrate user db");
         let user = db
-            .add_user(PATIENT_EMAIL, PATIENT_PASSWORD, Role::Patient, PATIENT_NAME)
+            .add_user(PATIENT_EMAIL, PASSWORD, Role::Patient, PATIENT_NAME)
             .await
             .expect("add patient");
         user.id
     })
 }
 
-/// The gateway's configuration after `server:`: the patients pool, the three pages the
-/// flow visits (the repo's templates and assets) and the users database.
-fn gateway_yaml(root: &Path, patients_url: &str, database_url: &str) -> String {
-    let templates = root.join("templates");
-    let assets = root.join("assets");
+/// The gateway's configuration after `server:`: the patients pool (also the dashboard's data
+/// sources `profiles` and `appointments`), the pages (the repo's templates and assets) and the
+/// users database.
+fn gateway_yaml(patients_url: &str, database_url: &str) -> String {
+    let pool = |name: &str| {
+        let extra = "    timeouts: {connect: 2s, read: 5s, total: 10s}\n";
+        upstream(name, &[patients_url.to_string()], extra)
+    };
     format!(
-        r#"upstreams:
-  patients:
-    backends: "{patients_url}"
-    timeouts: {{connect: 2s, read: 5s, total: 10s}}
-routes:
-  - {{name: patients, prefix: /api/v1/patients, upstream: patients, auth: required}}
-web:
-  templates: "{templates}"
-  assets: "{assets}"
-  assets_prefix: /assets/
-  data_timeout: 3s
-  site:
-    name: PredictHealth
-    lang: es
-    tagline: Salud predictiva para pacientes, médicos e instituciones
-  pages:
-    - {{path: /, template: landing.html, title: Inicio}}
-    - {{path: /login, template: login.html, title: Iniciar sesión}}
-    - path: /patient/dashboard
-      template: patient/dashboard.html
-      title: Mi panel
-      auth: required
-      roles: [patient]
-      data:
-        profile: {{upstream: patients, path: "/api/v1/patients/{{user_id}}"}}
-        appointments: {{upstream: patients, path: "/api/v1/patients/{{user_id}}/appointments"}}
-auth:
-  database_url: "{database_url}"
-"#,
-        templates = templates.display(),
-        assets = assets.display(),
+        "upstreams:\n{}{}{}routes:\n  - {{name: patients, prefix: /api/v1/patients, upstream: patients, auth: required}}\n{}auth:\n  database_url: \"{database_url}\"\n",
+        pool("patients"),
+        pool("profiles"),
+        pool("appointments"),
+        web_block("3s"),
     )
 }
 
@@ -132,26 +100,20 @@ fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> thre
 /// Waits for `child` up to `limit`; past it, SIGTERM (Playwright then closes Chromium), and
 /// SIGKILL 5 s later. `None` when it had to be stopped.
 fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            return Some(status);
-        }
-        if start.elapsed() >= limit {
-            break;
-        }
-        thread::sleep(Duration::from_millis(50));
+    let mut status = None;
+    wait_until(limit, || {
+        status = child.try_wait().expect("wait for node");
+        status.is_some()
+    });
+    if status.is_some() {
+        return status;
     }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let grace = Instant::now();
-    while grace.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
     let _ = child.kill();
     let _ = child.wait();
     None
@@ -181,9 +143,9 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
         )],
         body: PATIENT_JSON.into(),
     });
-    let database_url = temp_sqlite_url(free_port());
+    let database_url = temp_db_url("browser");
     let patient_id = seed_patient(&database_url);
-    let gw = Gw::start(&gateway_yaml(&root, &upstream.url(), &database_url));
+    let gw = Gw::start(&gateway_yaml(&upstream.url(), &database_url));
     let base = format!("http://127.0.0.1:{}", gw.port);
 
     // The gateway serves the page the browser starts on.
@@ -205,7 +167,7 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
         .current_dir(&root)
         .env("GATEHOUSE_URL", &base)
         .env("PATIENT_EMAIL", PATIENT_EMAIL)
-        .env("PATIENT_PASSWORD", PATIENT_PASSWORD)
+        .env("PATIENT_PASSWORD", PASSWORD)
         .env("PATIENT_NAME", PATIENT_NAME)
         .env("EXPECT_TEXT", EXPECT_TEXT)
         .env("ARTIFACTS_DIR", &artifacts)

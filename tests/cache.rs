@@ -6,28 +6,13 @@
 //! down, the admin purge endpoint and the metrics.
 
 mod common;
-use common::users::{login, seed_users, temp_db_url, Account};
 use common::*;
 
 use gatehouse::auth::users::Role;
-use serde_json::Value;
-use std::time::Duration;
-
-const SECRET: &str = "cache-tests-hs256-secret-0123456789abcdef-xyz";
-const API_JSON: (&str, &str) = ("Accept", "application/json");
-/// Bound of every polling loop (never reached when the gateway works).
-const POLL: Duration = Duration::from_secs(5);
-
-fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// An upstream that echoes each request as JSON, with these response headers.
 fn echo_with(headers: &[(&str, &str)]) -> FakeUpstream {
-    FakeUpstream::start(Behavior::EchoWith(h(headers)))
+    FakeUpstream::start(Behavior::EchoWith(owned_headers(headers)))
 }
 
 /// A gateway with one route `/c` → pool `app` (at `url`) whose `cache:` block is `cache`;
@@ -50,15 +35,6 @@ fn target_of(r: &Response) -> String {
     json(r)["target"].as_str().unwrap_or_default().to_string()
 }
 
-/// The value of header `name` in an Echo body's `headers` list.
-fn echoed(r: &Response, name: &str) -> Option<String> {
-    let v: Value = json(r);
-    v["headers"].as_array()?.iter().find_map(|pair| {
-        let p = pair.as_array()?;
-        (p.first()?.as_str()? == name).then(|| p.get(1)?.as_str().map(str::to_string))?
-    })
-}
-
 fn purge(gw: &Gw, query: &str) -> Response {
     request(
         gw.admin_port,
@@ -72,37 +48,23 @@ fn purge(gw: &Gw, query: &str) -> Response {
 
 /// GETs `path` (as an API client) until `done` holds for the answer or [`POLL`] runs out;
 /// returns whether it held and the last answer.
-fn poll_until(gw: &Gw, path: &str, done: impl Fn(&Response) -> bool) -> (bool, Response) {
-    let mut last = None;
-    let held = wait_until(POLL, || {
-        let r = gw.get_with(path, &[API_JSON]);
-        let ok = done(&r);
-        last = Some(r);
-        ok
-    });
-    (held, last.expect("an answer"))
+fn get_until(gw: &Gw, path: &str, done: impl Fn(&Response) -> bool) -> (bool, Response) {
+    poll_until(POLL, || gw.get_with(path, &[API_JSON]), done)
 }
 
 fn cache_metric(gw: &Gw, status: &str) -> f64 {
     metric(
         gw.admin_port,
         "gatehouse_cache_requests_total",
-        "status",
-        status,
+        &[("status", status)],
     )
 }
 
+/// The value of the unlabelled metric `name` (fails when it is not exported).
 fn gauge(gw: &Gw, name: &str) -> f64 {
-    let r = gw_admin_get(gw, "/metrics");
-    r.text()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not on /metrics"))
-}
-
-fn gw_admin_get(gw: &Gw, path: &str) -> Response {
-    get(gw.admin_port, path, &[]).unwrap_or_else(|e| panic!("GET admin {path}: {e}"))
+    let text = scrape(gw.admin_port);
+    let v = samples(&text, name, &[]).first().copied();
+    v.unwrap_or_else(|| panic!("{name} not on /metrics"))
 }
 
 #[test]
@@ -200,8 +162,14 @@ fn vary_keeps_one_answer_per_request_header_value() {
     let again_es = gw.get_with("/c/v", &es);
     let again_en = gw.get_with("/c/v", &en);
     assert_eq!((status_of(&again_es), status_of(&again_en)), ("HIT", "HIT"));
-    assert_eq!(echoed(&again_es, "accept-language").as_deref(), Some("es"));
-    assert_eq!(echoed(&again_en, "accept-language").as_deref(), Some("en"));
+    assert_eq!(
+        echoed_header(&json(&again_es), "accept-language").as_deref(),
+        Some("es")
+    );
+    assert_eq!(
+        echoed_header(&json(&again_en), "accept-language").as_deref(),
+        Some("en")
+    );
     assert_eq!(up.request_count(), 2);
 }
 
@@ -213,16 +181,12 @@ fn protected(url: &str, cache: &str) -> (Gw, Vec<Account>) {
         "cache.test",
         &[(Role::Patient, "Ana"), (Role::Patient, "Beto")],
     );
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /c, upstream: app, auth: required, cache: {cache}}}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
-        upstream("app", &[url.to_string()], "")
-    ));
+    let gw = pool_gateway("app", &[url.to_string()], &format!("routes:\n  - {{prefix: /c, upstream: app, auth: required, cache: {cache}}}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n"));
     (gw, users)
 }
 
 fn as_user(gw: &Gw, token: &str, path: &str) -> Response {
-    let bearer = format!("Bearer {token}");
-    gw.get_with(path, &[API_JSON, ("Authorization", &bearer)])
+    gw.get_with(path, &[API_JSON, ("Authorization", &bearer(token))])
 }
 
 #[test]
@@ -239,8 +203,14 @@ fn credentialed_requests_bypass_the_cache_on_a_route_that_is_not_public() {
     for r in [&ra, &rb, &ra2] {
         assert_eq!((r.status, status_of(r)), (200, "BYPASS"), "{}", r.text());
     }
-    assert_eq!(echoed(&ra, "x-user-id"), Some(users[0].id.to_string()));
-    assert_eq!(echoed(&rb, "x-user-id"), Some(users[1].id.to_string()));
+    assert_eq!(
+        echoed_header(&json(&ra), "x-user-id"),
+        Some(users[0].id.to_string())
+    );
+    assert_eq!(
+        echoed_header(&json(&rb), "x-user-id"),
+        Some(users[1].id.to_string())
+    );
     assert_eq!(
         up.request_count(),
         3,
@@ -261,7 +231,7 @@ fn a_private_answer_is_never_served_to_another_user_even_on_a_public_route() {
         let r = as_user(&gw, token, "/c/records");
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(
-            echoed(&r, "x-user-id"),
+            echoed_header(&json(&r), "x-user-id"),
             Some(user.id.to_string()),
             "{} got someone else's answer",
             user.name
@@ -307,7 +277,7 @@ fn a_cached_answer_is_served_while_the_upstream_is_down_and_stale_after_it_expir
     assert_eq!(target_of(&hit), "/c/list");
 
     // Once it is past max-age, the stale copy stands in for the dead pool.
-    let (stale, r) = poll_until(&gw, "/c/list", |r| status_of(r) == "STALE");
+    let (stale, r) = get_until(&gw, "/c/list", |r| status_of(r) == "STALE");
     assert!(
         stale,
         "never served stale: {} {:?} {}",
@@ -326,7 +296,7 @@ fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes_it() {
     let gw = gateway(&up.url(), "{stale_while_revalidate: 30s}", "");
     assert_eq!(status_of(&gw.get_with("/c/swr", &[API_JSON])), "MISS");
     // Past max-age: the stale copy is answered at once and refreshed in the background.
-    let (updating, r) = poll_until(&gw, "/c/swr", |r| status_of(r) == "UPDATING");
+    let (updating, r) = get_until(&gw, "/c/swr", |r| status_of(r) == "UPDATING");
     assert!(updating, "never UPDATING: {:?}", r.headers);
     assert_eq!(r.status, 200);
     assert!(
@@ -336,7 +306,7 @@ fn stale_while_revalidate_serves_the_old_copy_while_one_request_refreshes_it() {
     // The refreshed copy is stored once the background request's answer has been read
     // (a moment after the upstream saw it); from then on it is a hit, without another
     // upstream request.
-    let (hit, fresh) = poll_until(&gw, "/c/swr", |r| r.status == 200 && status_of(r) == "HIT");
+    let (hit, fresh) = get_until(&gw, "/c/swr", |r| r.status == 200 && status_of(r) == "HIT");
     assert!(hit, "never a HIT after the refresh: {:?}", fresh.headers);
     assert_eq!(
         up.request_count(),
@@ -351,7 +321,7 @@ fn without_stale_if_error_a_dead_pool_answers_503_once_the_copy_expires() {
     let gw = gateway(&up.url(), "{stale_if_error: 0s}", "");
     assert_eq!(status_of(&gw.get_with("/c/list", &[API_JSON])), "MISS");
     drop(up);
-    let (failed, r) = poll_until(&gw, "/c/list", |r| r.status != 200);
+    let (failed, r) = get_until(&gw, "/c/list", |r| r.status != 200);
     assert!(failed, "a stale copy was served: {:?}", r.headers);
     assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.text());
 }
@@ -361,7 +331,7 @@ fn the_memory_bound_evicts_the_least_recently_used_answer() {
     let body = "x".repeat(1500);
     let up = FakeUpstream::start(Behavior::Respond {
         status: 200,
-        headers: h(&[("Cache-Control", "max-age=60")]),
+        headers: owned_headers(&[("Cache-Control", "max-age=60")]),
         body,
     });
     // Room for two 1.5 KiB answers (with their headers), not three.
@@ -384,7 +354,7 @@ fn the_memory_bound_evicts_the_least_recently_used_answer() {
     let size = gauge(&gw, "gatehouse_cache_size_bytes");
     assert!(size > 0.0 && size <= 4096.0, "cache size {size}");
     assert!(gauge(&gw, "gatehouse_cache_evictions_total") >= 1.0);
-    let stats = json(&gw_admin_get(&gw, "/cache"));
+    let stats = json(&get_ok(gw.admin_port, "/cache", &[]));
     assert_eq!(stats["entries"], 2, "{stats}");
 }
 
@@ -393,7 +363,7 @@ fn an_answer_over_the_object_limit_is_served_whole_but_not_stored() {
     let body = "y".repeat(3000);
     let up = FakeUpstream::start(Behavior::Respond {
         status: 200,
-        headers: h(&[("Cache-Control", "max-age=60")]),
+        headers: owned_headers(&[("Cache-Control", "max-age=60")]),
         body: body.clone(),
     });
     let gw = gateway(&up.url(), "{}", "  cache: {max_object_size: 2KiB}");
@@ -433,5 +403,8 @@ fn admin_purge_removes_answers_by_prefix_route_or_all() {
     // Refused: nothing said, a relative prefix, the wrong method.
     assert_eq!(purge(&gw, "").status, 400);
     assert_eq!(purge(&gw, "prefix=c/a").status, 400);
-    assert_eq!(gw_admin_get(&gw, "/cache/purge?all=true").status, 405);
+    assert_eq!(
+        get_ok(gw.admin_port, "/cache/purge?all=true", &[]).status,
+        405
+    );
 }

@@ -3,20 +3,12 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-
-fn repo_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn temp_config(tag: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("gatehouse-test-{}-{tag}.yaml", std::process::id()));
+    let p = temp_path(&format!("{tag}.yaml"));
     std::fs::write(&p, text).expect("write temp config");
     p
 }
@@ -33,15 +25,10 @@ fn version_prints_name_and_version() {
 
 #[test]
 fn check_accepts_the_default_config() {
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(repo_file("gateway.yaml"))
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(repo_file("gateway.yaml")),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 routes, 4 upstreams)"));
 }
@@ -108,148 +95,40 @@ fn environment_variables_fill_the_default_config() {
     );
 }
 
-/// A `gatehouse` process on the default gateway.yaml, with free ports; stderr is collected.
-struct Proc {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(args: &[&str], env: &[(&str, String)]) -> Proc {
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "GATEHOUSE_ADMIN_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("DATABASE_URL", temp_sqlite_url(port))
-            .env("REDIS_URL", "")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for var in [
-            "DOCTOR_SERVICE_URL",
-            "PATIENT_SERVICE_URL",
-            "INSTITUTION_SERVICE_URL",
-            "ADMIN_SERVICE_URL",
-        ] {
-            cmd.env(var, format!("http://127.0.0.1:{}", free_port()));
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn gatehouse");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        let up = wait_until(Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(
-            up,
-            "gatehouse did not listen; log:\n{}",
-            log.lock().expect("log").join("\n")
-        );
-        Proc { child, port, log }
+/// A `gatehouse` process on the default gateway.yaml, with free ports and dead services;
+/// returns once it listens.
+fn start(args: &[&str], env: &[(&str, String)]) -> Process {
+    let (port, admin_port) = (free_port(), free_port());
+    let mut cmd = gatehouse_on(port, admin_port);
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", temp_db_url("cli"))
+        .env("REDIS_URL", "");
+    for var in [
+        "DOCTOR_SERVICE_URL",
+        "PATIENT_SERVICE_URL",
+        "INSTITUTION_SERVICE_URL",
+        "ADMIN_SERVICE_URL",
+    ] {
+        cmd.env(var, dead_backend());
     }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    /// Waits for the process to exit; returns how long it took, or None after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return Some(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.log.lock().expect("log").clone()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Adds a user through the CLI, password on stdin.
-fn add_user(database_url: &str, email: &str, role: &str, password: &str) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args([
-            "user",
-            "add",
-            "--email",
-            email,
-            "--role",
-            role,
-            "--name",
-            "Test User",
-        ])
-        .env("DATABASE_URL", database_url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let out = child.wait_with_output().expect("user add");
-    assert!(
-        out.status.success(),
-        "user add failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn login(port: u16, email: &str, password: &str) -> String {
-    let body = serde_json::json!({"email": email, "password": password}).to_string();
-    let r = request(
-        port,
-        "POST",
-        "/api/v1/auth/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("login");
-    assert_eq!(r.status, 200, "{}", r.text());
-    json(&r)["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string()
+    let p = Process::spawn(&mut cmd, port, admin_port);
+    let up = wait_until(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "gatehouse did not listen; log:\n{}", p.log_text());
+    p
 }
 
 #[test]
 fn run_is_the_default_and_dead_upstreams_answer_503() {
-    let db = temp_sqlite_url(free_port());
-    add_user(&db, "root@example.test", "admin", "correct horse battery");
-    let p = Proc::start(&[], &[("DATABASE_URL", db)]);
-    let token = login(p.port, "root@example.test", "correct horse battery");
+    let db = temp_db_url("cli");
+    add_user_cli(&db, "root@example.test", "admin", PASSWORD);
+    let p = start(&[], &[("DATABASE_URL", db)]);
+    let token = login(p.port, "root@example.test");
     let bearer = format!("Bearer {token}");
     for path in [
         "/api/v1/doctors",
@@ -273,19 +152,16 @@ fn run_is_the_default_and_dead_upstreams_answer_503() {
 fn service_url_variables_are_comma_separated_backend_lists() {
     let a = FakeUpstream::start(Behavior::Echo);
     let b = FakeUpstream::start(Behavior::Echo);
-    let db = temp_sqlite_url(free_port());
-    add_user(&db, "doc@example.test", "doctor", "correct horse battery");
-    let p = Proc::start(
+    let db = temp_db_url("cli");
+    add_user_cli(&db, "doc@example.test", "doctor", PASSWORD);
+    let p = start(
         &["run", "-c", "gateway.yaml"],
         &[
             ("DOCTOR_SERVICE_URL", format!("{}, {}", a.url(), b.url())),
             ("DATABASE_URL", db),
         ],
     );
-    let bearer = format!(
-        "Bearer {}",
-        login(p.port, "doc@example.test", "correct horse battery")
-    );
+    let bearer = format!("Bearer {}", login(p.port, "doc@example.test"));
     for _ in 0..4 {
         let r = get(
             p.port,
@@ -306,9 +182,9 @@ fn service_url_variables_are_comma_separated_backend_lists() {
 #[test]
 fn access_log_has_one_json_line_per_request() {
     let up = FakeUpstream::start(Behavior::Echo);
-    let db = temp_sqlite_url(free_port());
-    add_user(&db, "pat@example.test", "patient", "correct horse battery");
-    let p = Proc::start(
+    let db = temp_db_url("cli");
+    add_user_cli(&db, "pat@example.test", "patient", PASSWORD);
+    let p = start(
         &[],
         &[
             ("GATEHOUSE_LOG_FORMAT", "json".into()),
@@ -316,10 +192,7 @@ fn access_log_has_one_json_line_per_request() {
             ("DATABASE_URL", db),
         ],
     );
-    let bearer = format!(
-        "Bearer {}",
-        login(p.port, "pat@example.test", "correct horse battery")
-    );
+    let bearer = format!("Bearer {}", login(p.port, "pat@example.test"));
     let r = get(
         p.port,
         "/api/v1/patients/9?secret=1",
@@ -361,9 +234,9 @@ fn a_client_hanging_up_mid_request_is_an_access_line_not_an_error() {
         status: 200,
         body: "slow".into(),
     });
-    let db = temp_sqlite_url(free_port());
-    add_user(&db, "gone@example.test", "patient", "correct horse battery");
-    let p = Proc::start(
+    let db = temp_db_url("cli");
+    add_user_cli(&db, "gone@example.test", "patient", PASSWORD);
+    let p = start(
         &[],
         &[
             ("GATEHOUSE_LOG_FORMAT", "json".into()),
@@ -371,7 +244,7 @@ fn a_client_hanging_up_mid_request_is_an_access_line_not_an_error() {
             ("DATABASE_URL", db),
         ],
     );
-    let token = login(p.port, "gone@example.test", "correct horse battery");
+    let token = login(p.port, "gone@example.test");
     let mut c = std::net::TcpStream::connect(("127.0.0.1", p.port)).expect("connect");
     let req = format!(
         "GET /api/v1/patients/1 HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: req-gone\r\nAuthorization: Bearer {token}\r\n\r\n"
@@ -398,7 +271,7 @@ fn a_client_hanging_up_mid_request_is_an_access_line_not_an_error() {
 
 #[test]
 fn log_level_comes_from_log_level() {
-    let p = Proc::start(&[], &[("LOG_LEVEL", "warn".into())]);
+    let p = start(&[], &[("LOG_LEVEL", "warn".into())]);
     assert_eq!(get(p.port, "/health", &[]).expect("request").status, 200);
     std::thread::sleep(Duration::from_millis(200)); // let stderr flush; absence is what we check
     assert!(
@@ -421,7 +294,7 @@ fn drains_in_flight_then_exits(sig: &str) {
             slow.url()
         ),
     );
-    let mut p = Proc::start(&["run", "-c", cfg.to_str().expect("path")], &[]);
+    let mut p = start(&["run", "-c", cfg.to_str().expect("path")], &[]);
     let port = p.port;
     let in_flight = std::thread::spawn(move || get(port, "/slow", &[]));
     assert!(

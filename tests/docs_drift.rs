@@ -6,11 +6,13 @@
 //! The config side asks the parser itself: a YAML with an unknown key at a level fails with
 //! serde's "unknown field `…`, expected one of `…`", which lists every key of that level.
 
+mod common;
+use common::repo_file;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
-fn repo_file(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+/// The text of a file of this repository.
+fn repo_text(rel: &str) -> String {
+    let p = repo_file(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -35,7 +37,7 @@ fn quoted(s: &str) -> Vec<&str> {
 /// Metric names the code registers: the names given to `src/metrics.rs`'s helpers (with the
 /// `gatehouse_` prefix they add) and the full names it spells out.
 fn metrics_in_code() -> BTreeSet<String> {
-    let file = repo_file("src/metrics.rs");
+    let file = repo_text("src/metrics.rs");
     // Not the unit tests' own registries.
     let src = file.split("#[cfg(test)]").next().unwrap_or_default();
     let mut names = BTreeSet::new();
@@ -68,7 +70,7 @@ fn metrics_in_code() -> BTreeSet<String> {
 
 /// Metric names in the README's metrics table (first column).
 fn metrics_in_readme() -> BTreeSet<String> {
-    let readme = repo_file("README.md");
+    let readme = repo_text("README.md");
     let section = between(&readme, "### Metrics and alerts", "\n## ");
     section
         .lines()
@@ -102,7 +104,7 @@ fn every_metric_in_the_readme_exists_in_the_code_and_the_reverse() {
 /// Every key path the README's reference tables document, e.g. `server.limits.write_buffer`,
 /// `routes[i].retry.retries`, `upstreams.NAME.timeouts.read`.
 fn keys_in_readme() -> Vec<String> {
-    let readme = repo_file("README.md");
+    let readme = repo_text("README.md");
     let reference = between(
         &readme,
         "## Configuration reference",

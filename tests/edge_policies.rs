@@ -10,115 +10,28 @@
 mod common;
 use common::*;
 
-use gatehouse::auth::users::{Role, UserDb};
+use gatehouse::auth::users::Role;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// Every test user's password.
-const PASSWORD: &str = "correct-horse-battery-staple";
-/// `server:` lines that make 127.0.0.1 a trusted proxy (its X-Forwarded-For is believed).
-const TRUST_LOCALHOST: &str = "  trusted_proxies: [127.0.0.1/32]\n";
-/// How long a test waits for bytes from a socket before failing (never reached when working).
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
 // ------------------------------------------------------------------------------------------
 // Shared helpers
 // ------------------------------------------------------------------------------------------
 
-fn unique() -> String {
-    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
-}
-
-/// A directory under the system temp dir, removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("gatehouse-edge-{}-{name}", unique()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    fn sqlite_url(&self) -> String {
-        format!("sqlite://{}", self.0.join("users.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
 /// Migrates `db` and adds `n` patients with unique emails; returns their emails.
 fn add_patients(db: &str, n: usize) -> Vec<String> {
-    block_on(async {
-        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
-        udb.migrate().await.expect("migrate user db");
-        let mut out = Vec::new();
-        for i in 0..n {
-            let email = format!("patient{i}-{}@edge.test", unique());
-            let u = udb
-                .add_user(&email, PASSWORD, Role::Patient, "Pat")
-                .await
-                .expect("add user");
-            out.push(u.email);
-        }
-        out
-    })
+    let users = seed_users(db, "edge.test", &vec![(Role::Patient, "Pat"); n]);
+    users.into_iter().map(|u| u.email).collect()
 }
 
 /// `auth:` block on the SQLite database `db` (and the in-process session store).
 fn auth_block(db: &str) -> String {
     format!("auth:\n  database_url: \"{db}\"\n  login: {{max_failures_per_ip: 1000}}\n")
-}
-
-fn login_raw(port: u16, email: &str, headers: &[(&str, &str)]) -> Response {
-    let body = json!({"email": email, "password": PASSWORD}).to_string();
-    let mut h = vec![("Content-Type", "application/json")];
-    h.extend_from_slice(headers);
-    request(port, "POST", "/api/v1/auth/login", &h, body.as_bytes()).expect("POST login")
-}
-
-/// Logs `email` in; returns the access token.
-fn access_token(port: u16, email: &str) -> String {
-    let r = login_raw(port, email, &[]);
-    assert_eq!(r.status, 200, "login {email}: {}", r.text());
-    json(&r)["access_token"]
-        .as_str()
-        .expect("access_token in login reply")
-        .to_string()
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-fn get_h(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    get(port, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-/// The `error.code` of one of the gateway's JSON errors.
-fn error_code(r: &Response) -> String {
-    json(r)["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.code in {}", r.text()))
-        .to_string()
 }
 
 /// Every `Access-Control-*` header of a response.
@@ -127,30 +40,6 @@ fn access_control(r: &Response) -> Vec<(String, String)> {
         .iter()
         .filter(|(k, _)| k.starts_with("access-control-"))
         .cloned()
-        .collect()
-}
-
-/// The single value of `name` (fails on none or several).
-fn one<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    let all: Vec<&str> = headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    match all.as_slice() {
-        [v] => v,
-        other => panic!("expected exactly one {name}, got {other:?} in {headers:?}"),
-    }
-}
-
-/// Comma-separated tokens of every `name` header, trimmed and lower-cased.
-fn tokens(headers: &[(String, String)], name: &str) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
         .collect()
 }
 
@@ -359,15 +248,15 @@ fn preflight_to_a_protected_route_succeeds_without_a_token_and_never_reaches_the
     );
     assert_eq!(r.status, 204, "preflight: {:?} {}", r.headers, r.text());
     assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
-    let methods = tokens(&r.headers, "access-control-allow-methods");
+    let methods = header_tokens(&r.headers, "access-control-allow-methods");
     assert!(methods.contains(&"put".to_string()), "{methods:?}");
-    let allowed = tokens(&r.headers, "access-control-allow-headers");
+    let allowed = header_tokens(&r.headers, "access-control-allow-headers");
     for h in ["authorization", "content-type"] {
         assert!(allowed.contains(&h.to_string()), "{h} in {allowed:?}");
     }
     assert_eq!(one(&r.headers, "access-control-max-age"), "600");
     assert_eq!(one(&r.headers, "access-control-allow-credentials"), "true");
-    let vary = tokens(&r.headers, "vary");
+    let vary = header_tokens(&r.headers, "vary");
     assert!(vary.contains(&"origin".to_string()), "Vary: {vary:?}");
     assert_eq!(s.app.request_count(), 0, "the preflight was forwarded");
 
@@ -387,13 +276,13 @@ fn preflight_to_a_protected_route_succeeds_without_a_token_and_never_reaches_the
 #[test]
 fn actual_request_from_an_allowed_origin_gets_allow_origin_vary_and_expose_headers() {
     let s = CorsSite::start();
-    let r = get_h(s.gw.port, "/public/x", &[("Origin", APP_ORIGIN)]);
+    let r = get_ok(s.gw.port, "/public/x", &[("Origin", APP_ORIGIN)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
     assert_eq!(one(&r.headers, "access-control-allow-credentials"), "true");
-    let exposed = tokens(&r.headers, "access-control-expose-headers");
+    let exposed = header_tokens(&r.headers, "access-control-expose-headers");
     assert!(exposed.contains(&"x-request-id".to_string()), "{exposed:?}");
-    assert!(tokens(&r.headers, "vary").contains(&"origin".to_string()));
+    assert!(header_tokens(&r.headers, "vary").contains(&"origin".to_string()));
     assert!(
         r.header("access-control-allow-methods").is_none(),
         "Allow-Methods belongs to preflights only: {:?}",
@@ -401,17 +290,17 @@ fn actual_request_from_an_allowed_origin_gets_allow_origin_vary_and_expose_heade
     );
 
     // The gateway's own refusals carry CORS headers too, so script can read the 401.
-    let denied = get_h(s.gw.port, "/private/x", &[("Origin", APP_ORIGIN)]);
+    let denied = get_ok(s.gw.port, "/private/x", &[("Origin", APP_ORIGIN)]);
     assert_eq!(denied.status, 401, "{}", denied.text());
     assert_eq!(
         one(&denied.headers, "access-control-allow-origin"),
         APP_ORIGIN
     );
-    assert!(tokens(&denied.headers, "vary").contains(&"origin".to_string()));
+    assert!(header_tokens(&denied.headers, "vary").contains(&"origin".to_string()));
 
     // With a token, the protected route answers with the same headers.
-    let token = access_token(s.gw.port, &s.email);
-    let ok = get_h(
+    let token = login(s.gw.port, &s.email);
+    let ok = get_ok(
         s.gw.port,
         "/private/x",
         &[("Origin", APP_ORIGIN), ("Authorization", &bearer(&token))],
@@ -427,7 +316,7 @@ fn subdomain_wildcard_matches_subdomains_but_not_the_apex_or_another_scheme() {
         let p = s.preflight("/public/x", origin, "POST", "content-type");
         assert_eq!(p.status, 204);
         assert_eq!(one(&p.headers, "access-control-allow-origin"), origin);
-        let r = get_h(s.gw.port, "/public/x", &[("Origin", origin)]);
+        let r = get_ok(s.gw.port, "/public/x", &[("Origin", origin)]);
         assert_eq!(one(&r.headers, "access-control-allow-origin"), origin);
     }
     for origin in [
@@ -438,7 +327,7 @@ fn subdomain_wildcard_matches_subdomains_but_not_the_apex_or_another_scheme() {
     ] {
         let p = s.preflight("/public/x", origin, "POST", "content-type");
         assert_eq!(access_control(&p), vec![], "preflight from {origin}");
-        let r = get_h(s.gw.port, "/public/x", &[("Origin", origin)]);
+        let r = get_ok(s.gw.port, "/public/x", &[("Origin", origin)]);
         assert_eq!(r.status, 200);
         assert_eq!(access_control(&r), vec![], "GET from {origin}");
     }
@@ -477,15 +366,15 @@ fn disallowed_origin_gets_no_access_control_headers_on_preflight_or_actual_reque
         p.headers
     );
 
-    let r = get_h(s.gw.port, "/public/x", &[("Origin", evil)]);
+    let r = get_ok(s.gw.port, "/public/x", &[("Origin", evil)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(access_control(&r), vec![], "actual: {:?}", r.headers);
-    let r = get_h(s.gw.port, "/private/x", &[("Origin", evil)]);
+    let r = get_ok(s.gw.port, "/private/x", &[("Origin", evil)]);
     assert_eq!(r.status, 401);
     assert_eq!(access_control(&r), vec![], "refusal: {:?}", r.headers);
 
     // A route with its own policy replaces the defaults.
-    let r = get_h(s.gw.port, "/own/x", &[("Origin", APP_ORIGIN)]);
+    let r = get_ok(s.gw.port, "/own/x", &[("Origin", APP_ORIGIN)]);
     assert_eq!(
         access_control(&r),
         vec![],
@@ -493,14 +382,14 @@ fn disallowed_origin_gets_no_access_control_headers_on_preflight_or_actual_reque
         r.headers
     );
     let own = "https://own.example.net";
-    let r = get_h(s.gw.port, "/own/x", &[("Origin", own)]);
+    let r = get_ok(s.gw.port, "/own/x", &[("Origin", own)]);
     assert_eq!(one(&r.headers, "access-control-allow-origin"), own);
 }
 
 #[test]
 fn upstream_access_control_headers_are_replaced_by_the_gateways_on_a_cors_route() {
     let s = CorsSite::start();
-    let r = get_h(s.gw.port, "/noisy/x", &[("Origin", APP_ORIGIN)]);
+    let r = get_ok(s.gw.port, "/noisy/x", &[("Origin", APP_ORIGIN)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "from upstream");
     assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
@@ -514,7 +403,7 @@ fn upstream_access_control_headers_are_replaced_by_the_gateways_on_a_cors_route(
         r.headers
     );
 
-    let r = get_h(
+    let r = get_ok(
         s.gw.port,
         "/noisy/x",
         &[("Origin", "https://evil.example.net")],
@@ -535,18 +424,19 @@ fn auth_login_endpoint_answers_cors_with_the_default_policy() {
     assert_eq!(p.status, 204, "{:?}", p.headers);
     assert_eq!(one(&p.headers, "access-control-allow-origin"), APP_ORIGIN);
     assert_eq!(one(&p.headers, "access-control-allow-credentials"), "true");
-    assert!(tokens(&p.headers, "access-control-allow-methods").contains(&"post".to_string()));
+    assert!(header_tokens(&p.headers, "access-control-allow-methods").contains(&"post".to_string()));
 
-    let r = login_raw(s.gw.port, &s.email, &[("Origin", APP_ORIGIN)]);
+    let r = login_as(s.gw.port, &s.email, PASSWORD, &[("Origin", APP_ORIGIN)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(json(&r)["access_token"].is_string());
     assert_eq!(one(&r.headers, "access-control-allow-origin"), APP_ORIGIN);
     assert_eq!(one(&r.headers, "access-control-allow-credentials"), "true");
-    assert!(tokens(&r.headers, "vary").contains(&"origin".to_string()));
+    assert!(header_tokens(&r.headers, "vary").contains(&"origin".to_string()));
 
-    let r = login_raw(
+    let r = login_as(
         s.gw.port,
         &s.email,
+        PASSWORD,
         &[("Origin", "https://evil.example.net")],
     );
     assert_eq!(access_control(&r), vec![], "{:?}", r.headers);
@@ -559,15 +449,7 @@ fn auth_login_endpoint_answers_cors_with_the_default_policy() {
 // ------------------------------------------------------------------------------------------
 
 fn rate_gateway(server_extra: &str, routes: &str, auth: &str) -> (FakeUpstream, Gw) {
-    let up = FakeUpstream::start(Behavior::Echo);
-    let gw = Gw::start_with_server(
-        server_extra,
-        &format!(
-            "upstreams:\n{}\nroutes:\n{routes}{auth}",
-            upstream("app", &[up.url()], "")
-        ),
-    );
-    (up, gw)
+    echo_pool_gateway("app", server_extra, &format!("routes:\n{routes}{auth}"))
 }
 
 fn assert_rate_limited(r: &Response, limit: &str) {
@@ -628,8 +510,7 @@ fn local_limit_passes_exactly_five_then_answers_429_with_ratelimit_headers() {
         metric(
             gw.admin_port,
             "gatehouse_rate_limited_total",
-            "route",
-            "limited"
+            &[("route", "limited")]
         ),
         2.0
     );
@@ -639,7 +520,7 @@ fn local_limit_passes_exactly_five_then_answers_429_with_ratelimit_headers() {
 fn client_ip_key_through_a_trusted_proxy_gives_each_forwarded_client_its_own_bucket() {
     let route = "  - {name: per_ip, prefix: /r, upstream: app, rate_limits: [{name: per_ip, rate: \"2/1m\"}]}\n";
     let (_up, gw) = rate_gateway(TRUST_LOCALHOST, route, "");
-    let from = |ip: &str| get_h(gw.port, "/r/x", &[("X-Forwarded-For", ip)]);
+    let from = |ip: &str| get_ok(gw.port, "/r/x", &[("X-Forwarded-For", ip)]);
     assert_eq!(from("10.0.0.1").status, 200);
     assert_eq!(from("10.0.0.1").status, 200);
     assert_rate_limited(&from("10.0.0.1"), "2");
@@ -650,7 +531,7 @@ fn client_ip_key_through_a_trusted_proxy_gives_each_forwarded_client_its_own_buc
 
     // From an untrusted peer X-Forwarded-For is ignored: it cannot dodge the limit.
     let (_up2, gw2) = rate_gateway("", route, "");
-    let from = |ip: &str| get_h(gw2.port, "/r/x", &[("X-Forwarded-For", ip)]);
+    let from = |ip: &str| get_ok(gw2.port, "/r/x", &[("X-Forwarded-For", ip)]);
     assert_eq!(from("10.0.0.1").status, 200);
     assert_eq!(from("10.0.0.2").status, 200);
     assert_rate_limited(&from("10.0.0.3"), "2");
@@ -663,7 +544,7 @@ fn header_key_gives_each_api_key_its_own_bucket() {
         "  - {name: keyed, prefix: /k, upstream: app, rate_limits: [{name: per_key, rate: \"2/1m\", key: \"header:X-Api-Key\"}]}\n",
         "",
     );
-    let with = |key: &str| get_h(gw.port, "/k/x", &[("X-Api-Key", key)]);
+    let with = |key: &str| get_ok(gw.port, "/k/x", &[("X-Api-Key", key)]);
     assert_eq!(with("alpha").status, 200);
     assert_eq!(with("alpha").status, 200);
     assert_rate_limited(&with("alpha"), "2");
@@ -685,9 +566,9 @@ fn user_key_gives_each_signed_in_user_its_own_bucket_and_anonymous_falls_back_to
         "  - {name: per_user, prefix: /u, upstream: app, auth: optional, rate_limits: [{name: per_user, rate: \"2/1m\", key: user}]}\n",
         &auth_block(&db),
     );
-    let a = bearer(&access_token(gw.port, &emails[0]));
-    let b = bearer(&access_token(gw.port, &emails[1]));
-    let as_user = |auth: &str| get_h(gw.port, "/u/x", &[("Authorization", auth)]);
+    let a = bearer(&login(gw.port, &emails[0]));
+    let b = bearer(&login(gw.port, &emails[1]));
+    let as_user = |auth: &str| get_ok(gw.port, "/u/x", &[("Authorization", auth)]);
 
     assert_eq!(as_user(&a).status, 200);
     assert_eq!(as_user(&a).status, 200);
@@ -754,82 +635,6 @@ fn redis_limit_is_shared_by_two_gateway_instances() {
     assert_eq!(up.request_count(), 6);
 }
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
-
-/// A `redis-server` child on a free loopback port, without persistence; killed on drop.
-struct OwnRedis {
-    port: u16,
-    _dir: TempDir,
-    child: Option<Child>,
-}
-
-fn redis_pings(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-impl OwnRedis {
-    /// `None` (with a note) when redis-server is missing or does not come up.
-    fn start() -> Option<OwnRedis> {
-        if !Path::new(REDIS_SERVER).exists() {
-            eprintln!("note: {REDIS_SERVER} not found; skipping");
-            return None;
-        }
-        let dir = TempDir::new("redis");
-        for _ in 0..5 {
-            let port = free_port();
-            let spawned = Command::new(REDIS_SERVER)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(&dir.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let Ok(mut child) = spawned else {
-                eprintln!("note: cannot run {REDIS_SERVER}; skipping");
-                return None;
-            };
-            let up = wait_until(Duration::from_secs(5), || {
-                redis_pings(port) || !matches!(child.try_wait(), Ok(None))
-            });
-            if up && redis_pings(port) {
-                return Some(OwnRedis {
-                    port,
-                    _dir: dir,
-                    child: Some(child),
-                });
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        eprintln!("note: redis-server did not start; skipping");
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// SIGKILL: the store vanishes without a goodbye.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn redis_outage_lets_requests_through_with_allow_and_refuses_them_with_deny() {
     let Some(mut redis) = OwnRedis::start() else {
@@ -878,15 +683,7 @@ const IP_ROUTES: &str = "routes:
 ";
 
 fn ip_gateway(server_extra: &str) -> (FakeUpstream, Gw) {
-    let up = FakeUpstream::start(Behavior::Echo);
-    let gw = Gw::start_with_server(
-        server_extra,
-        &format!(
-            "upstreams:\n{}\n{IP_ROUTES}",
-            upstream("app", &[up.url()], "")
-        ),
-    );
-    (up, gw)
+    echo_pool_gateway("app", server_extra, IP_ROUTES)
 }
 
 fn assert_ip_forbidden(r: &Response) {
@@ -973,20 +770,21 @@ fn request_header_rules_set_add_and_remove_what_the_upstream_sees() {
 
 #[test]
 fn response_header_rules_set_and_remove_what_the_client_sees() {
-    let up = FakeUpstream::start(Behavior::Respond {
-        status: 200,
-        headers: vec![
-            ("X-Powered-By".into(), "PHP".into()),
-            ("Server".into(), "x".into()),
-            ("X-Frame-Options".into(), "SAMEORIGIN".into()),
-            ("X-Kept".into(), "yes".into()),
+    let up = FakeUpstream::responding(
+        200,
+        &[
+            ("X-Powered-By", "PHP"),
+            ("Server", "x"),
+            ("X-Frame-Options", "SAMEORIGIN"),
+            ("X-Kept", "yes"),
         ],
-        body: "hello".into(),
-    });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: ruled, prefix: /ruled, upstream: app, {HEADER_RULES}}}\n",
-        upstream("app", &[up.url()], "")
-    ));
+        "hello",
+    );
+    let gw = pool_gateway(
+        "app",
+        &[up.url()],
+        &format!("routes:\n  - {{name: ruled, prefix: /ruled, upstream: app, {HEADER_RULES}}}\n"),
+    );
     let r = gw.get("/ruled/x");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "hello");
@@ -1053,26 +851,10 @@ fn json_4k() -> String {
     doc
 }
 
-fn respond(content_type: &str, body: String) -> FakeUpstream {
-    FakeUpstream::start(Behavior::Respond {
-        status: 200,
-        headers: vec![("Content-Type".into(), content_type.into())],
-        body,
-    })
-}
-
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).expect("gzip");
     e.finish().expect("gzip finish")
-}
-
-fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data)
-        .read_to_end(&mut out)
-        .expect("valid gzip");
-    out
 }
 
 /// Upstreams and routes for the compression tests.
@@ -1090,9 +872,11 @@ impl CompressionSite {
         let json = json_4k();
         let small = format!("{{\"pad\":\"{}\"}}", "a".repeat(90));
         assert_eq!(small.len(), 100);
-        let big = respond("application/json", json.clone());
-        let tiny_json = respond("application/json", small.clone());
-        let png = respond("image/png", "P".repeat(4096));
+        let big = FakeUpstream::responding(200, &[("Content-Type", "application/json")], &json);
+        let tiny_json =
+            FakeUpstream::responding(200, &[("Content-Type", "application/json")], &small);
+        let png =
+            FakeUpstream::responding(200, &[("Content-Type", "image/png")], &"P".repeat(4096));
         let pre_gzipped = gzip(json.as_bytes());
         let payload = pre_gzipped.clone();
         let tiny = TinyUpstream::start(Arc::new(move |s: &mut TcpStream, _: &str, _| {
@@ -1158,7 +942,7 @@ fn gzip_accepting_client_gets_a_gzip_body_that_inflates_to_the_original() {
     );
     assert!(r.body.len() < s.json.len(), "not smaller");
     assert_eq!(gunzip(&r.body), s.json.as_bytes());
-    assert!(tokens(&r.headers, "vary").contains(&"accept-encoding".to_string()));
+    assert!(header_tokens(&r.headers, "vary").contains(&"accept-encoding".to_string()));
     // A client that asks for nothing gets the body as it is.
     let plain = s.gw.get("/json/x");
     assert_identity(&plain, s.json.as_bytes(), "no Accept-Encoding");
@@ -1273,7 +1057,7 @@ const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 fn ws_upstream() -> TinyUpstream {
     TinyUpstream::start(Arc::new(|s: &mut TcpStream, head: &str, rest: Vec<u8>| {
         let h = head_headers(head);
-        let wants_ws = tokens(&h, "upgrade").contains(&"websocket".to_string());
+        let wants_ws = header_tokens(&h, "upgrade").contains(&"websocket".to_string());
         if !wants_ws {
             let body = "no upgrade";
             let resp = format!(
@@ -1345,10 +1129,11 @@ fn assert_echoes(hs: &mut Handshake, payload: &[u8]) {
 #[test]
 fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
     let up = ws_upstream();
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: live, prefix: /live, upstream: ws, websocket: true}}\n",
-        upstream("ws", &[up.url()], "")
-    ));
+    let gw = pool_gateway(
+        "ws",
+        &[up.url()],
+        "routes:\n  - {name: live, prefix: /live, upstream: ws, websocket: true}\n",
+    );
     let mut hs = ws_connect(gw.port, "/live/socket", &[]);
     assert_eq!(hs.status, 101, "{:?}", hs.headers);
     assert_echoes(&mut hs, b"\x81\x05hello");
@@ -1357,8 +1142,8 @@ fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
     let heads = up.heads();
     assert_eq!(heads.len(), 1);
     let seen = head_headers(&heads[0]);
-    assert_eq!(tokens(&seen, "upgrade"), vec!["websocket"]);
-    assert!(tokens(&seen, "connection").contains(&"upgrade".to_string()));
+    assert_eq!(header_tokens(&seen, "upgrade"), vec!["websocket"]);
+    assert!(header_tokens(&seen, "connection").contains(&"upgrade".to_string()));
     assert_eq!(one(&seen, "sec-websocket-key"), WS_KEY);
     assert_eq!(one(&seen, "sec-websocket-version"), "13");
 
@@ -1366,12 +1151,12 @@ fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
     // connection when the 101 lacks `Upgrade: websocket` (RFC 6455 §4.1, RFC 9110 §15.2.2).
     assert_eq!(one(&hs.headers, "sec-websocket-accept"), WS_ACCEPT);
     assert!(
-        tokens(&hs.headers, "connection").contains(&"upgrade".to_string()),
+        header_tokens(&hs.headers, "connection").contains(&"upgrade".to_string()),
         "{:?}",
         hs.headers
     );
     assert!(
-        tokens(&hs.headers, "upgrade").contains(&"websocket".to_string()),
+        header_tokens(&hs.headers, "upgrade").contains(&"websocket".to_string()),
         "the 101 reached the client without `Upgrade: websocket`: {:?}",
         hs.headers
     );
@@ -1380,10 +1165,11 @@ fn websocket_route_switches_protocols_and_relays_bytes_both_ways() {
 #[test]
 fn route_without_websocket_drops_upgrade_and_never_switches() {
     let up = ws_upstream();
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: plain, prefix: /plain, upstream: ws}}\n",
-        upstream("ws", &[up.url()], "")
-    ));
+    let gw = pool_gateway(
+        "ws",
+        &[up.url()],
+        "routes:\n  - {name: plain, prefix: /plain, upstream: ws}\n",
+    );
     let hs = ws_connect(gw.port, "/plain/socket", &[]);
     assert_ne!(hs.status, 101, "switched on a route without websocket");
     assert_eq!(hs.status, 200, "{:?}", hs.headers);
@@ -1391,11 +1177,11 @@ fn route_without_websocket_drops_upgrade_and_never_switches() {
     assert_eq!(heads.len(), 1);
     let seen = head_headers(&heads[0]);
     assert!(
-        tokens(&seen, "upgrade").is_empty(),
+        header_tokens(&seen, "upgrade").is_empty(),
         "upstream saw Upgrade: {seen:?}"
     );
     assert!(
-        !tokens(&seen, "connection").contains(&"upgrade".to_string()),
+        !header_tokens(&seen, "connection").contains(&"upgrade".to_string()),
         "{seen:?}"
     );
 }
@@ -1424,7 +1210,7 @@ fn websocket_upgrade_requires_authentication_on_protected_routes() {
         "an unauthenticated upgrade reached the upstream"
     );
 
-    let token = access_token(gw.port, &email);
+    let token = login(gw.port, &email);
     let mut hs = ws_connect(
         gw.port,
         "/live/socket",

@@ -6,19 +6,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// An Echo upstream behind `/api` (any method), plus `extra_routes` (YAML list items).
-fn echo_gateway(server_extra: &str, extra_routes: &str) -> (FakeUpstream, Gw) {
-    let up = FakeUpstream::start(Behavior::Echo);
-    let gw = Gw::start_with_server(
-        server_extra,
-        &format!(
-            "upstreams:\n{}\nroutes:\n  - {{prefix: /api, upstream: api}}\n{extra_routes}",
-            upstream("api", &[up.url()], "")
-        ),
-    );
-    (up, gw)
-}
-
 /// Targets the upstream has received so far.
 fn targets(up: &FakeUpstream) -> Vec<String> {
     up.requests().into_iter().map(|r| r.target).collect()
@@ -29,20 +16,6 @@ fn targets(up: &FakeUpstream) -> Vec<String> {
 fn barrier(gw: &Gw, path: &str) {
     let r = gw.get(path);
     assert_eq!(r.status, 200, "barrier request {path}: {}", r.text());
-}
-
-/// Asserts a gateway error body: `{"error": {"status", "code", "request_id", ..}}` whose
-/// request id is also the `X-Request-Id` header.
-fn assert_json_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let v = json(r);
-    assert_eq!(v["error"]["status"], status, "{v}");
-    assert_eq!(v["error"]["code"], code, "{v}");
-    let id = v["error"]["request_id"]
-        .as_str()
-        .expect("request_id string");
-    assert_eq!(r.header("x-request-id"), Some(id));
 }
 
 /// How a connection ended, as seen by the client within a bounded wait.
@@ -83,7 +56,7 @@ fn http11_request_without_host_is_400_with_json_error() {
     let (up, gw) = echo_gateway("", "");
     let r = raw_request(gw.port, b"GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n")
         .expect("response to a Host-less HTTP/1.1 request");
-    assert_json_error(&r, 400, "bad_request");
+    assert_json_error(&r, 400, "bad_request", "");
     barrier(&gw, "/api/after");
     assert_eq!(
         targets(&up),
@@ -113,7 +86,7 @@ fn content_length_with_transfer_encoding_is_400_and_never_reaches_upstream() {
     ];
     for bytes in variants {
         let r = raw_request(gw.port, bytes).expect("response to CL+TE request");
-        assert_json_error(&r, 400, "bad_request");
+        assert_json_error(&r, 400, "bad_request", "");
     }
     barrier(&gw, "/api/after");
     assert_eq!(
@@ -149,7 +122,7 @@ fn trace_is_405_even_on_a_route_allowing_any_method() {
         b"TRACE /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .expect("response to TRACE");
-    assert_json_error(&r, 405, "method_not_allowed");
+    assert_json_error(&r, 405, "method_not_allowed", "");
     // The same route takes other methods (it really allows "any").
     let r = request(gw.port, "DELETE", "/api/x", &[], b"").expect("DELETE");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -168,7 +141,7 @@ fn header_block_over_max_header_bytes_is_431() {
     let (up, gw) = echo_gateway(HEADER_LIMIT_4K, "");
     let big = "b".repeat(6 * 1024);
     let r = get(gw.port, "/api/big", &[("X-Big", &big)]).expect("response to a 6 KiB header");
-    assert_json_error(&r, 431, "headers_too_large");
+    assert_json_error(&r, 431, "headers_too_large", "");
     barrier(&gw, "/api/after");
     assert_eq!(
         targets(&up),
@@ -191,7 +164,7 @@ fn header_block_of_exactly_max_header_bytes_passes_and_one_byte_more_is_431() {
     let r = raw_request(gw.port, &head_of_len("/api/exact", 4096)).expect("response");
     assert_eq!(r.status, 200, "a head of exactly the limit: {}", r.text());
     let r = raw_request(gw.port, &head_of_len("/api/over", 4097)).expect("response");
-    assert_json_error(&r, 431, "headers_too_large");
+    assert_json_error(&r, 431, "headers_too_large", "");
     assert_eq!(targets(&up), ["/api/exact"]);
 }
 
@@ -206,7 +179,7 @@ fn content_length_over_global_max_body_bytes_is_413() {
     let (up, gw) = echo_gateway(BODY_LIMIT_1K, "");
     let body = vec![b'x'; 2048];
     let r = request(gw.port, "POST", "/api/upload", &[], &body).expect("response");
-    assert_json_error(&r, 413, "payload_too_large");
+    assert_json_error(&r, 413, "payload_too_large", "");
     // At the limit is fine.
     let r = request(gw.port, "POST", "/api/ok", &[], &body[..1024]).expect("response");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -226,7 +199,7 @@ fn route_max_body_bytes_below_the_global_limit_is_413_on_that_route_only() {
     );
     let body = vec![b'x'; 200];
     let r = request(gw.port, "POST", "/small/upload", &[], &body).expect("response");
-    assert_json_error(&r, 413, "payload_too_large");
+    assert_json_error(&r, 413, "payload_too_large", "");
     // The same body is fine on a route under the (default, 10 MiB) global limit.
     let r = request(gw.port, "POST", "/api/upload", &[], &body).expect("response");
     assert_eq!(r.status, 200, "{}", r.text());

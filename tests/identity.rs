@@ -8,8 +8,6 @@
 //! sessions, are in `identity_redis.rs`.
 
 mod common;
-use common::backends::{Backend, TempDir};
-use common::users::{block_on, seed_users, unique, Account, PASSWORD};
 use common::*;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,11 +17,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The HS256 secret of the test gateways (forged tokens are signed with it).
-const SECRET: &str = "identity-tests-hs256-secret-0123456789abcdef";
-const COOKIE: &str = "predicthealth_session";
-const REFRESH_COOKIE: &str = "predicthealth_refresh";
 
 // ------------------------------------------------------------------------------------------
 // Users and gateways
@@ -116,7 +109,7 @@ impl Site {
 
     /// Logs `user` in through the JSON endpoint; returns the reply body.
     fn login(&self, user: &Account) -> Value {
-        let r = login_raw(self.port(), &user.email, PASSWORD, &[]);
+        let r = login_as(self.port(), &user.email, PASSWORD, &[]);
         assert_eq!(r.status, 200, "login {}: {}", user.email, r.text());
         json(&r)
     }
@@ -126,63 +119,12 @@ impl Site {
 // HTTP helpers
 // ------------------------------------------------------------------------------------------
 
-fn post_json(port: u16, path: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
-    let mut h = vec![("Content-Type", "application/json")];
-    h.extend_from_slice(headers);
-    request(port, "POST", path, &h, body.to_string().as_bytes())
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-}
-
-fn login_raw(port: u16, email: &str, password: &str, headers: &[(&str, &str)]) -> Response {
-    post_json(
-        port,
-        "/api/v1/auth/login",
-        &json!({"email": email, "password": password}),
-        headers,
-    )
-}
-
-fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-    let body: &[u8] = if method == "GET" { b"" } else { b"{}" };
-    request(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-fn get_h(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    get(port, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 fn cookie(token: &str) -> String {
-    format!("{COOKIE}={token}")
-}
-
-fn with_bearer(port: u16, path: &str, token: &str) -> Response {
-    get_h(port, path, &[("Authorization", &bearer(token))])
+    format!("{SESSION_COOKIE}={token}")
 }
 
 fn validate(port: u16, token: &str) -> Response {
     with_bearer(port, "/api/v1/auth/validate", token)
-}
-
-fn logout(port: u16, token: &str, all: bool) -> Response {
-    let path = if all {
-        "/api/v1/auth/logout?all=true"
-    } else {
-        "/api/v1/auth/logout"
-    };
-    send(port, "POST", path, &[("Authorization", &bearer(token))])
-}
-
-fn refresh(port: u16, refresh_token: &str) -> Response {
-    post_json(
-        port,
-        "/api/v1/auth/refresh",
-        &json!({"refresh_token": refresh_token}),
-        &[],
-    )
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -191,57 +133,12 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} is not a string in {v}"))
 }
 
-/// The `error.code` of one of the gateway's JSON errors.
-fn error_code(r: &Response) -> String {
-    json(r)["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.code in {}", r.text()))
-        .to_string()
-}
-
-/// The `Set-Cookie` line that sets `name`.
-fn set_cookie<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.header_all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-}
-
-fn cookie_value(line: &str) -> &str {
-    let first = line.split(';').next().unwrap_or("");
-    first.split_once('=').map_or("", |(_, v)| v)
-}
-
 /// The attributes of a `Set-Cookie` line, lowercased (`httponly`, `path=/`, …).
 fn cookie_attrs(line: &str) -> Vec<String> {
     line.split(';')
         .skip(1)
         .map(|a| a.trim().to_ascii_lowercase())
         .collect()
-}
-
-/// The single value of `name` an upstream request carried (fails on none or several).
-fn one<'a>(req: &'a RecordedRequest, name: &str) -> &'a str {
-    match req.header_all(name).as_slice() {
-        [v] => v,
-        other => panic!(
-            "upstream got {name}: {other:?} (headers: {:?})",
-            req.headers
-        ),
-    }
-}
-
-/// Sends a request that must reach the upstream; returns the request the upstream saw.
-fn forwarded(site: &Site, method: &str, path: &str, headers: &[(&str, &str)]) -> RecordedRequest {
-    let before = site.up.request_count();
-    let r = send(site.port(), method, path, headers);
-    assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
-    let reqs = site.up.requests();
-    assert_eq!(
-        reqs.len(),
-        before + 1,
-        "{path}: one upstream request expected"
-    );
-    reqs[before].clone()
 }
 
 const IDENTITY_HEADERS: [&str; 4] = ["authorization", "x-user-id", "x-user-role", "x-session-id"];
@@ -413,7 +310,7 @@ fn login_answers_a_token_pair_the_user_and_a_strict_httponly_cookie(b: Backend) 
         return;
     };
     let u = &site.users[0];
-    let r = login_raw(site.port(), &u.email, PASSWORD, &[]);
+    let r = login_as(site.port(), &u.email, PASSWORD, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let v = json(&r);
@@ -432,7 +329,7 @@ fn login_answers_a_token_pair_the_user_and_a_strict_httponly_cookie(b: Backend) 
     assert_eq!(claims["role"], "patient");
     assert_eq!(claims["typ"], "access");
 
-    let c = set_cookie(&r, COOKIE).expect("session cookie set");
+    let c = set_cookie(&r, SESSION_COOKIE).expect("session cookie set");
     assert_eq!(cookie_value(c), access);
     let attrs = cookie_attrs(c);
     for want in ["httponly", "samesite=strict", "path=/"] {
@@ -465,14 +362,14 @@ fn validate_accepts_a_live_token_and_refuses_a_missing_one(b: Backend) {
     assert_eq!(v["session_id"], claims["sid"]);
     assert_eq!(v["claims"], claims, "the token's claims");
 
-    let r = get_h(site.port(), "/api/v1/auth/validate", &[]);
+    let r = get_ok(site.port(), "/api/v1/auth/validate", &[]);
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r
         .header("www-authenticate")
         .is_some_and(|w| w.starts_with("Bearer")));
     assert_eq!(error_code(&r), "unauthorized");
 
-    let r = get_h(
+    let r = get_ok(
         site.port(),
         "/api/v1/auth/validate",
         &[("Cookie", &cookie(&access))],
@@ -548,7 +445,7 @@ fn logout_ends_the_session_for_validate_and_protected_routes(b: Backend) {
     let r = logout(site.port(), access, false);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["logged_out"], true);
-    let cleared = set_cookie(&r, COOKIE).expect("session cookie cleared");
+    let cleared = set_cookie(&r, SESSION_COOKIE).expect("session cookie cleared");
     assert!(
         cookie_attrs(cleared).iter().any(|a| a == "max-age=0"),
         "{cleared}"
@@ -625,14 +522,14 @@ fn browser_logout_redirects_to_login_and_clears_the_cookies(b: Backend) {
         return;
     };
     let access = str_of(&site.login(&site.users[0]), "access_token").to_string();
-    let r = get_h(
+    let r = get_ok(
         site.port(),
         "/logout",
         &[("Cookie", &cookie(&access)), ("Accept", "text/html")],
     );
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.header("location"), Some("/login"));
-    for name in [COOKIE, REFRESH_COOKIE] {
+    for name in [SESSION_COOKIE, REFRESH_COOKIE] {
         let c = set_cookie(&r, name).unwrap_or_else(|| panic!("{name} not cleared"));
         assert_eq!(cookie_value(c), "", "{c}");
         assert!(cookie_attrs(c).iter().any(|a| a == "max-age=0"), "{c}");
@@ -687,7 +584,10 @@ fn portal_login_from_an_api_client_answers_json(b: Backend) {
         validate(site.port(), str_of(&v, "access_token")).status,
         200
     );
-    assert!(set_cookie(&r, COOKIE).is_some(), "session cookie set");
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_some(),
+        "session cookie set"
+    );
 }
 
 fn portal_form_login_from_a_browser_redirects_to_the_dashboard_or_a_safe_next(b: Backend) {
@@ -707,7 +607,7 @@ fn portal_form_login_from_a_browser_redirects_to_the_dashboard_or_a_safe_next(b:
         let r = form_login(site.port(), PATIENT_PORTAL, &u.email, PASSWORD, next);
         assert_eq!(r.status, 303, "next {next:?}: {}", r.text());
         assert_eq!(r.header("location"), Some(want), "next {next:?}");
-        let c = set_cookie(&r, COOKIE).expect("session cookie set");
+        let c = set_cookie(&r, SESSION_COOKIE).expect("session cookie set");
         assert_eq!(validate(site.port(), cookie_value(c)).status, 200);
     }
     // `next` in the query string works the same way.
@@ -743,7 +643,10 @@ fn portal_form_login_with_a_wrong_password_redirects_back_to_login(b: Backend) {
         Some("/patient/records"),
         "the safe next is kept: {loc}"
     );
-    assert!(set_cookie(&r, COOKIE).is_none(), "no session cookie");
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_none(),
+        "no session cookie"
+    );
 }
 
 /// The query parameters (decoded) of a redirect to `/login?…`.
@@ -771,7 +674,10 @@ fn portal_login_refuses_another_roles_credentials(b: Backend) {
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(error_code(&r), "wrong_portal");
-    assert!(set_cookie(&r, COOKIE).is_none(), "no session cookie");
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_none(),
+        "no session cookie"
+    );
 
     // A browser goes back to the patient tab of the login page with the error.
     let r = form_login(site.port(), PATIENT_PORTAL, &d.email, PASSWORD, None);
@@ -788,7 +694,10 @@ fn portal_login_refuses_another_roles_credentials(b: Backend) {
         Some("patient"),
         "{loc}"
     );
-    assert!(set_cookie(&r, COOKIE).is_none(), "no session cookie");
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_none(),
+        "no session cookie"
+    );
 
     let r = post_json(
         site.port(),
@@ -834,8 +743,8 @@ fn routes_admit_exactly_the_roles_they_name(b: Backend) {
                 // `auth: none` never looks at the token: no identity goes upstream.
                 assert_no_identity_headers(&req, &what);
             } else {
-                assert_eq!(one(&req, "x-user-role"), role, "{what}");
-                assert_eq!(one(&req, "x-user-id"), u.id.to_string(), "{what}");
+                assert_eq!(one(&req.headers, "x-user-role"), role, "{what}");
+                assert_eq!(one(&req.headers, "x-user-id"), u.id.to_string(), "{what}");
             }
         }
     }
@@ -849,7 +758,7 @@ fn anonymous_api_clients_get_401_json_with_www_authenticate(b: Backend) {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
         for path in ["/doctor/x", "/private/x"] {
             let before = site.up.request_count();
-            let r = get_h(site.port(), path, &headers);
+            let r = get_ok(site.port(), path, &headers);
             assert_eq!(r.status, 401, "{path} {accept:?}: {}", r.text());
             assert_eq!(
                 r.header("www-authenticate"),
@@ -865,7 +774,7 @@ fn anonymous_api_clients_get_401_json_with_www_authenticate(b: Backend) {
             assert_eq!(site.up.request_count(), before, "{path}: forwarded");
         }
         for path in ["/optional/x", "/public/x"] {
-            let req = forwarded(&site, "GET", path, &headers);
+            let req = forwarded(&site.gw, &site.up, path, &headers).1;
             assert_no_identity_headers(&req, path);
         }
     }
@@ -878,7 +787,7 @@ fn anonymous_browsers_are_redirected_to_login_with_the_local_path_as_next(b: Bac
     let browser = [("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")];
     let before = site.up.request_count();
     let target = "/private/records?tab=notes&q=a%20b";
-    let r = get_h(site.port(), target, &browser);
+    let r = get_ok(site.port(), target, &browser);
     assert_eq!(r.status, 303, "{}", r.text());
     let loc = r.header("location").unwrap_or("");
     let next = loc
@@ -895,18 +804,18 @@ fn anonymous_browsers_are_redirected_to_login_with_the_local_path_as_next(b: Bac
     );
     assert_eq!(site.up.request_count(), before, "not forwarded");
 
-    let r = get_h(site.port(), "/doctor/x", &browser);
+    let r = get_ok(site.port(), "/doctor/x", &browser);
     assert_eq!(r.status, 303);
     assert_eq!(r.header("location"), Some("/login?next=/doctor/x"));
-    assert_eq!(get_h(site.port(), "/optional/x", &browser).status, 200);
+    assert_eq!(get_ok(site.port(), "/optional/x", &browser).status, 200);
 
     // Signed in with the wrong role: 403, not a redirect back to the login page.
     let access = str_of(&site.login(&site.users[0]), "access_token").to_string();
     let mut h = browser.to_vec();
     let c = cookie(&access);
     h.push(("Cookie", &c));
-    assert_eq!(get_h(site.port(), "/doctor/x", &h).status, 403);
-    assert_eq!(get_h(site.port(), "/private/x", &h).status, 200);
+    assert_eq!(get_ok(site.port(), "/doctor/x", &h).status, 403);
+    assert_eq!(get_ok(site.port(), "/private/x", &h).status, 200);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -915,10 +824,10 @@ fn anonymous_browsers_are_redirected_to_login_with_the_local_path_as_next(b: Bac
 
 fn assert_identity(req: &RecordedRequest, token: &str, u: &Account) {
     let claims = payload(token);
-    assert_eq!(one(req, "authorization"), bearer(token));
-    assert_eq!(one(req, "x-user-id"), u.id.to_string());
-    assert_eq!(one(req, "x-user-role"), u.role.as_str());
-    assert_eq!(one(req, "x-session-id"), str_of(&claims, "sid"));
+    assert_eq!(one(&req.headers, "authorization"), bearer(token));
+    assert_eq!(one(&req.headers, "x-user-id"), u.id.to_string());
+    assert_eq!(one(&req.headers, "x-user-role"), u.role.as_str());
+    assert_eq!(one(&req.headers, "x-session-id"), str_of(&claims, "sid"));
 }
 
 const SPOOFS: [(&str, &str); 3] = [
@@ -937,7 +846,7 @@ fn upstreams_get_identity_headers_for_a_bearer_request(b: Backend) {
     let mut h = vec![("Authorization", auth.as_str())];
     h.extend_from_slice(&SPOOFS);
     for route in ["/private/x", "/optional/x"] {
-        let req = forwarded(&site, "GET", route, &h);
+        let req = forwarded(&site.gw, &site.up, route, &h).1;
         assert_identity(&req, &token, u);
     }
 }
@@ -952,7 +861,7 @@ fn upstreams_get_identity_headers_for_a_cookie_only_request(b: Backend) {
     let mut h = vec![("Cookie", c.as_str())];
     h.extend_from_slice(&SPOOFS);
     for route in ["/doctor/x", "/private/x", "/optional/x"] {
-        let req = forwarded(&site, "GET", route, &h);
+        let req = forwarded(&site.gw, &site.up, route, &h).1;
         assert_identity(&req, &token, u);
     }
 }
@@ -968,13 +877,13 @@ fn the_gateways_cookies_never_reach_an_upstream(b: Backend) {
     let v = site.login(u);
     let (access, refresh) = (str_of(&v, "access_token"), str_of(&v, "refresh_token"));
     let jar = format!(
-        "theme=dark; {COOKIE}={access}; lang=es; {REFRESH_COOKIE}={refresh}; \
+        "theme=dark; {SESSION_COOKIE}={access}; lang=es; {REFRESH_COOKIE}={refresh}; \
          predicthealth_csrf=c5rf; predicthealth_flash=success:logged_out; predicthealth_session2=mine"
     );
     for route in ["/private/x", "/optional/x", "/public/x"] {
-        let req = forwarded(&site, "GET", route, &[("Cookie", jar.as_str())]);
+        let req = forwarded(&site.gw, &site.up, route, &[("Cookie", jar.as_str())]).1;
         assert_eq!(
-            one(&req, "cookie"),
+            one(&req.headers, "cookie"),
             "theme=dark; lang=es; predicthealth_session2=mine",
             "{route}"
         );
@@ -992,13 +901,19 @@ fn the_gateways_cookies_never_reach_an_upstream(b: Backend) {
         }
     }
     // Nothing but the gateway's cookies: no Cookie header at all.
-    let only = format!("{COOKIE}={access}; {REFRESH_COOKIE}={refresh}");
-    let req = forwarded(&site, "GET", "/private/x", &[("Cookie", only.as_str())]);
+    let only = format!("{SESSION_COOKIE}={access}; {REFRESH_COOKIE}={refresh}");
+    let req = forwarded(
+        &site.gw,
+        &site.up,
+        "/private/x",
+        &[("Cookie", only.as_str())],
+    )
+    .1;
     assert_eq!(req.header("cookie"), None, "{:?}", req.headers);
     assert_identity(&req, access, u);
     // Without any of the gateway's cookies the header passes exactly as sent.
-    let req = forwarded(&site, "GET", "/public/x", &[("Cookie", "a=1;b=2")]);
-    assert_eq!(one(&req, "cookie"), "a=1;b=2");
+    let req = forwarded(&site.gw, &site.up, "/public/x", &[("Cookie", "a=1;b=2")]).1;
+    assert_eq!(one(&req.headers, "cookie"), "a=1;b=2");
 }
 
 fn client_sent_identity_headers_are_removed_on_every_route(b: Backend) {
@@ -1018,14 +933,14 @@ fn client_sent_identity_headers_are_removed_on_every_route(b: Backend) {
             let mut h = SPOOFS.to_vec();
             h.extend(authz.map(|a| ("Authorization", a)));
             let what = format!("{route} with Authorization {authz:?}");
-            let req = forwarded(&site, "GET", route, &h);
+            let req = forwarded(&site.gw, &site.up, route, &h).1;
             assert_no_identity_headers(&req, &what);
         }
     }
     // A valid token on an `auth: none` route is not checked, so nothing is passed on.
     let mut h = SPOOFS.to_vec();
     h.push(("Authorization", valid.as_str()));
-    let req = forwarded(&site, "GET", "/public/x", &h);
+    let req = forwarded(&site.gw, &site.up, "/public/x", &h).1;
     assert_no_identity_headers(&req, "/public/x with a valid token");
 }
 
@@ -1290,7 +1205,7 @@ fn sign_in_from_another_sites_page_is_refused_and_sets_nothing(b: Backend) {
         };
         let r = login(ct, &creds, &extra);
         assert_eq!(r.status, 200, "{what}: {}", r.text());
-        assert!(set_cookie(&r, COOKIE).is_some(), "{what}");
+        assert!(set_cookie(&r, SESSION_COOKIE).is_some(), "{what}");
     }
 
     // The portal form keeps its CSRF token, and a valid token does not make a cross-site
@@ -1321,7 +1236,7 @@ fn sign_in_from_another_sites_page_is_refused_and_sets_nothing(b: Backend) {
     );
     let r = portal(&[("Origin", "http://localhost")]);
     assert_eq!(r.status, 303, "{}", r.text());
-    assert!(set_cookie(&r, COOKIE).is_some());
+    assert!(set_cookie(&r, SESSION_COOKIE).is_some());
 
     // Refresh sets cookies too: refused cross-site, and the refresh token is not spent.
     let v = site.login(u);
@@ -1356,7 +1271,7 @@ fn cookie_authenticated_posts_need_a_same_or_trusted_origin(b: Backend) {
     let post = |extra: &[(&str, &str)]| {
         let mut h = vec![("Host", host.as_str())];
         h.extend_from_slice(extra);
-        send(site.port(), "POST", "/private/x", &h)
+        request_ok(site.port(), "POST", "/private/x", &h, b"{}")
     };
 
     for (what, headers) in [
@@ -1408,7 +1323,7 @@ fn cookie_authenticated_posts_need_a_same_or_trusted_origin(b: Backend) {
         assert_eq!(r.status, 200, "{what}: {}", r.text());
     }
     // Safe methods are not state-changing: a foreign Origin does not matter.
-    let r = get_h(
+    let r = get_ok(
         site.port(),
         "/private/x",
         &[("Cookie", &c), ("Origin", "http://evil.example")],
@@ -1417,7 +1332,7 @@ fn cookie_authenticated_posts_need_a_same_or_trusted_origin(b: Backend) {
 }
 
 fn secure_flags(r: &Response) -> Vec<bool> {
-    [COOKIE, REFRESH_COOKIE]
+    [SESSION_COOKIE, REFRESH_COOKIE]
         .iter()
         .map(|n| {
             let c = set_cookie(r, n).unwrap_or_else(|| panic!("{n} not set"));
@@ -1436,7 +1351,7 @@ fn secure_cookies_follow_a_trusted_proxys_forwarded_proto(b: Backend) {
     };
     let email = site.users[0].email.clone();
     let login = |port, h: &[(&str, &str)]| {
-        let r = login_raw(port, &email, PASSWORD, h);
+        let r = login_as(port, &email, PASSWORD, h);
         assert_eq!(r.status, 200, "{}", r.text());
         secure_flags(&r)
     };
@@ -1458,7 +1373,7 @@ fn secure_cookies_follow_a_trusted_proxys_forwarded_proto(b: Backend) {
         return;
     };
     let email = untrusted.users[0].email.clone();
-    let r = login_raw(untrusted.port(), &email, PASSWORD, &https);
+    let r = login_as(untrusted.port(), &email, PASSWORD, &https);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         secure_flags(&r),
@@ -1496,15 +1411,18 @@ fn an_account_locks_after_three_failures_even_for_the_right_password(b: Backend)
     let (u, other) = (&site.users[0], &site.users[1]);
     let locked_before = count_events(&site.db, "locked");
     for i in 1..=3 {
-        let r = login_raw(site.port(), &u.email, "wrong-password-123", &[]);
+        let r = login_as(site.port(), &u.email, "wrong-password-123", &[]);
         assert_eq!(r.status, 401, "failure {i}: {}", r.text());
         assert_eq!(error_code(&r), "invalid_credentials");
     }
-    let r = login_raw(site.port(), &u.email, PASSWORD, &[]);
+    let r = login_as(site.port(), &u.email, PASSWORD, &[]);
     assert_locked(&r, 60, "4th attempt, right password");
-    assert!(set_cookie(&r, COOKIE).is_none(), "no session while locked");
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_none(),
+        "no session while locked"
+    );
     assert_locked(
-        &login_raw(site.port(), &u.email, PASSWORD, &[]),
+        &login_as(site.port(), &u.email, PASSWORD, &[]),
         60,
         "5th attempt",
     );
@@ -1514,7 +1432,7 @@ fn an_account_locks_after_three_failures_even_for_the_right_password(b: Backend)
     );
     // The lock is per account: another user from the same address signs in.
     assert_eq!(
-        login_raw(site.port(), &other.email, PASSWORD, &[]).status,
+        login_as(site.port(), &other.email, PASSWORD, &[]).status,
         200
     );
 }
@@ -1539,7 +1457,7 @@ fn a_client_ip_locks_after_three_failures_across_accounts(b: Backend) {
     let ip = format!("10.{x}.{y}.{z}");
     let other_ip = format!("10.{x}.{y}.{}", z ^ 1);
     let from = |ip: &str, email: &str, pw: &str| {
-        login_raw(site.port(), email, pw, &[("X-Forwarded-For", ip)])
+        login_as(site.port(), email, pw, &[("X-Forwarded-For", ip)])
     };
     for i in 1..=3 {
         let email = format!("nobody-{i}-{}@identity.test", unique());
@@ -1559,12 +1477,12 @@ fn unknown_emails_are_refused_like_wrong_passwords(b: Backend) {
     let Some(site) = Site::start(b, Cfg::default(), &[(Role::Patient, "Pat")]) else {
         return;
     };
-    let wrong = login_raw(site.port(), &site.users[0].email, "wrong-password-123", &[]);
+    let wrong = login_as(site.port(), &site.users[0].email, "wrong-password-123", &[]);
     let unknown_email = format!("nobody-{}@identity.test", unique());
-    let unknown = login_raw(site.port(), &unknown_email, PASSWORD, &[]);
+    let unknown = login_as(site.port(), &unknown_email, PASSWORD, &[]);
     for (what, r) in [("wrong password", &wrong), ("unknown email", &unknown)] {
         assert_eq!(r.status, 401, "{what}: {}", r.text());
-        assert!(set_cookie(r, COOKIE).is_none(), "{what}");
+        assert!(set_cookie(r, SESSION_COOKIE).is_none(), "{what}");
     }
     let strip = |r: &Response| {
         let mut v = json(r);

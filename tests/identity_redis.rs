@@ -4,19 +4,12 @@
 //! The everyday flows are in `identity.rs`.
 
 mod common;
-use common::users::refresh;
 use common::*;
 
-use gatehouse::auth::users::{Role, UserDb};
-use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use gatehouse::auth::users::Role;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const SECRET: &str = "identity-tests-hs256-secret-0123456789abcdef";
-const PASSWORD: &str = "correct-horse-battery-staple";
 
 /// The issue requires a protected route to answer within 1 s while the store is down; the
 /// bound allows 0.5 s of slack for a loaded test machine. Not a speed test: a hang fails it.
@@ -32,71 +25,15 @@ const ROUTES: &str = "routes:
   - {name: public, prefix: /public, upstream: app}
 ";
 
-fn unique() -> String {
-    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("gatehouse-identity-{}-{name}", unique()))
-}
-
-/// A directory under the system temp dir, removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = temp_path(name);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    fn sqlite_url(&self) -> String {
-        format!("sqlite://{}", self.0.join("users.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn env_url(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
 /// Migrates `db` and adds a patient with a unique email; returns (id, email).
 fn add_patient(db: &str) -> (i64, String) {
-    block_on(async {
-        let udb = UserDb::connect(Some(db)).await.expect("connect user db");
-        udb.migrate().await.expect("migrate user db");
-        let email = format!("patient-{}@identity.test", unique());
-        let u = udb
-            .add_user(&email, PASSWORD, Role::Patient, "Pat")
-            .await
-            .expect("add user");
-        (u.id, u.email)
-    })
+    let u = seed_users(db, "identity.test", &[(Role::Patient, "Pat")]).remove(0);
+    (u.id, u.email)
 }
 
 /// A gateway on `db` and `redis` (empty: the in-process store) with an Echo upstream.
 fn gateway(db: &str, redis: &str, up: &FakeUpstream) -> Gw {
-    Gw::start(&format!(
-        "upstreams:\n{}\n{ROUTES}auth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n",
-        upstream("app", &[up.url()], "")
-    ))
-}
-
-fn login(port: u16, email: &str) -> Response {
-    common::users::login_as(port, email, PASSWORD)
+    pool_gateway("app", &[up.url()], &format!("{ROUTES}auth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n"))
 }
 
 fn tokens(r: &Response) -> (String, String) {
@@ -106,22 +43,6 @@ fn tokens(r: &Response) -> (String, String) {
     (s("access_token"), s("refresh_token"))
 }
 
-fn with_bearer(port: u16, path: &str, token: &str) -> Response {
-    let auth = format!("Bearer {token}");
-    get(port, path, &[("Authorization", &auth)]).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-fn post_bearer(port: u16, path: &str, token: &str) -> Response {
-    let auth = format!("Bearer {token}");
-    request(port, "POST", path, &[("Authorization", &auth)], b"")
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
-}
-
-fn error_code(r: &Response) -> String {
-    let v: Value = json(r);
-    v["error"]["code"].as_str().unwrap_or("").to_string()
-}
-
 /// Runs `f`, asserting it finishes within `bound`.
 fn timed<T>(bound: Duration, what: &str, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
@@ -129,100 +50,6 @@ fn timed<T>(bound: Duration, what: &str, f: impl FnOnce() -> T) -> T {
     let took = start.elapsed();
     assert!(took < bound, "{what} took {took:?} (bound {bound:?})");
     out
-}
-
-// ------------------------------------------------------------------------------------------
-// Our own redis-server
-// ------------------------------------------------------------------------------------------
-
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
-
-/// A `redis-server` child on a free loopback port, without persistence; killed on drop.
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-fn redis_pings(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-impl OwnRedis {
-    /// `None` (with a note) when redis-server is missing or does not come up.
-    fn start() -> Option<OwnRedis> {
-        if !Path::new(REDIS_SERVER).exists() {
-            eprintln!("note: {REDIS_SERVER} not found; skipping");
-            return None;
-        }
-        let dir = temp_path("redis");
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut r = OwnRedis {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        if r.spawn() {
-            Some(r)
-        } else {
-            eprintln!("note: redis-server did not start; skipping");
-            None
-        }
-    }
-
-    /// Starts the server on `self.port` (again); true once it answers PING.
-    fn spawn(&mut self) -> bool {
-        let port = self.port.to_string();
-        // The port may take a moment to be free again after a kill: retry a few times.
-        for _ in 0..10 {
-            let spawned = Command::new(REDIS_SERVER)
-                .args(["--port", &port, "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let Ok(mut child) = spawned else {
-                return false;
-            };
-            let up = wait_until(Duration::from_secs(5), || {
-                redis_pings(self.port) || !matches!(child.try_wait(), Ok(None))
-            });
-            if up && redis_pings(self.port) {
-                self.child = Some(child);
-                return true;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// SIGKILL: the store vanishes without a goodbye.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -265,7 +92,7 @@ fn protected_routes_fail_closed_within_a_second_while_redis_is_down() {
         return;
     };
     let port = s.gw.port;
-    let (access, _) = tokens(&login(port, &s.email));
+    let (access, _) = tokens(&login_as(port, &s.email, PASSWORD, &[]));
     assert_eq!(with_bearer(port, "/private/x", &access).status, 200);
 
     s.redis.kill();
@@ -306,7 +133,7 @@ fn protected_routes_fail_closed_within_a_second_while_redis_is_down() {
         with_bearer(port, "/api/v1/auth/validate", &access)
     });
     assert_eq!(r.status, 503, "validate: {}", r.text());
-    let r = login(port, &s.email);
+    let r = login_as(port, &s.email, PASSWORD, &[]);
     assert_eq!(r.status, 503, "login: {}", r.text());
 }
 
@@ -316,7 +143,7 @@ fn fail_open_routes_accept_valid_tokens_while_redis_is_down() {
         return;
     };
     let port = s.gw.port;
-    let (access, _) = tokens(&login(port, &s.email));
+    let (access, _) = tokens(&login_as(port, &s.email, PASSWORD, &[]));
     s.redis.kill();
 
     let before = s.up.request_count();
@@ -345,9 +172,9 @@ fn sign_in_works_again_when_redis_returns_on_the_same_port() {
         return;
     };
     let port = s.gw.port;
-    let (old, _) = tokens(&login(port, &s.email));
+    let (old, _) = tokens(&login_as(port, &s.email, PASSWORD, &[]));
     s.redis.kill();
-    assert_eq!(login(port, &s.email).status, 503);
+    assert_eq!(login_as(port, &s.email, PASSWORD, &[]).status, 503);
 
     assert!(
         s.redis.spawn(),
@@ -356,7 +183,7 @@ fn sign_in_works_again_when_redis_returns_on_the_same_port() {
     );
     let mut last = None;
     let back = wait_until(Duration::from_secs(15), || {
-        let r = login(port, &s.email);
+        let r = login_as(port, &s.email, PASSWORD, &[]);
         let ok = r.status == 200;
         last = Some(r);
         ok
@@ -385,7 +212,7 @@ fn two_instances_share_sessions(db: &str, redis: &str) {
     let a = gateway(db, redis, &up);
     let b = gateway(db, redis, &up);
 
-    let (a1, r1) = tokens(&login(a.port, &email));
+    let (a1, r1) = tokens(&login_as(a.port, &email, PASSWORD, &[]));
     let r = with_bearer(b.port, "/api/v1/auth/validate", &a1);
     assert_eq!(r.status, 200, "A's token validates through B: {}", r.text());
     let before = up.request_count();
@@ -591,12 +418,12 @@ fn login_answers_503_quickly_while_the_database_is_down_and_recovers() {
     let (_, email) = add_patient(&db);
     let up = FakeUpstream::start(Behavior::Echo);
     let gw = gateway(&db, "", &up);
-    let (access, _) = tokens(&login(gw.port, &email));
+    let (access, _) = tokens(&login_as(gw.port, &email, PASSWORD, &[]));
 
     pg.stop_immediately();
     for i in 1..=2 {
         let r = timed(DATABASE_DOWN_BOUND, "login, database down", || {
-            login(gw.port, &email)
+            login_as(gw.port, &email, PASSWORD, &[])
         });
         assert_eq!(r.status, 503, "attempt {i}: {}", r.text());
         assert_eq!(error_code(&r), "auth_unavailable");
@@ -608,7 +435,7 @@ fn login_answers_503_quickly_while_the_database_is_down_and_recovers() {
 
     assert!(pg.start_server(), "PostgreSQL restarts");
     let back = wait_until(Duration::from_secs(20), || {
-        login(gw.port, &email).status == 200
+        login_as(gw.port, &email, PASSWORD, &[]).status == 200
     });
     assert!(back, "login works again once the database is back");
 }

@@ -9,74 +9,13 @@ mod common;
 use common::*;
 use gatehouse::Config;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 // ------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------
-
-/// The `/metrics` text of the admin listener on `admin_port`.
-fn scrape(admin_port: u16) -> String {
-    let r = get(admin_port, "/metrics", &[]).unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
-/// Values of every sample of metric `name` carrying all `labels` (other labels may differ).
-fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (label_part, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None, // a longer metric name sharing this prefix
-            };
-            let all = labels
-                .iter()
-                .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
-        })
-        .collect()
-}
-
-/// Sum of the samples of `name` with `labels` in `text` (0 when there are none).
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text, name, labels).iter().sum()
-}
-
-/// Sum of the samples of `name` with `labels`, scraped now from `admin_port`.
-fn metric(admin_port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
-    value(&scrape(admin_port), name, labels)
-}
-
-/// Polls the metric until it equals `want` (within 5 s); returns the last value seen.
-fn wait_metric(admin_port: u16, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
-    let mut last = f64::NAN;
-    wait_until(Duration::from_secs(5), || {
-        last = metric(admin_port, name, labels);
-        last == want
-    });
-    last
-}
-
-/// A fresh SQLite URL for one test (its own file; never shared with a running gateway).
-fn sqlite_url(tag: &str) -> String {
-    let path = std::env::temp_dir().join(format!(
-        "gatehouse-ops-{}-{tag}-{}.db",
-        std::process::id(),
-        free_port()
-    ));
-    let _ = std::fs::remove_file(&path);
-    format!("sqlite://{}", path.display())
-}
 
 /// An in-process gateway whose config can be rebuilt for reloads: `rest` is the YAML after
 /// the `server:` block (upstreams, routes), the `auth:` block stays the same.
@@ -87,7 +26,7 @@ struct Reloadable {
 
 impl Reloadable {
     fn start(rest: &str) -> Reloadable {
-        let auth = format!("auth:\n  database_url: \"{}\"\n", sqlite_url("reload"));
+        let auth = format!("auth:\n  database_url: \"{}\"\n", temp_db_url("reload"));
         let gw = Gw::start(&format!("{rest}\n{auth}"));
         Reloadable { gw, auth }
     }
@@ -159,20 +98,7 @@ fn promtool_accepts_the_metrics_of_a_gateway_that_served_traffic() {
     );
     assert!(text.contains("gatehouse_circuit_breaker_state{"), "{text}");
     let Some(promtool) = promtool() else { return };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics to promtool");
-    let out = child.wait_with_output().expect("promtool");
+    let out = output_with_stdin(Command::new(promtool).args(["check", "metrics"]), &text);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
@@ -388,10 +314,11 @@ fn counters_with_known_labels_exist_at_zero_on_a_fresh_gateway_and_after_a_reloa
 #[test]
 fn backend_health_gauge_goes_to_0_when_its_checks_fail_and_back_to_1() {
     let up = FakeUpstream::start(Behavior::Echo);
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\n    health_check: {{interval: 200ms, timeout: 200ms, rise: 1, fall: 1}}\nroutes:\n  - {{name: svc, prefix: /svc, upstream: svc}}\n",
-        upstream("svc", &[up.url()], "")
-    ));
+    let gw = svc_gateway(
+        &[up.url()],
+        "    health_check: {interval: 200ms, timeout: 200ms, rise: 1, fall: 1}\n",
+        "",
+    );
     let addr = up.addr();
     let labels = [("upstream", "svc"), ("backend", addr.as_str())];
     let name = "gatehouse_upstream_backend_healthy";
@@ -418,10 +345,11 @@ fn breaker_state_gauge_opens_after_consecutive_failures() {
         headers: vec![],
         body: "boom".into(),
     });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\n    circuit_breaker: {{consecutive_failures: 2, cooldown: 30s}}\nroutes:\n  - {{name: svc, prefix: /svc, upstream: svc, retry: {{retries: 0}}}}\n",
-        upstream("svc", &[up.url()], "")
-    ));
+    let gw = svc_gateway(
+        &[up.url()],
+        "    circuit_breaker: {consecutive_failures: 2, cooldown: 30s}\n",
+        ", retry: {retries: 0}",
+    );
     let addr = up.addr();
     let labels = [("upstream", "svc"), ("backend", addr.as_str())];
     let state = "gatehouse_circuit_breaker_state";
@@ -686,91 +614,45 @@ fn reload_carries_over_an_unchanged_pool_with_its_health_state() {
 // ------------------------------------------------------------------------------------------
 
 /// A `gatehouse run -c FILE` process on free ports (`${GATEHOUSE_LISTEN}`,
-/// `${GATEHOUSE_ADMIN_LISTEN}` and `${DATABASE_URL}` in the file); stderr is collected.
-struct Proc {
-    child: Child,
-    port: u16,
-    admin_port: u16,
-    log: Arc<Mutex<Vec<String>>>,
+/// `${GATEHOUSE_ADMIN_LISTEN}` and `${DATABASE_URL}` in the file), once both listeners answer.
+fn start(config: &Path) -> Process {
+    let (port, admin_port) = (free_port(), free_port());
+    let mut cmd = gatehouse_on(port, admin_port);
+    cmd.arg("run")
+        .arg("-c")
+        .arg(config)
+        .env("DATABASE_URL", temp_db_url("proc"))
+        .env("REDIS_URL", "");
+    let p = Process::spawn(&mut cmd, port, admin_port);
+    // The reload service starts before the admin listener, so once the admin /health
+    // answers, SIGHUP is handled and the file's first modification time has been read.
+    let up = wait_until(Duration::from_secs(15), || {
+        get(admin_port, "/health", &[]).is_ok_and(|r| r.status == 200)
+    });
+    assert!(up, "gatehouse did not start; log:\n{}", p.log_text());
+    // The proxy listener starts after the admin one: on a busy machine its first request
+    // could come before it listens.
+    let proxy_up = wait_until(Duration::from_secs(15), || {
+        get(port, "/health", &[]).is_ok()
+    });
+    assert!(
+        proxy_up,
+        "the proxy listener did not start; log:\n{}",
+        p.log_text()
+    );
+    p
 }
 
-impl Proc {
-    fn start(config: &Path) -> Proc {
-        let port = free_port();
-        let admin_port = free_port();
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("-c")
-            .arg(config)
-            .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env("DATABASE_URL", sqlite_url("proc"))
-            .env("REDIS_URL", "")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gatehouse");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        let p = Proc {
-            child,
-            port,
-            admin_port,
-            log,
-        };
-        // The reload service starts before the admin listener, so once the admin /health
-        // answers, SIGHUP is handled and the file's first modification time has been read.
-        let up = wait_until(Duration::from_secs(15), || {
-            get(admin_port, "/health", &[]).is_ok_and(|r| r.status == 200)
-        });
-        assert!(up, "gatehouse did not start; log:\n{}", p.log_text());
-        // The proxy listener starts after the admin one: on a busy machine its first request
-        // could come before it listens.
-        let proxy_up = wait_until(Duration::from_secs(15), || {
-            get(port, "/health", &[]).is_ok()
-        });
-        assert!(
-            proxy_up,
-            "the proxy listener did not start; log:\n{}",
-            p.log_text()
-        );
-        p
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} failed");
-    }
-
-    fn status(&self, path: &str) -> u16 {
-        get(self.port, path, &[]).map_or(0, |r| r.status)
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().expect("log").join("\n")
-    }
+/// The status `p` answers for `GET path` (0 when the request fails).
+fn status(p: &Process, path: &str) -> u16 {
+    get(p.port, path, &[]).map_or(0, |r| r.status)
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A config file with ports and database from the environment (see [`Proc`]).
+/// A config file with ports and database from the environment (see [`start`]).
 fn config_text(server_extra: &str, rest: &str) -> String {
     format!(
-        "server:\n  listen: ${{GATEHOUSE_LISTEN}}\n  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}\n  threads: 1\n  grace_period: 0s\n  shutdown_timeout: 0s\n  log: {{access_log: false}}\n{server_extra}{rest}\nauth: {{database_url: \"${{DATABASE_URL}}\"}}\n"
+        "{}{rest}\nauth: {{database_url: \"${{DATABASE_URL}}\"}}\n",
+        env_server_block(server_extra)
     )
 }
 
@@ -779,14 +661,6 @@ fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("yaml.new");
     std::fs::write(&tmp, text).expect("write config");
     std::fs::rename(&tmp, path).expect("rename config");
-}
-
-fn temp_config_path(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "gatehouse-ops-{}-{tag}-{}.yaml",
-        std::process::id(),
-        free_port()
-    ))
 }
 
 fn routes_yaml(up: &FakeUpstream, prefixes: &[&str]) -> String {
@@ -803,20 +677,20 @@ fn routes_yaml(up: &FakeUpstream, prefixes: &[&str]) -> String {
 #[test]
 fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_routes() {
     let up = FakeUpstream::start(Behavior::Echo);
-    let cfg = temp_config_path("hup");
+    let cfg = temp_path("hup.yaml");
     std::fs::write(&cfg, config_text("", &routes_yaml(&up, &["/a"]))).expect("write config");
-    let p = Proc::start(&cfg);
-    assert_eq!(p.status("/a"), 200);
-    assert_eq!(p.status("/b"), 404);
+    let p = start(&cfg);
+    assert_eq!(status(&p, "/a"), 200);
+    assert_eq!(status(&p, "/b"), 404);
 
     replace_file(&cfg, &config_text("", &routes_yaml(&up, &["/a", "/b"])));
     p.signal("-HUP");
     assert!(
-        wait_until(Duration::from_secs(10), || p.status("/b") == 200),
+        wait_until(Duration::from_secs(10), || status(&p, "/b") == 200),
         "the route added to the file is served after SIGHUP; log:\n{}",
         p.log_text()
     );
-    assert_eq!(p.status("/a"), 200);
+    assert_eq!(status(&p, "/a"), 200);
     let reloads = "gatehouse_config_reloads_total";
     assert_eq!(metric(p.admin_port, reloads, &[("result", "success")]), 1.0);
 
@@ -831,9 +705,9 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_routes() {
         "the refused reload is counted; log:\n{}",
         p.log_text()
     );
-    assert_eq!(p.status("/a"), 200, "old routes still answer");
-    assert_eq!(p.status("/b"), 200, "old routes still answer");
-    assert_eq!(p.status("/c"), 404);
+    assert_eq!(status(&p, "/a"), 200, "old routes still answer");
+    assert_eq!(status(&p, "/b"), 200, "old routes still answer");
+    assert_eq!(status(&p, "/c"), 404);
     assert_eq!(metric(p.admin_port, reloads, &[("result", "success")]), 1.0);
     assert!(
         p.log_text().contains("unknown upstream"),
@@ -846,20 +720,20 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_old_routes() {
 #[test]
 fn watch_config_reloads_an_edited_file_without_a_signal() {
     let up = FakeUpstream::start(Behavior::Echo);
-    let cfg = temp_config_path("watch");
+    let cfg = temp_path("watch.yaml");
     let watch = "  watch_config: true\n";
     std::fs::write(&cfg, config_text(watch, &routes_yaml(&up, &["/a"]))).expect("write config");
-    let p = Proc::start(&cfg);
-    assert_eq!(p.status("/a"), 200);
-    assert_eq!(p.status("/b"), 404);
+    let p = start(&cfg);
+    assert_eq!(status(&p, "/a"), 200);
+    assert_eq!(status(&p, "/b"), 404);
 
     replace_file(&cfg, &config_text(watch, &routes_yaml(&up, &["/a", "/b"])));
     assert!(
-        wait_until(Duration::from_secs(10), || p.status("/b") == 200),
+        wait_until(Duration::from_secs(10), || status(&p, "/b") == 200),
         "the edited file is picked up; log:\n{}",
         p.log_text()
     );
-    assert_eq!(p.status("/a"), 200);
+    assert_eq!(status(&p, "/a"), 200);
     assert_eq!(
         metric(
             p.admin_port,
@@ -874,10 +748,6 @@ fn watch_config_reloads_an_edited_file_without_a_signal() {
 // ------------------------------------------------------------------------------------------
 // deploy/: the dashboard and the alerts query only metrics the gateway exports
 // ------------------------------------------------------------------------------------------
-
-fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 /// Every metric name `src/metrics.rs` can export: its snake_case string literals with the
 /// `gatehouse_` prefix (label names slip in as harmless extras), and for the histograms

@@ -10,59 +10,18 @@
 mod common;
 use common::*;
 
-use common::users::{login, seed_users, unique, Account};
 use gatehouse::auth::users::Role;
 use serde_json::{json, Value};
 use std::io::Read;
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// HS256 secret of the test gateways.
-const SECRET: &str = "pages-tests-hs256-secret-0123456789abcdef-xyz";
-const SESSION_COOKIE: &str = "predicthealth_session";
 const CSRF_COOKIE: &str = "predicthealth_csrf";
 const FLASH_COOKIE: &str = "predicthealth_flash";
-/// What a browser navigating pages sends.
-const BROWSER: (&str, &str) = ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8");
-/// What an API client sends.
-const API_JSON: (&str, &str) = ("Accept", "application/json");
 
 // ------------------------------------------------------------------------------------------
 // Helpers: users, gateways, HTML
 // ------------------------------------------------------------------------------------------
 
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("gatehouse-pages-{}-{name}", unique()))
-}
-
-/// The `web:` block: the repo's templates and assets, the public pages, the patient
-/// dashboard (sources `profile` from pool `profiles` and `appointments` from pool
-/// `appointments`) and the doctor dashboard (no sources).
-fn web_block(data_timeout: &str) -> String {
-    format!(
-        "web:
-  templates: templates
-  assets: assets
-  assets_prefix: /assets/
-  data_timeout: {data_timeout}
-  pages:
-    - {{path: /, template: landing.html, title: Inicio}}
-    - {{path: /login, template: login.html, title: Iniciar sesión}}
-    - {{path: /docs, template: docs.html, title: Documentación}}
-    - path: /patient/dashboard
-      template: patient/dashboard.html
-      title: Mi panel
-      auth: required
-      roles: [patient]
-      data:
-        profile: {{upstream: profiles, path: \"/api/v1/patients/{{user_id}}\"}}
-        appointments: {{upstream: appointments, path: \"/api/v1/patients/{{user_id}}/appointments\"}}
-    - {{path: /doctor/dashboard, template: doctor/dashboard.html, title: Panel médico, auth: required, roles: [doctor]}}
-"
-    )
-}
-
-/// A gateway with pages, a fresh SQLite user database and its users.
 /// YAML for pools of these names whose one backend is down (pages that only list them).
 fn dead_pools(names: &[&str]) -> String {
     names
@@ -82,7 +41,7 @@ impl Site {
     /// `upstreams` is the body of `upstreams:` (must define `profiles` and `appointments`),
     /// `routes` a whole `routes:` block (or empty).
     fn start(upstreams: &str, routes: &str, data_timeout: &str, users: &[(Role, &str)]) -> Site {
-        let db = format!("sqlite://{}", temp_path("users.db").display());
+        let db = temp_db_url("pages");
         let users = seed_users(&db, "pages.test", users);
         let rest = format!(
             "upstreams:\n{upstreams}\n{routes}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_account: 5, max_failures_per_ip: 1000, window: 15m}}\n{}",
@@ -129,27 +88,17 @@ impl Site {
     }
 }
 
-/// A free port nobody listens on: a dead backend.
-fn dead_backend() -> String {
-    format!("http://127.0.0.1:{}", free_port())
-}
-
 /// A fake upstream answering 200 JSON `body`.
 fn json_upstream(body: &Value) -> FakeUpstream {
-    FakeUpstream::start(Behavior::Respond {
-        status: 200,
-        headers: vec![("Content-Type".into(), "application/json".into())],
-        body: body.to_string(),
-    })
+    FakeUpstream::responding(
+        200,
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    )
 }
 
 fn appointments_json() -> Value {
     json!([{"date": "2031-04-05", "doctor": "Dra. Quiroga Ferrando", "reason": "Revisión anual"}])
-}
-
-/// The response's `Content-Type`, lowercased.
-fn content_type(r: &Response) -> String {
-    r.header("content-type").unwrap_or("").to_ascii_lowercase()
 }
 
 /// The security headers every HTML answer carries.
@@ -249,41 +198,6 @@ fn assert_no_inline_code(html: &str, what: &str) {
     }
 }
 
-/// Undoes the HTML escaping minijinja applies (`&lt;`, `&#x2f;`, …), for comparing text.
-fn unescape(html: &str) -> String {
-    html.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&#x2f;", "/")
-        .replace("&#x2F;", "/")
-        .replace("&amp;", "&")
-}
-
-/// The text from `id="ID"` to the first `end` after it (e.g. `</section>`).
-fn element<'a>(html: &'a str, id: &str, end: &str) -> &'a str {
-    let marker = format!("id=\"{id}\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no element with {marker} in:\n{html}"));
-    let stop = html[start..]
-        .find(end)
-        .map_or(html.len(), |e| start + e + end.len());
-    &html[start..stop]
-}
-
-/// The `Set-Cookie` line that sets `name`.
-fn set_cookie<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.header_all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-}
-
-fn cookie_value(line: &str) -> &str {
-    let first = line.split(';').next().unwrap_or("");
-    first.split_once('=').map_or("", |(_, v)| v)
-}
-
 /// The `value` of the `<input … name="NAME" …>` in `html`.
 fn input_value<'a>(html: &'a str, name: &str) -> &'a str {
     let marker = format!("name=\"{name}\"");
@@ -320,20 +234,6 @@ fn assert_html_error(r: &Response, status: u16, what: &str) {
         "{what}: a browser got JSON"
     );
     assert_no_inline_code(&html, what);
-}
-
-/// Asserts `r` is the JSON error body `{"error": {"status": status, …}}`.
-fn assert_json_error(r: &Response, status: u16, what: &str) {
-    assert_eq!(r.status, status, "{what}: {}", r.text());
-    assert!(
-        content_type(r).starts_with("application/json"),
-        "{what}: content type {:?}, body {}",
-        r.header("content-type"),
-        r.text()
-    );
-    let v = json(r);
-    assert_eq!(v["error"]["status"], json!(status), "{what}: {v}");
-    assert!(v["error"]["code"].is_string(), "{what}: no error.code: {v}");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -523,7 +423,7 @@ fn anonymous_browser_on_protected_page_is_redirected_to_login_with_next() {
 fn anonymous_api_client_on_protected_page_gets_401_json() {
     let site = Site::with_sources(&dead_backend(), &dead_backend(), &[]);
     let r = site.gw.get_with("/patient/dashboard", &[API_JSON]);
-    assert_json_error(&r, 401, "anonymous API client");
+    json_error(&r, 401, "anonymous API client");
     assert!(r.header("location").is_none(), "API client was redirected");
 }
 
@@ -765,7 +665,7 @@ fn unknown_path_is_html_404_for_browsers_and_json_for_api_clients() {
     ];
     for (path, headers) in api_cases {
         let r = site.gw.get_with(path, headers);
-        assert_json_error(&r, 404, &format!("API 404 {path} {headers:?}"));
+        json_error(&r, 404, &format!("API 404 {path} {headers:?}"));
     }
 }
 
@@ -806,7 +706,7 @@ fn wrong_method_is_html_405_for_browsers_and_json_for_api_clients() {
         ("/readonly/x", &[("X-Requested-With", "XMLHttpRequest")][..]),
     ] {
         let r = post(path, headers);
-        assert_json_error(&r, 405, &format!("API POST {path} {headers:?}"));
+        json_error(&r, 405, &format!("API POST {path} {headers:?}"));
         assert!(r.header("allow").is_some(), "POST {path}: no Allow header");
     }
     assert_eq!(
@@ -845,7 +745,7 @@ fn assert_upstream_failure_by_client(site: &Site, status: u16, what: &str) {
     ];
     for (path, headers) in api_cases {
         let r = site.gw.get_with(path, headers);
-        assert_json_error(&r, status, &format!("{what}: API {path} {headers:?}"));
+        json_error(&r, status, &format!("{what}: API {path} {headers:?}"));
     }
 }
 
@@ -897,14 +797,6 @@ const CSS: &str = "/assets/css/site.css";
 
 fn site_css_on_disk() -> Vec<u8> {
     std::fs::read("assets/css/site.css").expect("read assets/css/site.css")
-}
-
-fn gunzip(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(b)
-        .read_to_end(&mut out)
-        .expect("gunzip");
-    out
 }
 
 fn unbrotli(b: &[u8]) -> Vec<u8> {
@@ -1089,7 +981,8 @@ fn traversal_attempts_never_leave_the_assets_folder() {
 
 #[test]
 fn fingerprinted_asset_names_get_an_immutable_cache_policy() {
-    let dir = temp_path("assets");
+    let tmp = TempDir::new("assets");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("js")).expect("mkdir");
     std::fs::write(dir.join("js/app.3f9a1c2e.js"), "console.log('v1');\n").expect("write");
     std::fs::write(dir.join("js/app.js"), "console.log('v1');\n").expect("write");
@@ -1113,7 +1006,6 @@ fn fingerprinted_asset_names_get_an_immutable_cache_policy() {
         !cc.contains("immutable"),
         "plain name must not be immutable: {cc:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1138,30 +1030,29 @@ fn check_error(templates: &std::path::Path, pages: &str) -> String {
 
 #[test]
 fn template_syntax_error_is_reported_with_file_and_line() {
-    let dir = temp_path("templates");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tmp = TempDir::new("templates");
+    let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "<p>{{ error.status }}</p>\n").expect("write");
     std::fs::write(
         dir.join("x.html"),
         "<h1>ok</h1>\n<p>line two</p>\n{% if %}\n<p>never closed</p>\n",
     )
     .expect("write");
-    let err = check_error(&dir, "    - {path: /x, template: x.html, title: X}\n");
+    let err = check_error(dir, "    - {path: /x, template: x.html, title: X}\n");
     assert!(
         err.contains("x.html"),
         "error does not name the file: {err}"
     );
     assert!(err.contains("line 3"), "error does not name line 3: {err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn page_with_missing_template_is_reported_by_its_config_path() {
-    let dir = temp_path("templates");
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tmp = TempDir::new("templates");
+    let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "<p>{{ error.status }}</p>\n").expect("write");
     let err = check_error(
-        &dir,
+        dir,
         "    - {path: /nope, template: does-not-exist.html, title: Nope}\n",
     );
     assert!(
@@ -1172,7 +1063,6 @@ fn page_with_missing_template_is_reported_by_its_config_path() {
         err.contains("does-not-exist.html"),
         "error does not name the template: {err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -12,67 +12,10 @@ use std::time::{Duration, Instant};
 /// breaker opens after 5 consecutive failures and would hide later attempts).
 const NO_BREAKER: &str = "    circuit_breaker: {enabled: false}\n";
 
-/// A gateway with pool `svc` (`pool_extra`: indented pool lines) and route `/svc`, named `svc`
-/// (`route_extra`: flow-style keys appended to the route, e.g. `, retry: {retries: 0}`).
-fn gateway(urls: &[String], pool_extra: &str, route_extra: &str) -> Gw {
-    Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{name: svc, prefix: /svc, upstream: svc{route_extra}}}\n",
-        upstream("svc", urls, pool_extra)
-    ))
-}
-
-/// A URL on a free port where nothing listens.
-fn dead_url() -> String {
-    format!("http://127.0.0.1:{}", free_port())
-}
-
-/// A backend answering `status` with `headers` and `body` to every request.
-fn responding(status: u16, headers: &[(&str, &str)], body: &str) -> FakeUpstream {
-    FakeUpstream::start(Behavior::Respond {
-        status,
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        body: body.into(),
-    })
-}
-
-/// The gateway's `/metrics` text.
-fn scrape(gw: &Gw) -> String {
-    let r = get(gw.admin_port, "/metrics", &[]).unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
-/// Values of every sample of metric `name` carrying all `labels` (other labels may differ).
-fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (label_part, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None, // a longer metric name sharing this prefix
-            };
-            let all = labels
-                .iter()
-                .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
-        })
-        .collect()
-}
-
-/// Sum of the samples of `name` with `labels` (0 when there are none).
-fn metric(gw: &Gw, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(&scrape(gw), name, labels).iter().sum()
-}
-
 /// `gatehouse_circuit_breaker_state` of one backend (None if not exported).
 fn breaker_state(gw: &Gw, backend: &FakeUpstream) -> Option<f64> {
     let addr = backend.addr();
-    let text = scrape(gw);
+    let text = scrape(gw.admin_port);
     let labels = [("upstream", "svc"), ("backend", addr.as_str())];
     samples(&text, "gatehouse_circuit_breaker_state", &labels)
         .first()
@@ -90,13 +33,6 @@ fn recorded_method(ups: &[&FakeUpstream], method: &str) -> usize {
         .flat_map(|u| u.requests())
         .filter(|r| r.method == method)
         .count()
-}
-
-/// Asserts a gateway-made JSON error with this status and code.
-fn assert_gateway_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text());
-    let v = json(r);
-    assert_eq!(v["error"]["code"], code, "{v}");
 }
 
 /// A response the gateway produced because no backend could take the request.
@@ -117,7 +53,7 @@ fn assert_fallback_marked(r: &Response) {
 fn connect_failures_are_retried_on_the_live_backend_so_every_get_succeeds() {
     let live = FakeUpstream::start(Behavior::Echo);
     // No health check: only the retry keeps the dead backend's refusals from the client.
-    let gw = gateway(&[dead_url(), live.url()], "", "");
+    let gw = svc_gateway(&[dead_backend(), live.url()], "", "");
 
     for i in 0..50 {
         let r = gw.get(&format!("/svc/{i}"));
@@ -126,8 +62,7 @@ fn connect_failures_are_retried_on_the_live_backend_so_every_get_succeeds() {
     }
 
     assert_eq!(live.request_count(), 50);
-    let retries = metric(
-        &gw,
+    let retries = gw.metric(
         "gatehouse_retries_total",
         &[("route", "svc"), ("reason", "connect_error")],
     );
@@ -140,7 +75,7 @@ fn post_is_never_sent_twice_without_an_opt_in() {
         FakeUpstream::start(Behavior::Close),
         FakeUpstream::start(Behavior::Close),
     );
-    let gw = gateway(&[a.url(), b.url()], NO_BREAKER, "");
+    let gw = svc_gateway(&[a.url(), b.url()], NO_BREAKER, "");
 
     let sent = 6;
     for i in 0..sent {
@@ -152,7 +87,7 @@ fn post_is_never_sent_twice_without_an_opt_in() {
             format!("order {i}").as_bytes(),
         )
         .unwrap_or_else(|e| panic!("POST {i}: {e}"));
-        assert_gateway_error(&r, 502, "upstream_error");
+        assert_json_error(&r, 502, "upstream_error", "");
     }
 
     assert_eq!(
@@ -168,12 +103,12 @@ fn get_to_backends_that_close_without_answering_is_retried() {
         FakeUpstream::start(Behavior::Close),
         FakeUpstream::start(Behavior::Close),
     );
-    let gw = gateway(&[a.url(), b.url()], NO_BREAKER, "");
+    let gw = svc_gateway(&[a.url(), b.url()], NO_BREAKER, "");
 
     let sent = 3;
     for i in 0..sent {
         let r = gw.get(&format!("/svc/{i}"));
-        assert_gateway_error(&r, 502, "upstream_error");
+        assert_json_error(&r, 502, "upstream_error", "");
     }
 
     let seen = recorded_method(&[&a, &b], "GET");
@@ -190,13 +125,13 @@ fn methods_all_lets_a_post_be_retried() {
         FakeUpstream::start(Behavior::Close),
         FakeUpstream::start(Behavior::Close),
     );
-    let gw = gateway(&[a.url(), b.url()], NO_BREAKER, ", retry: {methods: all}");
+    let gw = svc_gateway(&[a.url(), b.url()], NO_BREAKER, ", retry: {methods: all}");
 
     let sent = 3;
     for i in 0..sent {
         let r = request(gw.port, "POST", "/svc/orders", &[], b"order")
             .unwrap_or_else(|e| panic!("POST {i}: {e}"));
-        assert_gateway_error(&r, 502, "upstream_error");
+        assert_json_error(&r, 502, "upstream_error", "");
     }
 
     let seen = recorded_method(&[&a, &b], "POST");
@@ -217,7 +152,7 @@ fn idempotency_key_opt_in_retries_only_posts_that_carry_the_key() {
         FakeUpstream::start(Behavior::Close),
         FakeUpstream::start(Behavior::Close),
     );
-    let gw = gateway(
+    let gw = svc_gateway(
         &[a.url(), b.url()],
         NO_BREAKER,
         ", retry: {idempotency_key: true}",
@@ -231,7 +166,7 @@ fn idempotency_key_opt_in_retries_only_posts_that_carry_the_key() {
         b"order",
     )
     .unwrap_or_else(|e| panic!("POST with key: {e}"));
-    assert_gateway_error(&with_key, 502, "upstream_error");
+    assert_json_error(&with_key, 502, "upstream_error", "");
     let keyed = recorded_method(&[&a, &b], "POST");
     assert!(
         keyed > 1,
@@ -240,7 +175,7 @@ fn idempotency_key_opt_in_retries_only_posts_that_carry_the_key() {
 
     let without = request(gw.port, "POST", "/svc/orders", &[], b"order")
         .unwrap_or_else(|e| panic!("POST without key: {e}"));
-    assert_gateway_error(&without, 502, "upstream_error");
+    assert_json_error(&without, 502, "upstream_error", "");
     assert_eq!(
         recorded_method(&[&a, &b], "POST"),
         keyed + 1,
@@ -254,7 +189,7 @@ fn bodies_larger_than_the_retry_buffer_are_not_retried() {
         FakeUpstream::start(Behavior::Close),
         FakeUpstream::start(Behavior::Close),
     );
-    let gw = gateway(
+    let gw = svc_gateway(
         &[a.url(), b.url()],
         NO_BREAKER,
         ", retry: {retry_buffer: 1KiB}",
@@ -265,7 +200,7 @@ fn bodies_larger_than_the_retry_buffer_are_not_retried() {
     for i in 0..sent {
         let r = request(gw.port, "PUT", "/svc/doc", &[], &body)
             .unwrap_or_else(|e| panic!("PUT {i}: {e}"));
-        assert_gateway_error(&r, 502, "upstream_error");
+        assert_json_error(&r, 502, "upstream_error", "");
     }
 
     assert_eq!(
@@ -281,7 +216,7 @@ fn bodies_within_the_retry_buffer_are_retried_whole() {
         FakeUpstream::start(Behavior::Close),
         FakeUpstream::start(Behavior::Close),
     );
-    let gw = gateway(
+    let gw = svc_gateway(
         &[a.url(), b.url()],
         NO_BREAKER,
         ", retry: {retry_buffer: 1KiB}",
@@ -289,7 +224,7 @@ fn bodies_within_the_retry_buffer_are_retried_whole() {
 
     let body = vec![b'y'; 512];
     let r = request(gw.port, "PUT", "/svc/doc", &[], &body).unwrap_or_else(|e| panic!("PUT: {e}"));
-    assert_gateway_error(&r, 502, "upstream_error");
+    assert_json_error(&r, 502, "upstream_error", "");
 
     let puts: Vec<_> = [&a, &b].iter().flat_map(|u| u.requests()).collect();
     assert!(puts.len() > 1, "a small PUT was not retried");
@@ -302,9 +237,9 @@ fn bodies_within_the_retry_buffer_are_retried_whole() {
 
 #[test]
 fn a_503_is_retried_on_the_other_backend() {
-    let busy = responding(503, &[("Retry-After", "0")], "busy");
+    let busy = FakeUpstream::responding(503, &[("Retry-After", "0")], "busy");
     let live = FakeUpstream::start(Behavior::Echo);
-    let gw = gateway(&[busy.url(), live.url()], "", "");
+    let gw = svc_gateway(&[busy.url(), live.url()], "", "");
 
     for i in 0..10 {
         let r = gw.get(&format!("/svc/{i}"));
@@ -313,8 +248,7 @@ fn a_503_is_retried_on_the_other_backend() {
 
     assert!(busy.request_count() > 0, "the 503 backend was never tried");
     assert_eq!(live.request_count(), 10);
-    let retries = metric(
-        &gw,
+    let retries = gw.metric(
         "gatehouse_retries_total",
         &[("route", "svc"), ("reason", "503")],
     );
@@ -323,9 +257,9 @@ fn a_503_is_retried_on_the_other_backend() {
 
 #[test]
 fn retry_on_without_503_passes_the_upstream_503_through() {
-    let busy = responding(503, &[], "busy");
+    let busy = FakeUpstream::responding(503, &[], "busy");
     let live = FakeUpstream::start(Behavior::Echo);
-    let gw = gateway(
+    let gw = svc_gateway(
         &[busy.url(), live.url()],
         "",
         ", retry: {retry_on: [connect_error]}",
@@ -356,8 +290,8 @@ fn retry_on_without_503_passes_the_upstream_503_through() {
 
 #[test]
 fn retry_after_beyond_the_deadline_passes_the_503_through() {
-    let busy = responding(503, &[("Retry-After", "30")], "come back later");
-    let gw = gateway(&[busy.url()], "", ", timeouts: {total: 2s}");
+    let busy = FakeUpstream::responding(503, &[("Retry-After", "30")], "come back later");
+    let gw = svc_gateway(&[busy.url()], "", ", timeouts: {total: 2s}");
 
     for i in 1..=3 {
         let r = get(gw.port, "/svc/x", &[])
@@ -372,8 +306,8 @@ fn retry_after_beyond_the_deadline_passes_the_503_through() {
 
 #[test]
 fn retry_after_within_the_deadline_retries_the_same_backend() {
-    let busy = responding(503, &[("Retry-After", "0")], "busy");
-    let gw = gateway(&[busy.url()], NO_BREAKER, ", retry: {retries: 2}");
+    let busy = FakeUpstream::responding(503, &[("Retry-After", "0")], "busy");
+    let gw = svc_gateway(&[busy.url()], NO_BREAKER, ", retry: {retries: 2}");
 
     let r = gw.get("/svc/x");
 
@@ -386,12 +320,12 @@ fn retry_after_within_the_deadline_retries_the_same_backend() {
 #[test]
 fn retry_budget_caps_retries_during_a_total_outage() {
     let (a, b) = (
-        responding(503, &[], "down a"),
-        responding(503, &[], "down b"),
+        FakeUpstream::responding(503, &[], "down a"),
+        FakeUpstream::responding(503, &[], "down b"),
     );
     let pool =
         format!("{NO_BREAKER}    retry_budget: {{ratio: 0.1, min_per_second: 1, window: 10s}}\n");
-    let gw = gateway(&[a.url(), b.url()], &pool, "");
+    let gw = svc_gateway(&[a.url(), b.url()], &pool, "");
 
     let sent = 60;
     for i in 0..sent {
@@ -406,8 +340,7 @@ fn retry_budget_caps_retries_during_a_total_outage() {
         total <= sent + 10 + 2,
         "{total} upstream requests for {sent} client requests: the budget did not cap retries"
     );
-    let exhausted = metric(
-        &gw,
+    let exhausted = gw.metric(
         "gatehouse_retry_budget_exhausted_total",
         &[("upstream", "svc")],
     );
@@ -420,9 +353,9 @@ fn retry_budget_caps_retries_during_a_total_outage() {
 
 #[test]
 fn breaker_opens_after_consecutive_failures_and_traffic_moves_to_the_other_backend() {
-    let broken = responding(500, &[], "broken");
+    let broken = FakeUpstream::responding(500, &[], "broken");
     let live = FakeUpstream::start(Behavior::Echo);
-    let gw = gateway(
+    let gw = svc_gateway(
         &[broken.url(), live.url()],
         "    circuit_breaker: {consecutive_failures: 3, cooldown: 30s}\n",
         ", retry: {retries: 0}",
@@ -440,8 +373,7 @@ fn breaker_opens_after_consecutive_failures_and_traffic_moves_to_the_other_backe
     assert!(opened, "the breaker of the failing backend never opened");
     assert_eq!(broken.request_count(), 3, "opened after 3 failures");
     let addr = broken.addr();
-    let to_open = metric(
-        &gw,
+    let to_open = gw.metric(
         "gatehouse_circuit_breaker_transitions_total",
         &[("upstream", "svc"), ("backend", &addr), ("to", "open")],
     );
@@ -467,7 +399,7 @@ fn clients_that_hang_up_mid_request_never_open_the_breaker_of_a_healthy_backend(
         status: 200,
         body: "slow".into(),
     });
-    let gw = gateway(
+    let gw = svc_gateway(
         &[slow.url()],
         "    circuit_breaker: {consecutive_failures: 3, cooldown: 30s}\n",
         ", retry: {retries: 0}",
@@ -487,13 +419,12 @@ fn clients_that_hang_up_mid_request_never_open_the_breaker_of_a_healthy_backend(
     }
     // Let every hung-up request finish on the gateway's side.
     let settled = wait_until(Duration::from_secs(5), || {
-        metric(
-            &gw,
+        gw.metric(
             "gatehouse_upstream_requests_total",
             &[("outcome", "client_error")],
         ) >= 10.0
     });
-    assert!(settled, "{}", scrape(&gw));
+    assert!(settled, "{}", scrape(gw.admin_port));
     assert_eq!(breaker_state(&gw, &slow), Some(0.0), "the breaker opened");
     let r = gw.get("/svc/after");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -502,16 +433,15 @@ fn clients_that_hang_up_mid_request_never_open_the_breaker_of_a_healthy_backend(
 
 #[test]
 fn breaker_half_opens_after_the_cooldown_and_a_successful_probe_closes_it() {
-    let up = responding(500, &[], "broken");
-    let gw = gateway(
+    let up = FakeUpstream::responding(500, &[], "broken");
+    let gw = svc_gateway(
         &[up.url()],
         "    circuit_breaker: {consecutive_failures: 2, cooldown: 300ms}\n",
         "",
     );
     let addr = up.addr();
     let transitions = |to: &str| {
-        metric(
-            &gw,
+        gw.metric(
             "gatehouse_circuit_breaker_transitions_total",
             &[("upstream", "svc"), ("backend", &addr), ("to", to)],
         )
@@ -560,7 +490,7 @@ const QUICK_CHECK: &str = "    health_check: {interval: 200ms, timeout: 200ms, r
 /// Waits until every backend of pool `svc` is exported as unhealthy.
 fn wait_all_unhealthy(gw: &Gw, backends: usize) {
     let all_down = wait_until(Duration::from_secs(10), || {
-        let text = scrape(gw);
+        let text = scrape(gw.admin_port);
         let v = samples(
             &text,
             "gatehouse_upstream_backend_healthy",
@@ -601,17 +531,17 @@ fn route_fallback_answers_when_every_backend_is_unhealthy() {
         0,
         "an unhealthy backend got the request"
     );
-    let fallbacks = metric(&gw, "gatehouse_fallbacks_total", &[("route", "svc")]);
+    let fallbacks = gw.metric("gatehouse_fallbacks_total", &[("route", "svc")]);
     assert!(fallbacks > 0.0, "fallback not counted");
 }
 
 #[test]
 fn open_breakers_without_a_fallback_give_503_upstream_unavailable() {
     let (a, b) = (
-        responding(500, &[], "broken a"),
-        responding(500, &[], "broken b"),
+        FakeUpstream::responding(500, &[], "broken a"),
+        FakeUpstream::responding(500, &[], "broken b"),
     );
-    let gw = gateway(
+    let gw = svc_gateway(
         &[a.url(), b.url()],
         "    circuit_breaker: {consecutive_failures: 1, cooldown: 30s}\n",
         ", retry: {retries: 0}",
@@ -631,7 +561,7 @@ fn open_breakers_without_a_fallback_give_503_upstream_unavailable() {
 
     let r = gw.get("/svc/y");
 
-    assert_gateway_error(&r, 503, "upstream_unavailable");
+    assert_json_error(&r, 503, "upstream_unavailable", "");
     assert!(r.header("retry-after").is_some(), "no Retry-After");
     assert_fallback_marked(&r);
     assert_eq!(
@@ -639,7 +569,7 @@ fn open_breakers_without_a_fallback_give_503_upstream_unavailable() {
         before,
         "an open breaker let a request through"
     );
-    let fallbacks = metric(&gw, "gatehouse_fallbacks_total", &[("route", "svc")]);
+    let fallbacks = gw.metric("gatehouse_fallbacks_total", &[("route", "svc")]);
     assert!(fallbacks > 0.0, "fallback not counted");
 }
 
@@ -647,34 +577,30 @@ fn open_breakers_without_a_fallback_give_503_upstream_unavailable() {
 fn a_dead_pool_answers_503_without_trying_any_backend() {
     // One backend (picked without the balancer) and several (picked through it).
     for n in [1, 3] {
-        let dead: Vec<String> = (0..n).map(|_| dead_url()).collect();
-        let gw = gateway(&dead, QUICK_CHECK, "");
+        let dead: Vec<String> = (0..n).map(|_| dead_backend()).collect();
+        let gw = svc_gateway(&dead, QUICK_CHECK, "");
         wait_all_unhealthy(&gw, n);
 
         let r = get(gw.port, "/svc/x", &[])
             .unwrap_or_else(|e| panic!("no answer within the client's 10s: {e}"));
 
-        assert_gateway_error(&r, 503, "upstream_unavailable");
+        assert_json_error(&r, 503, "upstream_unavailable", "");
         assert!(r.header("retry-after").is_some(), "no Retry-After");
         assert_fallback_marked(&r);
-        let attempts = metric(
-            &gw,
-            "gatehouse_upstream_requests_total",
-            &[("upstream", "svc")],
-        );
+        let attempts = gw.metric("gatehouse_upstream_requests_total", &[("upstream", "svc")]);
         assert_eq!(
             attempts, 0.0,
             "{n} backends: the gateway tried a backend known to be down"
         );
-        let fallbacks = metric(&gw, "gatehouse_fallbacks_total", &[("route", "svc")]);
+        let fallbacks = gw.metric("gatehouse_fallbacks_total", &[("route", "svc")]);
         assert!(fallbacks > 0.0, "{n} backends: fallback not counted");
     }
 }
 
 #[test]
 fn a_single_backend_behind_an_open_breaker_is_not_tried() {
-    let a = responding(500, &[], "broken");
-    let gw = gateway(
+    let a = FakeUpstream::responding(500, &[], "broken");
+    let gw = svc_gateway(
         &[a.url()],
         "    circuit_breaker: {consecutive_failures: 1, cooldown: 30s}\n",
         ", retry: {retries: 0}",
@@ -688,7 +614,7 @@ fn a_single_backend_behind_an_open_breaker_is_not_tried() {
 
     let r = gw.get("/svc/y");
 
-    assert_gateway_error(&r, 503, "upstream_unavailable");
+    assert_json_error(&r, 503, "upstream_unavailable", "");
     assert_eq!(
         recorded(&[&a]),
         before,
@@ -731,7 +657,7 @@ fn a_body_cut_mid_way_is_not_passed_off_as_complete_and_the_gateway_keeps_servin
     // Two backends, so only "the response has started" keeps the gateway from retrying.
     let cut = || FakeUpstream::start(Behavior::TruncatedBody { status: 200 });
     let (a, b) = (cut(), cut());
-    let gw = gateway(&[a.url(), b.url()], "", "");
+    let gw = svc_gateway(&[a.url(), b.url()], "", "");
 
     let (bytes, closed) = raw_get_until_close(gw.port, "/svc/x");
 
@@ -790,7 +716,7 @@ fn all_echoed(gw: &Gw, n: usize) {
 fn a_backend_hanging_past_the_read_timeout_is_retried_on_another() {
     let hang = FakeUpstream::start(Behavior::Hang);
     let live = FakeUpstream::start(Behavior::Echo);
-    let gw = gateway(&[hang.url(), live.url()], "", ", timeouts: {read: 300ms}");
+    let gw = svc_gateway(&[hang.url(), live.url()], "", ", timeouts: {read: 300ms}");
 
     all_echoed(&gw, 4);
 
@@ -798,8 +724,7 @@ fn a_backend_hanging_past_the_read_timeout_is_retried_on_another() {
         hang.request_count() >= 1,
         "the hanging backend was never tried"
     );
-    let retries = metric(
-        &gw,
+    let retries = gw.metric(
         "gatehouse_retries_total",
         &[("route", "svc"), ("reason", "timeout")],
     );
@@ -814,7 +739,7 @@ fn slow_response_headers_past_the_read_timeout_are_retried_on_another_backend() 
         body: "late".into(),
     });
     let live = FakeUpstream::start(Behavior::Echo);
-    let gw = gateway(&[slow.url(), live.url()], "", ", timeouts: {read: 300ms}");
+    let gw = svc_gateway(&[slow.url(), live.url()], "", ", timeouts: {read: 300ms}");
 
     all_echoed(&gw, 4);
 
@@ -830,7 +755,7 @@ fn a_flapping_health_check_never_fails_a_request() {
         FakeUpstream::start(Behavior::Echo),
         FakeUpstream::start(Behavior::Echo),
     );
-    let gw = gateway(
+    let gw = svc_gateway(
         &[a.url(), b.url()],
         "    health_check: {interval: 100ms, timeout: 200ms, rise: 1, fall: 1}\n",
         "",
@@ -864,8 +789,8 @@ fn a_flapping_health_check_never_fails_a_request() {
 
 #[test]
 fn fallback_template_is_rendered_for_browsers_and_its_json_body_for_api_clients() {
-    let dir = std::env::temp_dir().join(format!("gatehouse-fallback-tpl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = TempDir::new("fallback-tpl");
+    let dir = tmp.path();
     std::fs::write(dir.join("error.html"), "error {{ error.status }}").expect("write");
     std::fs::write(
         dir.join("maintenance.html"),

@@ -13,55 +13,15 @@
 mod common;
 use common::*;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-/// Shared by both replicas, as a Kubernetes Secret would be (HS256 needs at least 32 bytes).
-const SECRET: &str = "scale-out-tests-shared-hs256-secret-0123456789";
-const PASSWORD: &str = "two replicas, one session store";
-
-fn unique() -> String {
-    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
-}
-
-fn env_url(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// PostgreSQL and Redis URLs, or `None` (skip) outside CI; panics in CI when one is missing.
-fn shared_services() -> Option<(String, String)> {
-    match (env_url("DATABASE_URL"), env_url("REDIS_URL")) {
-        (Some(db), Some(redis)) => Some((db, redis)),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "CI is set but DATABASE_URL and REDIS_URL are not both set: the scale-out test \
-             needs a shared PostgreSQL and Redis (scripts/test.sh starts throwaway ones)"
-        ),
-        _ => {
-            eprintln!("note: DATABASE_URL and REDIS_URL are not both set; skipping scale_out");
-            None
-        }
-    }
-}
 
 /// The replicas' config: the same file for both, everything shared read from the
 /// environment as in the default gateway.yaml; only the listeners, pid file and upgrade
 /// socket differ (from the environment too), since both run on one machine.
 fn replica_config(upstream_url: &str, limiter: &str) -> String {
     format!(
-        "server:
-  listen: ${{GATEHOUSE_LISTEN}}
-  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}
-  threads: 1
-  grace_period: 0s
-  shutdown_timeout: 0s
-  pid_file: ${{TEST_PID_FILE}}
-  upgrade_sock: ${{TEST_UPGRADE_SOCK}}
-  log: {{level: warn, access_log: false}}
-auth:
+        "{}auth:
   database_url: ${{DATABASE_URL}}
   redis_url: ${{REDIS_URL}}
   jwt: {{algorithm: HS256, secret: ${{JWT_SECRET_KEY}}}}
@@ -74,8 +34,17 @@ routes:
     prefix: /limited
     upstream: app
     rate_limits: [{{name: {limiter}, rate: \"4/1m\", backend: redis}}]
-"
+",
+        replica_server("")
     )
+}
+
+/// The replicas' `server:` block: listeners, pid file and upgrade socket from the environment
+/// (both run on one machine), plus `extra` lines.
+fn replica_server(extra: &str) -> String {
+    env_server_block(&format!(
+        "  pid_file: ${{TEST_PID_FILE}}\n  upgrade_sock: ${{TEST_UPGRADE_SOCK}}\n{extra}"
+    ))
 }
 
 /// Files of one test run, removed on drop.
@@ -83,7 +52,7 @@ struct TempFiles(Vec<PathBuf>);
 
 impl TempFiles {
     fn path(&mut self, name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("gatehouse-scale-out-{}-{name}", unique()));
+        let p = temp_path(name);
         self.0.push(p.clone());
         p
     }
@@ -101,50 +70,28 @@ impl Drop for TempFiles {
     }
 }
 
-/// One `gatehouse run` process on free ports; stderr is collected for failure messages.
-/// Killed on drop.
+/// One `gatehouse run` process on free ports, named for failure messages. Killed on drop.
 struct Replica {
     name: &'static str,
-    child: Child,
-    port: u16,
-    admin_port: u16,
-    log: Arc<Mutex<Vec<String>>>,
+    p: Process,
 }
 
 impl Replica {
     fn start(name: &'static str, config: &PathBuf, files: &mut TempFiles) -> Replica {
-        let port = free_port();
-        let admin_port = free_port();
-        let mut child = Command::new(BIN)
-            .args(["run", "-c"])
+        let (port, admin_port) = (free_port(), free_port());
+        let mut cmd = gatehouse_on(port, admin_port);
+        cmd.args(["run", "-c"])
             .arg(config)
-            .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GATEHOUSE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
             .env("TEST_PID_FILE", files.path(&format!("{name}.pid")))
             .env("TEST_UPGRADE_SOCK", files.path(&format!("{name}.sock")))
-            .env("JWT_SECRET_KEY", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gatehouse");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
+            .env("JWT_SECRET_KEY", SECRET);
         let replica = Replica {
             name,
-            child,
-            port,
-            admin_port,
-            log,
+            p: Process::spawn(&mut cmd, port, admin_port),
         };
         // Ready = listening, and the admin listener says the store and database answer.
         let ready = wait_until(Duration::from_secs(20), || {
-            get(replica.admin_port, "/ready", &[]).is_ok_and(|r| r.status == 200)
+            get(admin_port, "/ready", &[]).is_ok_and(|r| r.status == 200)
         });
         assert!(
             ready,
@@ -155,91 +102,37 @@ impl Replica {
     }
 
     fn log_tail(&self) -> String {
-        let log = self.log.lock().expect("log");
-        let from = log.len().saturating_sub(40);
-        format!("; {} log:\n{}", self.name, log[from..].join("\n"))
+        format!("; {} log:\n{}", self.name, self.p.log_tail(40))
     }
 
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
-        get(self.port, path, headers)
+        get(self.p.port, path, headers)
             .unwrap_or_else(|e| panic!("GET {path} via {}: {e}{}", self.name, self.log_tail()))
     }
 
     fn bearer(&self, path: &str, token: &str) -> Response {
-        self.get(path, &[("Authorization", &format!("Bearer {token}"))])
+        self.get(path, &[("Authorization", &bearer(token))])
     }
 
     fn login(&self, email: &str) -> String {
-        let body = serde_json::json!({"email": email, "password": PASSWORD}).to_string();
-        let r = request(
-            self.port,
-            "POST",
-            "/api/v1/auth/login",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .expect("POST login");
-        assert_eq!(r.status, 200, "login via {}: {}", self.name, r.text());
-        json(&r)["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string()
+        login(self.p.port, email)
     }
 
     fn logout(&self, token: &str) {
-        let auth = format!("Bearer {token}");
-        let r = request(
-            self.port,
-            "POST",
-            "/api/v1/auth/logout",
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .expect("POST logout");
+        let r = logout(self.p.port, token, false);
         assert_eq!(r.status, 200, "logout via {}: {}", self.name, r.text());
     }
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Adds a patient through the binary's `user add`, as an operator would (password on stdin).
-fn add_user(database_url: &str, email: &str) {
-    let mut child = Command::new(BIN)
-        .args(["user", "add", "--email", email, "--role", "patient"])
-        .args(["--name", "Scale Out"])
-        .env("DATABASE_URL", database_url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .expect("write password");
-    let out = child.wait_with_output().expect("user add");
-    assert!(
-        out.status.success(),
-        "user add failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn two_processes_share_sessions_logouts_and_redis_rate_limits() {
-    let Some((db, _redis)) = shared_services() else {
+    let Some(services) = required_services(&["DATABASE_URL", "REDIS_URL"], "scale_out") else {
         return;
     };
+    let db = &services[0];
     let mut files = TempFiles(Vec::new());
     let email = format!("scale-{}@scale-out.test", unique());
-    add_user(&db, &email);
+    add_user_cli(db, &email, "patient", PASSWORD);
 
     let up = FakeUpstream::start(Behavior::Echo);
     // Unique per run: the limit's key lives in the shared Redis, which other runs may reuse.
@@ -359,21 +252,12 @@ fn a_configmap_symlink_swap_is_reloaded_by_watch_config() {
     let up = FakeUpstream::start(Behavior::Echo);
     let config = |routes: &str| {
         format!(
-            "server:
-  listen: ${{GATEHOUSE_LISTEN}}
-  admin_listen: ${{GATEHOUSE_ADMIN_LISTEN}}
-  threads: 1
-  grace_period: 0s
-  shutdown_timeout: 0s
-  watch_config: true
-  pid_file: ${{TEST_PID_FILE}}
-  upgrade_sock: ${{TEST_UPGRADE_SOCK}}
-  log: {{level: warn, access_log: false}}
-auth: {{database_url: \"sqlite://{}\"}}
+            "{}auth: {{database_url: \"sqlite://{}\"}}
 upstreams:
   app: {{backends: \"{}\"}}
 routes:
 {routes}",
+            replica_server("  watch_config: true\n"),
             db.display(),
             up.url()
         )
@@ -387,7 +271,7 @@ routes:
         "  - {name: one, prefix: /one, upstream: app}\n  - {name: two, prefix: /two, upstream: app}\n",
     ));
     let reloaded = wait_until(Duration::from_secs(10), || {
-        get(replica.port, "/two/x", &[]).is_ok_and(|r| r.status == 200)
+        get(replica.p.port, "/two/x", &[]).is_ok_and(|r| r.status == 200)
     });
     assert!(
         reloaded,

@@ -14,58 +14,15 @@
 mod common;
 use common::*;
 
-use common::users::{block_on, login, seed_users, unique, Account};
 use gatehouse::auth::users::Role;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// HS256 secret of the test gateways.
-const SECRET: &str = "seed-parity-tests-hs256-secret-0123456789abcdef";
-const SESSION_COOKIE: &str = "predicthealth_session";
-/// What a browser navigating pages sends.
-const BROWSER: (&str, &str) = ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8");
-/// What an API client sends.
-const API_JSON: (&str, &str) = ("Accept", "application/json");
-/// Bound of every polling loop (never reached when the gateway works).
-const POLL: Duration = Duration::from_secs(5);
-/// How long a client waits for bytes from a socket before failing.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------------
 // Helpers: users, gateways, JSON
 // ------------------------------------------------------------------------------------------
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("gatehouse-parity-{}-{name}", unique()))
-}
-
-/// The `web:` block: the repo's templates and assets, the patient dashboard (auth required,
-/// role patient; sources `profile` from pool `profiles` and `appointments` from pool
-/// `appointments`) and the doctor dashboard (role doctor, no sources).
-fn web_block() -> String {
-    "web:
-  templates: templates
-  assets: assets
-  assets_prefix: /assets/
-  data_timeout: 2s
-  pages:
-    - {path: /, template: landing.html, title: Inicio}
-    - {path: /login, template: login.html, title: Iniciar sesión}
-    - path: /patient/dashboard
-      template: patient/dashboard.html
-      title: Mi panel
-      auth: required
-      roles: [patient]
-      data:
-        profile: {upstream: profiles, path: \"/api/v1/patients/{user_id}\"}
-        appointments: {upstream: appointments, path: \"/api/v1/patients/{user_id}/appointments\"}
-    - {path: /doctor/dashboard, template: doctor/dashboard.html, title: Panel médico, auth: required, roles: [doctor]}
-"
-    .to_string()
-}
 
 /// A gateway with the dashboards, a fresh SQLite user database and its users.
 struct Site {
@@ -85,13 +42,13 @@ impl Site {
         routes: &str,
         users: &[(Role, &str)],
     ) -> Site {
-        let db = format!("sqlite://{}", temp_path("users.db").display());
+        let db = temp_db_url("parity");
         let users = seed_users(&db, "parity.test", users);
         let rest = format!(
             "upstreams:\n{}\n{}\n{extra_pools}\n{routes}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_account: 5, max_failures_per_ip: 1000, window: 15m}}\n{}",
             upstream("profiles", &[profiles.to_string()], ""),
             upstream("appointments", &[appointments.to_string()], ""),
-            web_block()
+            web_block("2s")
         );
         Site {
             gw: Gw::start_with_server(server_extra, &rest),
@@ -130,16 +87,6 @@ impl Site {
     }
 }
 
-/// A free port nobody listens on: a dead backend.
-fn dead_backend() -> String {
-    format!("http://127.0.0.1:{}", free_port())
-}
-
-/// The response's `Content-Type`, lowercased.
-fn content_type(r: &Response) -> String {
-    r.header("content-type").unwrap_or("").to_ascii_lowercase()
-}
-
 /// Asserts `r` is a 200 JSON answer and returns its body.
 fn ok_json(r: &Response, what: &str) -> Value {
     assert_eq!(r.status, 200, "{what}: {}", r.text());
@@ -152,60 +99,12 @@ fn ok_json(r: &Response, what: &str) -> Value {
     json(r)
 }
 
-/// Asserts `r` is the JSON error body `{"error": {"status": status, "code": code, …}}`.
-fn assert_json_error(r: &Response, status: u16, code: &str, what: &str) {
-    assert_eq!(r.status, status, "{what}: {}", r.text());
-    assert!(
-        content_type(r).starts_with("application/json"),
-        "{what}: content type {:?}, body {}",
-        r.header("content-type"),
-        r.text()
-    );
-    let v = json(r);
-    assert_eq!(v["error"]["status"], json!(status), "{what}: {v}");
-    assert_eq!(v["error"]["code"], json!(code), "{what}: {v}");
-}
-
-/// The value of header `name` in an Echo body's `headers` list (`[[name, value], …]`).
-fn echoed_header(echo: &Value, name: &str) -> Option<String> {
-    echo["headers"].as_array()?.iter().find_map(|pair| {
-        let k = pair.get(0)?.as_str()?;
-        let v = pair.get(1)?.as_str()?;
-        k.eq_ignore_ascii_case(name).then(|| v.to_string())
-    })
-}
-
 /// The path segments of a request target (query removed).
 fn segments(target: &str) -> Vec<&str> {
     let path = target.split('?').next().unwrap_or("");
     path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
-/// Undoes the HTML escaping minijinja applies (`&lt;`, `&#x2f;`, …), for comparing text.
-fn unescape(html: &str) -> String {
-    html.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&#x2f;", "/")
-        .replace("&#x2F;", "/")
-        .replace("&amp;", "&")
-}
-
-/// The text from `id="ID"` to the first `end` after it (e.g. `</section>`).
-fn element<'a>(html: &'a str, id: &str, end: &str) -> &'a str {
-    let marker = format!("id=\"{id}\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no element with {marker} in:\n{html}"));
-    let stop = html[start..]
-        .find(end)
-        .map_or(html.len(), |e| start + e + end.len());
-    &html[start..stop]
-}
-
-/// Sum of the samples of metric `name` whose labels include `label="value"`, scraped from
-/// the admin listener (0 when there are none).
 // ------------------------------------------------------------------------------------------
 // 1. JSON dashboards
 // ------------------------------------------------------------------------------------------
@@ -442,15 +341,8 @@ fn try_keepalive_conn(port: u16) -> Result<Conn, String> {
 /// An established idle keep-alive connection from 127.0.0.1. Retried (bounded) because the
 /// gateway's start-up probe connection may still hold a slot for a moment.
 fn keepalive_conn(port: u16) -> Conn {
-    let mut last = String::new();
-    for _ in 0..100 {
-        match try_keepalive_conn(port) {
-            Ok(c) => return c,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no keep-alive connection could be established: {last}");
+    let (_, c) = poll_until(POLL, || try_keepalive_conn(port), Result::is_ok);
+    c.unwrap_or_else(|e| panic!("no keep-alive connection could be established: {e}"))
 }
 
 /// `GET /health` with `Connection: close` from a socket bound to `source` (port 0) to
@@ -547,15 +439,13 @@ fn per_ip_limit_closes_a_fourth_connection_from_one_address_but_serves_another_a
     let per_ip = metric(
         gw.admin_port,
         "gatehouse_connections_refused_total",
-        "limit",
-        "per_ip",
+        &[("limit", "per_ip")],
     );
     assert!(per_ip >= 1.0, "per_ip refusals counted: {per_ip}");
     let total = metric(
         gw.admin_port,
         "gatehouse_connections_refused_total",
-        "limit",
-        "total",
+        &[("limit", "total")],
     );
     assert_eq!(total, 0.0, "no total-limit refusal happened");
 }
@@ -579,8 +469,7 @@ fn total_limit_closes_a_third_connection_from_any_address() {
     let total = metric(
         gw.admin_port,
         "gatehouse_connections_refused_total",
-        "limit",
-        "total",
+        &[("limit", "total")],
     );
     assert!(total >= 2.0, "total refusals counted: {total}");
 }
@@ -603,10 +492,11 @@ fn one_request_in_flight(
         status: 200,
         body: "slow".into(),
     });
-    let gw = Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /slow, upstream: slow, {limit}}}\n",
-        upstream("slow", &[slow.url()], "")
-    ));
+    let gw = pool_gateway(
+        "slow",
+        &[slow.url()],
+        &format!("routes:\n  - {{prefix: /slow, upstream: slow, {limit}}}\n"),
+    );
     let port = gw.port;
     let first = std::thread::spawn(move || get(port, "/slow/first", &[API_JSON]));
     assert!(
@@ -701,8 +591,7 @@ fn per_client_in_flight_limit_answers_429_to_that_client_while_another_is_served
         metric(
             gw.admin_port,
             "gatehouse_in_flight_rejected_total",
-            "scope",
-            "client"
+            &[("scope", "client")]
         ),
         1.0
     );

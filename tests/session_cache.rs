@@ -4,82 +4,28 @@
 
 mod common;
 use common::*;
+use gatehouse::auth::users::Role;
 use std::time::{Duration, Instant};
-
-fn redis_url() -> Option<String> {
-    match std::env::var("REDIS_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "REDIS_URL is required under CI"
-            );
-            eprintln!("skipping: REDIS_URL is not set");
-            None
-        }
-    }
-}
-
-fn metric(admin_port: u16, name: &str, label: &str) -> f64 {
-    let r = get(admin_port, "/metrics", &[]).expect("metrics");
-    r.text()
-        .lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn seed_user(db: &str, email: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let users = gatehouse::auth::users::UserDb::connect(Some(db))
-            .await
-            .expect("db");
-        users.migrate().await.expect("migrate");
-        users
-            .add_user(
-                email,
-                "correct horse battery",
-                gatehouse::auth::users::Role::Patient,
-                "Ana",
-            )
-            .await
-            .expect("user");
-    });
-}
 
 #[test]
 fn repeated_checks_skip_redis_and_a_logout_through_a_is_refused_by_b_within_100ms() {
-    let Some(redis) = redis_url() else { return };
+    let Some(redis) = required_services(&["REDIS_URL"], "session_cache") else {
+        return;
+    };
+    let redis = &redis[0];
     let up = FakeUpstream::start(Behavior::Echo);
-    let db = temp_sqlite_url(free_port());
-    let email = format!("cache-{}@example.test", rand_suffix());
-    seed_user(&db, &email);
+    let db = temp_db_url("session-cache");
+    let email = seed_users(&db, "example.test", &[(Role::Patient, "Ana")])
+        .remove(0)
+        .email;
     let yaml = format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /api/v1/patients, upstream: patients, auth: required}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"0123456789abcdef0123456789abcdef-cache\"}}\n",
+        "upstreams:\n{}\nroutes:\n  - {{prefix: /api/v1/patients, upstream: patients, auth: required}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
         upstream("patients", &[up.url()], "")
     );
     let a = Gw::start(&yaml);
     let b = Gw::start(&yaml);
-    let body = serde_json::json!({"email": email, "password": "correct horse battery"}).to_string();
-    let login = request(
-        a.port,
-        "POST",
-        "/api/v1/auth/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("login");
-    assert_eq!(login.status, 200, "{}", login.text());
-    let token = json(&login)["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
-    let bearer = format!("Bearer {token}");
+    let token = login(a.port, &email);
+    let bearer = bearer(&token);
 
     // B checks the session in Redis once, then answers from its cache.
     assert_eq!(
@@ -90,7 +36,7 @@ fn repeated_checks_skip_redis_and_a_logout_through_a_is_refused_by_b_within_100m
     let before = metric(
         b.admin_port,
         "gatehouse_session_store_duration_seconds_count",
-        "op=\"ttl\"",
+        &[("op", "ttl")],
     );
     for _ in 0..20 {
         assert_eq!(
@@ -102,7 +48,7 @@ fn repeated_checks_skip_redis_and_a_logout_through_a_is_refused_by_b_within_100m
     let after = metric(
         b.admin_port,
         "gatehouse_session_store_duration_seconds_count",
-        "op=\"ttl\"",
+        &[("op", "ttl")],
     );
     assert!(
         after - before <= 1.0,
@@ -111,14 +57,7 @@ fn repeated_checks_skip_redis_and_a_logout_through_a_is_refused_by_b_within_100m
     );
 
     // Logout through A; B refuses the token on a request within 100 ms.
-    let out = request(
-        a.port,
-        "POST",
-        "/api/v1/auth/logout",
-        &[("Authorization", bearer.as_str())],
-        b"",
-    )
-    .expect("logout");
+    let out = logout(a.port, &token, false);
     assert_eq!(out.status, 200, "{}", out.text());
     let t0 = Instant::now();
     let refused = wait_until(Duration::from_millis(100), || {
@@ -131,13 +70,4 @@ fn repeated_checks_skip_redis_and_a_logout_through_a_is_refused_by_b_within_100m
         refused,
         "B still accepted the token 100 ms after the logout through A"
     );
-}
-
-fn rand_suffix() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    )
 }

@@ -9,33 +9,14 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// A gateway with pool `svc` (`pool_extra`: indented pool lines) and route `/svc`
-/// (`route_extra`: flow-style keys appended to the route, e.g. `, timeouts: {read: 1s}`).
-fn gateway(urls: &[String], pool_extra: &str, route_extra: &str) -> Gw {
-    Gw::start(&format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /svc, upstream: svc{route_extra}}}\n",
-        upstream("svc", urls, pool_extra)
-    ))
-}
-
-/// Asserts a gateway-made JSON error with this status and code.
-fn assert_gateway_error(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let v = json(r);
-    assert_eq!(v["error"]["status"], status, "{v}");
-    assert_eq!(v["error"]["code"], code, "{v}");
-    assert!(v["error"]["request_id"].is_string(), "{v}");
-}
-
 #[test]
 fn hanging_upstream_past_the_read_timeout_is_504() {
     let hang = FakeUpstream::start(Behavior::Hang);
-    let gw = gateway(&[hang.url()], "", ", timeouts: {read: 300ms}");
+    let gw = svc_gateway(&[hang.url()], "", ", timeouts: {read: 300ms}");
 
     let r = gw.get("/svc/x");
 
-    assert_gateway_error(&r, 504, "upstream_timeout");
+    assert_json_error(&r, 504, "upstream_timeout", "");
     assert_eq!(
         hang.request_count(),
         1,
@@ -50,11 +31,11 @@ fn upstream_slower_than_the_total_timeout_is_504_even_within_the_read_timeout() 
         status: 200,
         body: "late".into(),
     });
-    let gw = gateway(&[slow.url()], "", ", timeouts: {read: 5s, total: 300ms}");
+    let gw = svc_gateway(&[slow.url()], "", ", timeouts: {read: 5s, total: 300ms}");
 
     let r = gw.get("/svc/x");
 
-    assert_gateway_error(&r, 504, "upstream_timeout");
+    assert_json_error(&r, 504, "upstream_timeout", "");
 }
 
 #[test]
@@ -64,7 +45,7 @@ fn upstream_within_its_timeouts_is_answered() {
         status: 200,
         body: "in time".into(),
     });
-    let gw = gateway(&[slow.url()], "", ", timeouts: {read: 5s, total: 8s}");
+    let gw = svc_gateway(&[slow.url()], "", ", timeouts: {read: 5s, total: 8s}");
 
     let r = gw.get("/svc/x");
 
@@ -76,24 +57,24 @@ fn upstream_within_its_timeouts_is_answered() {
 fn connection_refused_is_502() {
     // Nothing listens on this port, and no health check takes it out first.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let gw = gateway(&[dead], "", "");
+    let gw = svc_gateway(&[dead], "", "");
 
     let r = gw.get("/svc/x");
 
-    assert_gateway_error(&r, 502, "upstream_error");
+    assert_json_error(&r, 502, "upstream_error", "");
     // The gateway survives it.
-    assert_gateway_error(&gw.get("/svc/y"), 502, "upstream_error");
+    assert_json_error(&gw.get("/svc/y"), 502, "upstream_error", "");
     assert_eq!(gw.get("/health").status, 200);
 }
 
 #[test]
 fn upstream_closing_without_an_answer_is_502() {
     let closer = FakeUpstream::start(Behavior::Close);
-    let gw = gateway(&[closer.url()], "", "");
+    let gw = svc_gateway(&[closer.url()], "", "");
 
     let r = gw.get("/svc/x");
 
-    assert_gateway_error(&r, 502, "upstream_error");
+    assert_json_error(&r, 502, "upstream_error", "");
     assert!(
         closer.request_count() >= 1,
         "the request reached the upstream"
@@ -105,7 +86,7 @@ fn route_timeout_overrides_the_pool_default() {
     let hang = FakeUpstream::start(Behavior::Hang);
     // The pool's read timeout is longer than the client waits (10 s): if the route's 300ms
     // were ignored, no answer would arrive at all, so "a 504 arrived" proves the override.
-    let gw = gateway(
+    let gw = svc_gateway(
         &[hang.url()],
         "    timeouts: {read: 30s, total: 60s}\n",
         ", timeouts: {read: 300ms}",
@@ -114,25 +95,25 @@ fn route_timeout_overrides_the_pool_default() {
     let r = get(gw.port, "/svc/x", &[])
         .unwrap_or_else(|e| panic!("no answer within the client's 10s: {e}"));
 
-    assert_gateway_error(&r, 504, "upstream_timeout");
+    assert_json_error(&r, 504, "upstream_timeout", "");
 }
 
 #[test]
 fn pool_timeouts_apply_to_routes_that_set_none() {
     let hang = FakeUpstream::start(Behavior::Hang);
-    let gw = gateway(&[hang.url()], "    timeouts: {read: 300ms}\n", "");
+    let gw = svc_gateway(&[hang.url()], "    timeouts: {read: 300ms}\n", "");
 
     let r = get(gw.port, "/svc/x", &[])
         .unwrap_or_else(|e| panic!("no answer within the client's 10s: {e}"));
 
-    assert_gateway_error(&r, 504, "upstream_timeout");
+    assert_json_error(&r, 504, "upstream_timeout", "");
 }
 
 #[test]
 fn a_timeout_leaves_the_gateway_serving_the_next_request() {
     let up = FakeUpstream::start(Behavior::Hang);
-    let gw = gateway(&[up.url()], "", ", timeouts: {read: 300ms}");
-    assert_gateway_error(&gw.get("/svc/x"), 504, "upstream_timeout");
+    let gw = svc_gateway(&[up.url()], "", ", timeouts: {read: 300ms}");
+    assert_json_error(&gw.get("/svc/x"), 504, "upstream_timeout", "");
 
     up.set_behavior(Behavior::Respond {
         status: 200,

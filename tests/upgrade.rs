@@ -5,79 +5,31 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-
-/// A `gatehouse` process; stderr lines are collected.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// `gatehouse ARGS -c CONFIG` (listening on `port` and `admin_port`, as the config says),
+/// without services from the environment.
+fn spawn(args: &[&str], config: &Path, port: u16, admin_port: u16) -> Process {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("-c")
+        .arg(config)
+        .env("REDIS_URL", "")
+        .env_remove("DATABASE_URL");
+    Process::spawn(&mut cmd, port, admin_port)
 }
 
-impl Proc {
-    fn spawn(args: &[&str], config: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .arg("-c")
-            .arg(config)
-            .env("REDIS_URL", "")
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gatehouse");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log").push(line);
-            }
-        });
-        Proc { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} {}", self.pid());
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Requests this process answered, from its access log (JSON lines).
-    fn served(&self) -> usize {
-        let log = self.log.lock().expect("log");
-        log.iter()
-            .filter(|l| l.contains(r#""target":"access""#) && l.contains(r#""route":"svc""#))
-            .count()
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().expect("log").join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Requests `p` answered, from its access log (JSON lines).
+fn served(p: &Process) -> usize {
+    p.log_lines()
+        .iter()
+        .filter(|l| l.contains(r#""target":"access""#) && l.contains(r#""route":"svc""#))
+        .count()
 }
 
 /// What the load threads saw.
@@ -178,19 +130,13 @@ fn keep_alive(port: u16, load: Arc<Load>) -> JoinHandle<()> {
     })
 }
 
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    assert!(wait_until(limit, &mut f), "timed out waiting: {what}");
-}
-
 #[test]
 fn sigquit_hands_the_listener_to_the_upgraded_process_without_failing_a_request() {
     let up = FakeUpstream::start(Behavior::Echo);
     let port = free_port();
     let admin_port = free_port();
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("gatehouse-upgrade-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = TempDir::new("upgrade");
+    let dir = tmp.path();
     let sock = dir.join("upgrade.sock");
     let config = dir.join("gateway.yaml");
     std::fs::write(
@@ -205,8 +151,8 @@ fn sigquit_hands_the_listener_to_the_upgraded_process_without_failing_a_request(
     )
     .expect("write config");
 
-    let mut a = Proc::spawn(&["run"], &config);
-    wait_for(Duration::from_secs(15), "process A serves", || {
+    let mut a = spawn(&["run"], &config, port, admin_port);
+    eventually(Duration::from_secs(15), "process A serves", || {
         get(port, "/svc/ready", &[]).is_ok_and(|r| r.status == 200)
     });
 
@@ -215,13 +161,13 @@ fn sigquit_hands_the_listener_to_the_upgraded_process_without_failing_a_request(
         new_connections(port, load.clone()),
         keep_alive(port, load.clone()),
     ];
-    wait_for(Duration::from_secs(10), "load through A", || {
+    eventually(Duration::from_secs(10), "load through A", || {
         load.ok.load(SeqCst) >= 50
     });
 
     // The new process first: it waits on the upgrade socket for the listeners...
-    let mut b = Proc::spawn(&["run", "--upgrade"], &config);
-    wait_for(
+    let mut b = spawn(&["run", "--upgrade"], &config, port, admin_port);
+    eventually(
         Duration::from_secs(10),
         "B waits on the upgrade socket",
         || sock.exists(),
@@ -229,15 +175,15 @@ fn sigquit_hands_the_listener_to_the_upgraded_process_without_failing_a_request(
     // ...then the old one hands them over and drains.
     a.signal("-QUIT");
     let mut a_status = None;
-    wait_for(Duration::from_secs(30), "A exits after draining", || {
+    eventually(Duration::from_secs(30), "A exits after draining", || {
         a_status = a.exited();
         a_status.is_some()
     });
-    let served_by_b_when_a_exited = b.served();
-    wait_for(
+    let served_by_b_when_a_exited = served(&b);
+    eventually(
         Duration::from_secs(20),
         "B serves 50 requests after A exits",
-        || b.served() >= served_by_b_when_a_exited + 50,
+        || served(&b) >= served_by_b_when_a_exited + 50,
     );
 
     load.stop.store(true, SeqCst);
@@ -251,8 +197,8 @@ fn sigquit_hands_the_listener_to_the_upgraded_process_without_failing_a_request(
         "upgrade under load: {sent} requests sent, {ok} ok, {} failed, {} keep-alive connections ended gracefully; A served {}, B served {}",
         failures.len(),
         load.graceful_closes.load(SeqCst),
-        a.served(),
-        b.served()
+        served(&a),
+        served(&b)
     );
     assert!(
         failures.is_empty(),
@@ -269,46 +215,42 @@ fn sigquit_hands_the_listener_to_the_upgraded_process_without_failing_a_request(
     );
     assert!(b.exited().is_none(), "B keeps running:\n{}", b.log_text());
     assert!(
-        a.served() > 0 && b.served() >= 50,
+        served(&a) > 0 && served(&b) >= 50,
         "both processes served: A {} B {}",
-        a.served(),
-        b.served()
+        served(&a),
+        served(&b)
     );
     // B alone answers now, on the same public and admin ports.
-    let before = b.served();
+    let before = served(&b);
     assert_eq!(get(port, "/svc/after", &[]).expect("after").status, 200);
-    wait_for(Duration::from_secs(5), "B logs the request", || {
-        b.served() > before
+    eventually(Duration::from_secs(5), "B logs the request", || {
+        served(&b) > before
     });
     let r = get(admin_port, "/health", &[]).expect("admin after the upgrade");
     assert_eq!(r.status, 200);
     drop(b);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// README "Operating gatehouse" tells operators to signal `$(cat /tmp/gatehouse.pid)`.
 #[test]
 fn run_writes_its_process_id_to_the_pid_file() {
-    let port = free_port();
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("gatehouse-pidfile-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (port, admin_port) = (free_port(), free_port());
+    let tmp = TempDir::new("pidfile");
+    let dir = tmp.path();
     let pid_file = dir.join("gatehouse.pid");
     let config = dir.join("gateway.yaml");
     std::fs::write(
         &config,
         format!(
-            "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{}\n  grace_period: 0s\n  shutdown_timeout: 0s\n  upgrade_sock: {}\n  pid_file: {}\nauth: {{database_url: 'sqlite://{}'}}\n",
-            free_port(),
+            "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  grace_period: 0s\n  shutdown_timeout: 0s\n  upgrade_sock: {}\n  pid_file: {}\nauth: {{database_url: 'sqlite://{}'}}\n",
             dir.join("upgrade.sock").display(),
             pid_file.display(),
             dir.join("users.db").display(),
         ),
     )
     .expect("write config");
-    let p = Proc::spawn(&["run"], &config);
-    wait_for(Duration::from_secs(15), "the process serves", || {
+    let p = spawn(&["run"], &config, port, admin_port);
+    eventually(Duration::from_secs(15), "the process serves", || {
         get(port, "/health", &[]).is_ok_and(|r| r.status == 200)
     });
     let written = wait_until(Duration::from_secs(5), || {
@@ -322,5 +264,4 @@ fn run_writes_its_process_id_to_the_pid_file() {
         std::fs::read_to_string(&pid_file).ok()
     );
     drop(p);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-
 /// A certificate and its key, as PEM files.
 struct Pem {
     cert: PathBuf,
@@ -283,16 +281,14 @@ fn an_unknown_ca_is_a_502_counted_for_the_backend_and_fed_to_its_breaker() {
     let failed = metric(
         gw.admin_port,
         "gatehouse_upstream_requests_total",
-        "backend",
-        &format!("127.0.0.1:{}", front.port),
+        &[("backend", &format!("127.0.0.1:{}", front.port))],
     );
     assert_eq!(failed, 2.0, "both failures counted for the backend");
     assert_eq!(
         metric(
             gw.admin_port,
             "gatehouse_upstream_requests_total",
-            "outcome",
-            "connect_error"
+            &[("outcome", "connect_error")]
         ),
         2.0
     );
@@ -414,8 +410,7 @@ fn mutual_tls_is_accepted_with_the_client_certificate_and_refused_without() {
         metric(
             without.admin_port,
             "gatehouse_upstream_requests_total",
-            "outcome",
-            "reset"
+            &[("outcome", "reset")]
         ),
         1.0
     );

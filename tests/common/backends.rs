@@ -1,15 +1,36 @@
-//! Where a test's users and sessions live: the embedded defaults (a fresh SQLite file and the
-//! in-process store) or PostgreSQL and Redis (`DATABASE_URL`, `REDIS_URL`: scripts/test.sh
-//! starts throwaway ones), and `on_both_backends!`, which runs a flow on each.
+//! Temp files and directories, and where a test's users and sessions live: the embedded
+//! defaults (a fresh SQLite file and the in-process store) or PostgreSQL and Redis
+//! (`DATABASE_URL`, `REDIS_URL`: scripts/test.sh starts throwaway ones), and
+//! `on_both_backends!`, which runs a flow on each.
 
+use super::services::env_url;
+use super::users::unique;
 use std::path::{Path, PathBuf};
+
+/// A path under the system temp dir that no other test (or run) uses; nothing is created.
+pub fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("gatehouse-{}-{name}", unique()))
+}
+
+/// A file of this repository (`rel` from the crate root).
+pub fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A fresh SQLite database URL in the temp folder (the file is created on first use).
+pub fn temp_db_url(tag: &str) -> String {
+    format!(
+        "sqlite://{}",
+        temp_path(&format!("{tag}-users.db")).display()
+    )
+}
 
 /// A directory under the system temp dir, removed with its contents on drop.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("gatehouse-{}-{name}", super::users::unique()));
+        let p = temp_path(name);
         std::fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)
     }
@@ -48,23 +69,16 @@ impl Backend {
                 let dir = TempDir::new("db");
                 Some((dir.sqlite_url(), String::new(), Some(dir)))
             }
-            Backend::PostgresRedis => {
-                let var = |k| {
-                    std::env::var(k)
-                        .ok()
-                        .filter(|v: &String| !v.trim().is_empty())
-                };
-                match (var("DATABASE_URL"), var("REDIS_URL")) {
-                    (Some(db), Some(redis)) => Some((db, redis, None)),
-                    _ => {
-                        eprintln!(
-                            "note: DATABASE_URL and REDIS_URL are not both set; skipping the \
+            Backend::PostgresRedis => match (env_url("DATABASE_URL"), env_url("REDIS_URL")) {
+                (Some(db), Some(redis)) => Some((db, redis, None)),
+                _ => {
+                    eprintln!(
+                        "note: DATABASE_URL and REDIS_URL are not both set; skipping the \
                              PostgreSQL + Redis variant (scripts/test.sh starts both)"
-                        );
-                        None
-                    }
+                    );
+                    None
                 }
-            }
+            },
         }
     }
 }

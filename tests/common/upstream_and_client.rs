@@ -3,7 +3,6 @@
 //!
 //! Only the standard library is used (std::net + one thread per connection); all traffic stays
 //! on 127.0.0.1. Client errors are `String`s so tests can `expect()` them with context.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -55,6 +54,8 @@ fn port_window() -> (u16, u16) {
 }
 
 /// Polls `f` every 20 ms until it returns true (→ `true`) or `timeout` elapses (→ `false`).
+/// The one polling loop of the harness: every wait for something to happen goes through it
+/// (or [`eventually`], [`poll_until`]), so every wait has a deadline and none is a bare sleep.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !f() {
@@ -64,6 +65,40 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+/// Asserts that `f` comes true within `timeout` (polled as [`wait_until`] does); `what` says
+/// what was awaited in the failure message.
+pub fn eventually(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(timeout, f),
+        "timed out after {timeout:?} waiting: {what}"
+    );
+}
+
+/// Calls `f` (as [`wait_until`] polls) until `done` holds for its value or `timeout` runs
+/// out; whether it held, and the last value.
+pub fn poll_until<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> (bool, T) {
+    let mut last = None;
+    let held = wait_until(timeout, || {
+        let v = f();
+        let ok = done(&v);
+        last = Some(v);
+        ok
+    });
+    (held, last.expect("polled at least once"))
+}
+
+/// Owned header pairs from borrowed ones.
+pub fn owned_headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// What the fake upstream does for each (non-health) request.
@@ -346,25 +381,35 @@ pub struct FakeUpstream {
     acceptor: Option<JoinHandle<()>>,
 }
 
+impl Behavior {
+    /// [`Behavior::Respond`] from borrowed parts.
+    pub fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> Behavior {
+        Behavior::Respond {
+            status,
+            headers: owned_headers(headers),
+            body: body.into(),
+        }
+    }
+}
+
 impl FakeUpstream {
     /// Starts on an OS-assigned port.
     pub fn start(behavior: Behavior) -> FakeUpstream {
         Self::start_on(0, behavior)
     }
 
+    /// Starts on an OS-assigned port, answering `status` with `headers` and `body` to every
+    /// request.
+    pub fn responding(status: u16, headers: &[(&str, &str)], body: &str) -> FakeUpstream {
+        Self::start(Behavior::respond(status, headers, body))
+    }
+
     /// Starts on `port`, retrying the bind for up to 5 s (e.g. to revive a "dead" backend).
     pub fn start_on(port: u16, behavior: Behavior) -> FakeUpstream {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let start = Instant::now();
-        let listener = loop {
-            match TcpListener::bind(addr) {
-                Ok(l) => break l,
-                Err(e) if start.elapsed() > Duration::from_secs(5) => {
-                    panic!("FakeUpstream: cannot bind {addr}: {e}")
-                }
-                Err(_) => thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let bind = || TcpListener::bind(addr);
+        let (_, bound) = poll_until(Duration::from_secs(5), bind, |b| b.is_ok());
+        let listener = bound.unwrap_or_else(|e| panic!("FakeUpstream: cannot bind {addr}: {e}"));
         let port = listener
             .local_addr()
             .expect("FakeUpstream: local_addr")

@@ -1,9 +1,17 @@
-//! Test users: seeded straight into a SQLite user database, logged in through the gateway.
+//! Test users and sessions: seeded straight into a user database, logged in through the
+//! gateway; bearer and cookie shorthands.
 
+use super::http::{get_ok, post_json, request_ok};
+use super::upstream_and_client::Response;
 use gatehouse::auth::users::{Role, UserDb};
+use serde_json::json;
 
 /// Every seeded user's password.
 pub const PASSWORD: &str = "correct-horse-battery-staple";
+/// The gateway's session cookie (the access token, for browsers).
+pub const SESSION_COOKIE: &str = "predicthealth_session";
+/// The gateway's refresh cookie.
+pub const REFRESH_COOKIE: &str = "predicthealth_refresh";
 
 /// A user added for one test.
 #[derive(Clone, Debug)]
@@ -28,13 +36,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// A fresh SQLite database URL in the temp folder.
-pub fn temp_db_url(tag: &str) -> String {
-    let path = std::env::temp_dir().join(format!("gatehouse-{tag}-{}-users.db", unique()));
-    format!("sqlite://{}", path.display())
-}
-
-/// Migrates the SQLite database at `db` and adds one user per `(role, display name)`, with
+/// Migrates the database at `db` and adds one user per `(role, display name)`, with
 /// emails `{role}-{unique}@{domain}` and [`PASSWORD`].
 pub fn seed_users(db: &str, domain: &str, users: &[(Role, &str)]) -> Vec<Account> {
     block_on(async {
@@ -58,9 +60,10 @@ pub fn seed_users(db: &str, domain: &str, users: &[(Role, &str)]) -> Vec<Account
     })
 }
 
-/// Logs `email` in through `POST /api/v1/auth/login`; returns the access token.
+/// Logs `email` in (with [`PASSWORD`]) through `POST /api/v1/auth/login`; returns the
+/// access token.
 pub fn login(port: u16, email: &str) -> String {
-    let r = login_as(port, email, PASSWORD);
+    let r = login_as(port, email, PASSWORD, &[]);
     assert_eq!(r.status, 200, "login {email}: {}", r.text());
     super::json(&r)["access_token"]
         .as_str()
@@ -68,28 +71,45 @@ pub fn login(port: u16, email: &str) -> String {
         .to_string()
 }
 
-/// `POST /api/v1/auth/login` with JSON credentials; the raw answer.
-pub fn login_as(port: u16, email: &str, password: &str) -> super::Response {
-    let body = serde_json::json!({"email": email, "password": password}).to_string();
-    super::request(
-        port,
-        "POST",
-        "/api/v1/auth/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("POST /api/v1/auth/login")
+/// `POST /api/v1/auth/login` with JSON credentials and `headers`; the raw answer.
+pub fn login_as(port: u16, email: &str, password: &str, headers: &[(&str, &str)]) -> Response {
+    let body = json!({"email": email, "password": password});
+    post_json(port, "/api/v1/auth/login", &body, headers)
 }
 
 /// `POST /api/v1/auth/refresh` with the refresh token in a JSON body; the raw answer.
-pub fn refresh(port: u16, refresh_token: &str) -> super::Response {
-    let body = serde_json::json!({ "refresh_token": refresh_token }).to_string();
-    super::request(
+pub fn refresh(port: u16, refresh_token: &str) -> Response {
+    let body = json!({ "refresh_token": refresh_token });
+    post_json(port, "/api/v1/auth/refresh", &body, &[])
+}
+
+/// `Bearer TOKEN`, for an `Authorization` header.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// `GET path` with `Authorization: Bearer token`.
+pub fn with_bearer(port: u16, path: &str, token: &str) -> Response {
+    get_ok(port, path, &[("Authorization", &bearer(token))])
+}
+
+/// `POST path` (no body) with `Authorization: Bearer token`.
+pub fn post_bearer(port: u16, path: &str, token: &str) -> Response {
+    request_ok(
         port,
         "POST",
-        "/api/v1/auth/refresh",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
+        path,
+        &[("Authorization", &bearer(token))],
+        b"",
     )
-    .expect("POST /api/v1/auth/refresh")
+}
+
+/// `POST /api/v1/auth/logout` (`?all=true` when `all`) with the bearer token.
+pub fn logout(port: u16, token: &str, all: bool) -> Response {
+    let path = if all {
+        "/api/v1/auth/logout?all=true"
+    } else {
+        "/api/v1/auth/logout"
+    };
+    post_bearer(port, path, token)
 }
