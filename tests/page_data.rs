@@ -6,31 +6,9 @@ mod common;
 
 use common::scripted::{Reply, ScriptedUpstream};
 use common::*;
-use gatehouse::auth::guard::Identity;
-use gatehouse::auth::jwt::{Claims, TokenType};
 use gatehouse::pages::data::{fetch_all, Fetch};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn identity() -> Identity {
-    Identity {
-        claims: Claims {
-            sub: "42".into(),
-            role: "patient".into(),
-            sid: "s1".into(),
-            jti: "j1".into(),
-            iat: 0,
-            nbf: 0,
-            exp: i64::MAX,
-            iss: "gatehouse".into(),
-            aud: "predicthealth".into(),
-            typ: TokenType::Access,
-        },
-        token: "tok".into(),
-        via_cookie: false,
-        renewed_cookie: None,
-    }
-}
 
 fn fetch(up: &ScriptedUpstream, wait: Duration) -> serde_json::Map<String, serde_json::Value> {
     let cfg = gatehouse::Config::from_yaml_str(&format!(

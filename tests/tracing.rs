@@ -77,8 +77,8 @@ fn pipeline(endpoint: &str, queue: usize, delay: Duration) -> (Tracer, Exporter,
     (tracer, exporter, metrics)
 }
 
-fn request(headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder()
+fn request(headers: &[(&str, &str)]) -> ::http::request::Parts {
+    let mut b = ::http::Request::builder()
         .method("GET")
         .uri("/api/v1/doctors/7?x=1");
     for (k, v) in headers {
@@ -130,10 +130,10 @@ fn a_continued_trace_reaches_the_receiver_with_parent_ids_and_http_attributes() 
     let auth = server.internal("auth");
     auth.end();
     let backend: std::net::SocketAddr = "127.0.0.1:8000".parse().expect("addr");
-    let first = server.attempt(&http::Method::GET, "doctors", backend, 1);
+    let first = server.attempt(&::http::Method::GET, "doctors", backend, 1);
     let first_tp = first.traceparent().expect("traceparent").to_string();
     first.end_attempt("failure_status", Some(503), None);
-    let second = server.attempt(&http::Method::GET, "doctors", backend, 2);
+    let second = server.attempt(&::http::Method::GET, "doctors", backend, 2);
     let second_tp = second.traceparent().expect("traceparent").to_string();
     assert_eq!(second.tracestate(), Some("congo=t61rcWkgMzE"));
     second.end_attempt("ok", Some(200), None);
@@ -264,7 +264,7 @@ fn an_unsampled_caller_is_propagated_but_not_exported() {
     let server = tracer.start_server(&req);
     assert!(!server.is_recording());
     let attempt = server.attempt(
-        &http::Method::GET,
+        &::http::Method::GET,
         "u",
         "127.0.0.1:1".parse().expect("a"),
         1,
@@ -379,7 +379,7 @@ fn nothing_configured_is_a_disabled_tracer_that_touches_nothing() {
     let mut s = tracer.start_server(&req);
     s.set_route("/x");
     let a = s.attempt(
-        &http::Method::GET,
+        &::http::Method::GET,
         "u",
         "127.0.0.1:1".parse().expect("a"),
         1,
@@ -438,8 +438,6 @@ fn a_gateway_with_telemetry_exports_through_its_background_service() {
 
 #[test]
 fn page_data_sources_send_a_traceparent_naming_their_attempt_span() {
-    use gatehouse::auth::guard::Identity;
-    use gatehouse::auth::jwt::{Claims, TokenType};
     use gatehouse::pages::data::{fetch_all, fetch_all_traced, Fetch};
     use std::sync::Arc;
 
@@ -460,23 +458,7 @@ fn page_data_sources_send_a_traceparent_naming_their_attempt_span() {
         )
         .expect("pool"),
     );
-    let who = Identity {
-        claims: Claims {
-            sub: "42".into(),
-            role: "patient".into(),
-            sid: "s1".into(),
-            jti: "j1".into(),
-            iat: 0,
-            nbf: 0,
-            exp: i64::MAX,
-            iss: "gatehouse".into(),
-            aud: "predicthealth".into(),
-            typ: TokenType::Access,
-        },
-        token: "t".into(),
-        via_cookie: false,
-        renewed_cookie: None,
-    };
+    let who = identity();
     let connector = Arc::new(pingora::connectors::http::Connector::new(None));
     let fetches = || {
         vec![Fetch {

@@ -113,3 +113,26 @@ pub fn logout(port: u16, token: &str, all: bool) -> Response {
     };
     post_bearer(port, path, token)
 }
+
+/// A signed-in user as the guard hands it to the request path (for calling gatehouse's
+/// modules directly): user 42, a patient, session `s1`, bearer token `tok`.
+pub fn identity() -> gatehouse::auth::guard::Identity {
+    use gatehouse::auth::jwt::{Claims, TokenType};
+    gatehouse::auth::guard::Identity {
+        claims: Claims {
+            sub: "42".into(),
+            role: "patient".into(),
+            sid: "s1".into(),
+            jti: "j1".into(),
+            iat: 0,
+            nbf: 0,
+            exp: i64::MAX,
+            iss: "gatehouse".into(),
+            aud: "predicthealth".into(),
+            typ: TokenType::Access,
+        },
+        token: "tok".into(),
+        via_cookie: false,
+        renewed_cookie: None,
+    }
+}
