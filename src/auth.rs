@@ -6,7 +6,8 @@
 //! sessions on top of both), `users` (sqlx), `cookies`, `guard` (route protection) and
 //! `endpoints` (login, validate, refresh, logout).
 //!
-//! Layer: above `config`, `errors`, `forms` and `metrics` (it counts its decisions); must not
+//! Layer: above `config`, `errors`, `forms`, `metrics` (it counts its decisions) and
+//! `telemetry` (its store calls are spans of the request's trace); must not
 //! import `state`, `pages`, `edge`, `plan` or `proxy`.
 
 pub mod cookies;

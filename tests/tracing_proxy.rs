@@ -222,3 +222,50 @@ fn with_tracing_off_the_callers_trace_headers_reach_the_upstream_as_sent() {
     assert_eq!(get("traceparent"), vec![incoming.as_str()]);
     assert_eq!(get("tracestate"), vec!["a=b"]);
 }
+
+#[test]
+fn a_signed_in_request_has_its_session_check_as_a_store_span_under_auth() {
+    let rx = OtlpReceiver::start();
+    let up = FakeUpstream::start(Behavior::Echo);
+    let dir = common::backends::TempDir::new("trace-session");
+    let db = dir.sqlite_url();
+    let user = &seed_users(
+        &db,
+        "trace.test",
+        &[(gatehouse::auth::users::Role::Patient, "P")],
+    )[0];
+    let gw = Gw::start(&format!(
+        "telemetry:\n  endpoint: {}\n  batch_delay: 50ms\nupstreams:\n{}\nroutes:\n  - {{name: svc, prefix: /svc, upstream: svc, auth: required}}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
+        rx.url(),
+        upstream("svc", &[up.url()], "")
+    ));
+    let token = login(gw.port, &user.email);
+    let r = with_bearer(gw.port, "/svc/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ok = wait_until(Duration::from_secs(10), || {
+        rx.spans()
+            .iter()
+            .any(|s| s.kind == KIND_SERVER && str_attr(s, attr::HTTP_ROUTE) == Some("/svc"))
+    });
+    assert!(ok, "no server span for /svc: {:?}", rx.spans());
+    let spans = rx.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == KIND_SERVER && str_attr(s, attr::HTTP_ROUTE) == Some("/svc"))
+        .expect("server span");
+    let auth = spans
+        .iter()
+        .find(|s| s.name == "auth" && s.parent_span_id == server.span_id)
+        .expect("auth span under the request");
+    let store = spans
+        .iter()
+        .find(|s| s.name == "session check")
+        .expect("session check span");
+    assert_eq!(store.kind, KIND_CLIENT);
+    assert_eq!(
+        store.parent_span_id, auth.span_id,
+        "the store call is under auth"
+    );
+    assert_eq!(str_attr(store, attr::DB_SYSTEM), Some("memory"));
+    assert!(store.attribute(attr::ERROR_TYPE).is_none());
+}

@@ -62,6 +62,8 @@ pub struct Request<'a> {
     pub api_client: bool,
     /// The client connection is TLS (for the renewed cookie's `Secure`).
     pub tls: bool,
+    /// The trace the session check's store call is a span of (`TraceContext::none()`: none).
+    pub trace: crate::telemetry::TraceContext,
 }
 
 /// The `Set-Cookie` value of a renewed cookie session, or `None` when nothing was renewed or
@@ -209,7 +211,13 @@ pub async fn protect(
         };
     };
     let now = unix_now();
-    let checked = match auth.sessions.check(token, now).await {
+    let mut span = req.trace.db(auth.sessions.store.kind(), "session check");
+    let result = auth.sessions.check(token, now).await;
+    if let Err(SessionError::Store(e)) = &result {
+        span.set_error("store_error", &e.to_string());
+    }
+    span.end();
+    let checked = match result {
         Ok((claims, renewed)) => {
             let cookie = renewed_cookie(auth, &claims, renewed, via_cookie, req.tls, now);
             Ok((claims, cookie))

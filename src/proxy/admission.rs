@@ -69,15 +69,17 @@ impl Gateway {
         on_store_error: crate::config::StoreFailure,
     ) -> Decision {
         let req = session.req_header();
-        let greq = guard::Request {
+        let mut greq = guard::Request {
             method: &req.method,
             path: ctx.path.as_deref().unwrap_or("/"),
             query: req.uri.query(),
             headers: &req.headers,
             api_client: ctx.api_client,
             tls: ctx.tls,
+            trace: crate::telemetry::TraceContext::none(),
         };
         let mut span = ctx.trace.internal("auth");
+        greq.trace = span.context();
         let decision = guard::protect(&self.auth, mode, roles, on_store_error, &greq).await;
         if let Decision::Deny { reason, .. } = &decision {
             span.set_error(reason, "refused");

@@ -234,6 +234,18 @@ impl Span {
 }
 
 impl TraceContext {
+    /// [`Span::db`] under the span of this context (a store call made in another module).
+    #[inline]
+    pub fn db(&self, system: &'static str, operation: &'static str) -> Span {
+        if self.span_context().is_none() {
+            return Span::none();
+        }
+        let mut s = self.child(operation, SpanKind::Client);
+        s.set_static(DB_SYSTEM, system);
+        s.set_static(DB_OPERATION_NAME, operation);
+        s
+    }
+
     /// [`Span::attempt`] under the span of this context (from another task or module).
     #[inline]
     pub fn attempt(
