@@ -268,4 +268,21 @@ fn a_signed_in_request_has_its_session_check_as_a_store_span_under_auth() {
     );
     assert_eq!(str_attr(store, attr::DB_SYSTEM), Some("memory"));
     assert!(store.attribute(attr::ERROR_TYPE).is_none());
+    // The sign-in before it: the user lookup and the session's start, under its server span.
+    let login = spans
+        .iter()
+        .find(|s| {
+            s.kind == KIND_SERVER && str_attr(s, attr::URL_PATH) == Some("/api/v1/auth/login")
+        })
+        .expect("login server span");
+    let lookup = spans
+        .iter()
+        .find(|s| s.name == "SELECT" && s.parent_span_id == login.span_id)
+        .expect("user lookup span");
+    assert_eq!(str_attr(lookup, attr::DB_SYSTEM), Some("sqlite"));
+    let start = spans
+        .iter()
+        .find(|s| s.name == "session start" && s.parent_span_id == login.span_id)
+        .expect("session start span");
+    assert_eq!(str_attr(start, attr::DB_SYSTEM), Some("memory"));
 }

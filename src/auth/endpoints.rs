@@ -112,6 +112,8 @@ pub struct Request<'a> {
     pub tls: bool,
     pub api_client: bool,
     pub request_id: &'a str,
+    /// The request's trace: the user database and session store calls are spans of it.
+    pub trace: crate::telemetry::TraceContext,
 }
 
 impl Request<'_> {
@@ -349,7 +351,10 @@ impl Auth {
             Err(_) => return Err(unavailable(req, "store_unavailable")),
         }
         let began_ms = super::users::unix_now_ms();
-        match self.users.authenticate(&email, password).await {
+        let span = req.trace.db(self.users.db_system(), "SELECT");
+        let authenticated = self.users.authenticate(&email, password).await;
+        span.end();
+        match authenticated {
             Ok(Some(user)) => {
                 let (acct, _) = self.counter_keys(&email, req);
                 if let Err(e) = self.sessions.store.delete(&[acct]).await {
@@ -385,11 +390,13 @@ impl Auth {
         (user, began_ms): &(User, i64),
         req: &Request<'_>,
     ) -> Result<TokenPair, Reply> {
-        match self
+        let span = req.trace.db(self.sessions.store.kind(), "session start");
+        let started = self
             .sessions
             .start(&user.id.to_string(), user.role.as_str(), unix_now())
-            .await
-        {
+            .await;
+        span.end();
+        match started {
             Ok(pair) => {
                 // An account change committed while the password was being checked (a
                 // disable, a new password) must not leave this session behind: the gateways
@@ -618,7 +625,10 @@ impl Auth {
             }
             Err(r) => return r,
         };
-        match self.sessions.refresh(&token, now, valid_after).await {
+        let span = req.trace.db(self.sessions.store.kind(), "session refresh");
+        let refreshed = self.sessions.refresh(&token, now, valid_after).await;
+        span.end();
+        match refreshed {
             Ok(pair) => {
                 let uid = pair.access.sub.parse::<i64>().ok();
                 self.event(EventKind::Refresh, uid, None, req).await;

@@ -335,6 +335,14 @@ impl UserDb {
         Ok(db)
     }
 
+    /// `db.system` of the OpenTelemetry conventions: `"postgresql"` or `"sqlite"`.
+    pub fn db_system(&self) -> &'static str {
+        match self.pool {
+            Pool::Pg(_) => "postgresql",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
     /// `"postgres"` or `"sqlite"`.
     pub fn backend(&self) -> &'static str {
         match self.pool {

@@ -58,6 +58,7 @@ impl Gateway {
             tls: ctx.tls,
             api_client: ctx.api_client,
             request_id: &ctx.request_id,
+            trace: ctx.trace.context(),
         };
         let reply = self.auth.handle(ep, &ereq).await;
         self.count_auth(reply.decision.0, reply.decision.1);

@@ -145,11 +145,7 @@ impl Gateway {
             Some(id) => {
                 let by_db = match id.claims.sub.parse::<i64>() {
                     Ok(uid) => {
-                        let system = match self.auth.users.backend() {
-                            "postgres" => "postgresql",
-                            other => other,
-                        };
-                        let mut span = ctx.trace.db(system, "SELECT");
+                        let mut span = ctx.trace.db(self.auth.users.db_system(), "SELECT");
                         let found = self.auth.users.find_by_id(uid).await;
                         if let Err(e) = &found {
                             span.set_error("db_error", &e.to_string());
