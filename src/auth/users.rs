@@ -12,69 +12,17 @@
 //! the same SQL and the same behaviour. Every call gives up within a few seconds when the
 //! database is unreachable ([`UserError::Unavailable`]) instead of hanging.
 
-use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use tokio::sync::Semaphore;
 
-/// Database used when no URL is configured: a SQLite file in the working directory.
-pub const DEFAULT_SQLITE_FILE: &str = "gatehouse.db";
-
-/// How long a call waits for a pooled connection (or to open one) before `Unavailable`.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Upper bound on `connect`, should the driver not honour the acquire timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Upper bound on one database operation, so a silent network cannot hang a caller.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long SQLite waits for a competing writer's lock.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_CONNECTIONS: u32 = 10;
-const MAX_EMAIL_CHARS: usize = 254;
-const MIN_PASSWORD_CHARS: usize = 8;
-const MAX_PASSWORD_BYTES: usize = 1024;
-const MAX_DISPLAY_NAME_CHARS: usize = 200;
-/// Longest stored audit field (attempted email, client ip, user agent), in bytes.
-const MAX_EVENT_FIELD_BYTES: usize = 512;
 const MAX_EVENTS_LISTED: i64 = 10_000;
-
-/// Migrations as `(version, description, sql)`; a unit test checks that these match the files.
-const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "users and auth events",
-        include_str!("../../migrations/postgres/0001_users_and_auth_events.sql"),
-    ),
-    (
-        2,
-        "account changes end sessions",
-        include_str!("../../migrations/postgres/0002_account_changes_end_sessions.sql"),
-    ),
-];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "users and auth events",
-        include_str!("../../migrations/sqlite/0001_users_and_auth_events.sql"),
-    ),
-    (
-        2,
-        "account changes end sessions",
-        include_str!("../../migrations/sqlite/0002_account_changes_end_sessions.sql"),
-    ),
-];
 
 // Queries are literals (sqlx 0.9 accepts only `&'static str` without an explicit audit marker).
 macro_rules! user_columns {
@@ -179,66 +127,6 @@ impl EventKind {
             EventKind::Locked => "locked",
         }
     }
-}
-
-/// Why a user-database call failed. Messages never contain passwords or database URLs.
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    /// The database cannot be reached, or no connection was free within the timeout.
-    #[error("user database unavailable: {0}")]
-    Unavailable(String),
-    /// A user with this email (in any letter case) already exists.
-    #[error("a user with this email already exists")]
-    Duplicate,
-    /// No such user.
-    #[error("no such user")]
-    NotFound,
-    /// The caller's input was rejected; the message says why.
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
-    /// Anything else: a failed query, a broken migration, a corrupt row.
-    #[error("user database error: {0}")]
-    Other(String),
-}
-
-impl From<sqlx::Error> for UserError {
-    fn from(err: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        match err {
-            E::PoolTimedOut => UserError::Unavailable("no connection within the timeout".into()),
-            E::PoolClosed => UserError::Unavailable("connection pool is closed".into()),
-            E::Io(e) => UserError::Unavailable(e.to_string()),
-            E::Tls(e) => UserError::Unavailable(format!("tls: {e}")),
-            E::WorkerCrashed => UserError::Unavailable("database worker crashed".into()),
-            E::Database(e) if e.is_unique_violation() => UserError::Duplicate,
-            E::Database(e) => {
-                let code = e.code().unwrap_or_default();
-                let unavailable = if e.try_downcast_ref::<SqliteError>().is_some() {
-                    // Primary result codes: 5 busy, 6 locked (past the busy timeout), 14
-                    // cannot open. sqlx reports extended codes, whose low byte is the primary.
-                    code.parse::<i32>()
-                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 14))
-                } else {
-                    // SQLSTATE classes 08 (connection), 53 (resources: too many connections,
-                    // disk full) and 57P0x (server shutting down, starting, or gone).
-                    code.starts_with("08") || code.starts_with("53") || code.starts_with("57P0")
-                };
-                let msg = e.message().to_owned();
-                if unavailable {
-                    UserError::Unavailable(msg)
-                } else {
-                    UserError::Other(msg)
-                }
-            }
-            other => UserError::Other(other.to_string()),
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Pool {
-    Pg(PgPool),
-    Sqlite(SqlitePool),
 }
 
 /// A future running `body` against whichever pool `db` has (each arm is type-checked on its
@@ -619,73 +507,6 @@ impl UserDb {
     }
 }
 
-/// Embedded migrations as a sqlx source; same checksums as the `sqlx migrate` CLI computes.
-#[derive(Debug)]
-struct Embedded(&'static [(i64, &'static str, &'static str)]);
-
-impl<'s> MigrationSource<'s> for Embedded {
-    fn resolve(
-        self,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>>
-    {
-        let migrations = self
-            .0
-            .iter()
-            .map(|&(version, description, sql)| {
-                let (description, sql) = (Cow::Borrowed(description), Cow::Borrowed(sql));
-                Migration::new(version, description, MigrationType::Simple, sql, false)
-            })
-            .collect();
-        Box::pin(async move { Ok(migrations) })
-    }
-}
-
-/// SQLite connect options for a non-PostgreSQL URL, and whether the database is in memory.
-fn sqlite_options(url: Option<&str>) -> Result<(SqliteConnectOptions, bool), UserError> {
-    let url = url.unwrap_or(DEFAULT_SQLITE_FILE);
-    let options = if url.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(url)
-            .map_err(|e| UserError::InvalidInput(format!("malformed SQLite URL: {e}")))?
-    } else if url.contains("://") {
-        return Err(UserError::InvalidInput(
-            "unsupported database URL: use postgres://, postgresql:// or sqlite:".into(),
-        ));
-    } else {
-        SqliteConnectOptions::new().filename(url)
-    };
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-    let options = options
-        .create_if_missing(true)
-        .foreign_keys(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT);
-    Ok((options, in_memory))
-}
-
-/// Any failure to open the first connection (refused, unknown database, bad credentials, a
-/// SQLite file that cannot be opened) means the database cannot be reached.
-fn cannot_connect(err: UserError) -> UserError {
-    match err {
-        UserError::Unavailable(msg) | UserError::Other(msg) => UserError::Unavailable(msg),
-        other => UserError::Unavailable(other.to_string()),
-    }
-}
-
-/// Gives up with `Unavailable` when `fut` takes longer than `limit`.
-async fn bounded<T, E: Into<UserError>>(
-    limit: Duration,
-    fut: impl Future<Output = Result<T, E>>,
-) -> Result<T, UserError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(UserError::Unavailable(format!(
-            "no answer within {} ms",
-            limit.as_millis()
-        ))),
-    }
-}
-
 fn user_from_row<R: Row>(row: &R) -> Result<User, sqlx::Error>
 where
     for<'a> &'a str: ColumnIndex<R>,
@@ -710,83 +531,6 @@ where
     })
 }
 
-/// Trims and lowercases an email and checks its shape.
-fn normalize_email(email: &str) -> Result<String, UserError> {
-    let email = email.trim().to_lowercase();
-    let valid = email.chars().count() <= MAX_EMAIL_CHARS
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && matches!(email.split_once('@'), Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
-    if valid {
-        Ok(email)
-    } else {
-        Err(UserError::InvalidInput(format!(
-            "email must look like name@domain, without spaces, at most {MAX_EMAIL_CHARS} characters"
-        )))
-    }
-}
-
-fn check_password(password: &str) -> Result<(), UserError> {
-    if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > MAX_PASSWORD_BYTES {
-        return Err(UserError::InvalidInput(format!(
-            "password must have at least {MIN_PASSWORD_CHARS} characters and at most {MAX_PASSWORD_BYTES} bytes"
-        )));
-    }
-    Ok(())
-}
-
-/// An argon2id PHC string with default parameters and a random salt. Blocking: ~tens of ms.
-fn hash_password(password: &str) -> Result<String, UserError> {
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| UserError::Other(format!("password hashing failed: {e}")))
-}
-
-/// Verifies `password` against `stored`, or against a dummy hash of the same cost when there
-/// is none (then always `false`). Blocking.
-fn verify_password(stored: Option<&str>, password: &str) -> Result<bool, UserError> {
-    let Some(stored) = stored else {
-        if let Some(hash) = dummy_hash().and_then(|h| PasswordHash::new(h).ok()) {
-            let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
-        }
-        return Ok(false);
-    };
-    let hash = PasswordHash::new(stored).map_err(|e| {
-        tracing::error!(error = %e, "stored password hash is malformed");
-        UserError::Other("stored password hash is malformed".into())
-    })?;
-    // Argon2::default() verifies with the parameters recorded in the hash itself.
-    Ok(Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok())
-}
-
-/// The hash that unknown emails are verified against, computed on first use. Blocking.
-fn dummy_hash() -> Option<&'static str> {
-    static DUMMY_HASH: OnceLock<Option<String>> = OnceLock::new();
-    DUMMY_HASH
-        .get_or_init(|| hash_password("gatehouse-dummy-password").ok())
-        .as_deref()
-}
-
-/// An audit field: control characters (PostgreSQL rejects NUL in TEXT) replaced, cut to
-/// `MAX_EVENT_FIELD_BYTES` on a character boundary.
-fn clean(field: &str) -> String {
-    let mut out = String::with_capacity(field.len().min(MAX_EVENT_FIELD_BYTES));
-    for c in field
-        .chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-    {
-        if out.len() + c.len_utf8() > MAX_EVENT_FIELD_BYTES {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -801,13 +545,26 @@ pub fn unix_now_ms() -> i64 {
 }
 
 mod accounts;
+mod error;
+mod hashing;
+mod input;
+mod pool;
 pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
+pub use error::UserError;
+use hashing::{dummy_hash, hash_password, verify_password};
+use input::{check_password, clean, normalize_email, MAX_DISPLAY_NAME_CHARS};
+pub use pool::DEFAULT_SQLITE_FILE;
+use pool::{
+    bounded, cannot_connect, sqlite_options, Embedded, Pool, ACQUIRE_TIMEOUT, CONNECT_TIMEOUT,
+    MAX_CONNECTIONS, OPERATION_TIMEOUT, PG_MIGRATIONS, SQLITE_MIGRATIONS,
+};
 
 #[cfg(test)]
 mod tests {
+    use super::input::MAX_PASSWORD_BYTES;
     use super::*;
     use sqlx::Connection;
-    use std::path::PathBuf;
+    use std::future::Future;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Instant;
 
@@ -1220,14 +977,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn default_database_is_the_sqlite_file_in_the_working_directory() {
-        let (options, in_memory) = sqlite_options(None).unwrap();
-        assert_eq!(options.get_filename(), PathBuf::from(DEFAULT_SQLITE_FILE));
-        assert!(!in_memory);
-        assert!(sqlite_options(Some("sqlite::memory:")).unwrap().1);
-    }
-
     #[tokio::test]
     async fn unsupported_urls_are_invalid_input() {
         for url in [
@@ -1431,56 +1180,5 @@ mod tests {
                 "locked"
             ]
         );
-    }
-
-    #[test]
-    fn audit_fields_are_cleaned_and_bounded() {
-        assert_eq!(clean("a\0b\nc"), "a\u{FFFD}b\u{FFFD}c");
-        let long = clean(&"é".repeat(1000));
-        assert!(long.len() <= MAX_EVENT_FIELD_BYTES && long.chars().all(|c| c == 'é'));
-    }
-
-    #[test]
-    fn password_hashes_are_argon2id_and_verify() {
-        let hash = hash_password(PASSWORD).unwrap();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(verify_password(Some(&hash), PASSWORD).unwrap());
-        assert!(!verify_password(Some(&hash), "wrong password").unwrap());
-        assert!(!verify_password(None, PASSWORD).unwrap());
-        assert!(verify_password(Some("not a phc string"), PASSWORD).is_err());
-    }
-
-    /// Every migration file is embedded, with the version and description sqlx derives from
-    /// its name, and nothing else is.
-    #[test]
-    fn embedded_migrations_match_the_files() {
-        for (dir, embedded) in [("postgres", PG_MIGRATIONS), ("sqlite", SQLITE_MIGRATIONS)] {
-            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(dir);
-            let mut files: Vec<_> = std::fs::read_dir(&path)
-                .unwrap()
-                .map(|entry| entry.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-                .collect();
-            files.sort();
-            let on_disk: Vec<(i64, String, String)> = files
-                .iter()
-                .map(|file| {
-                    let stem = file.file_stem().unwrap().to_str().unwrap();
-                    let (version, description) = stem.split_once('_').unwrap();
-                    (
-                        version.parse().unwrap(),
-                        description.replace('_', " "),
-                        std::fs::read_to_string(file).unwrap(),
-                    )
-                })
-                .collect();
-            let embedded: Vec<(i64, String, String)> = embedded
-                .iter()
-                .map(|&(v, d, sql)| (v, d.to_owned(), sql.to_owned()))
-                .collect();
-            assert_eq!(on_disk, embedded, "migrations/{dir}");
-        }
     }
 }

@@ -4,6 +4,15 @@
 use super::{Balance, Config, HealthCheckKind, RetryConfig, Timeouts};
 use std::collections::{BTreeSet, HashMap};
 
+mod auth;
+mod upstream;
+mod web;
+
+use auth::check_auth;
+use upstream::{check_retry, check_timeouts, check_upstream_tls, valid_server_name};
+pub use upstream::{parse_backend_url, BackendUrl, HashKeySpec};
+use web::check_web;
+
 pub fn validate(c: &Config) -> Vec<String> {
     let mut p = Vec::new();
     let s = &c.server;
@@ -346,201 +355,6 @@ pub fn validate(c: &Config) -> Vec<String> {
 /// The roles users can have.
 pub const ROLES: [&str; 4] = ["patient", "doctor", "institution", "admin"];
 
-fn check_auth(p: &mut Vec<String>, a: &super::AuthConfig) {
-    let url = a.database_url.trim();
-    if !(url.is_empty()
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-        || url.starts_with("sqlite:"))
-    {
-        p.push("auth.database_url: must be postgres://…, postgresql://… or sqlite:… (empty: sqlite file gatehouse.db)".into());
-    }
-    let r = a.redis_url.trim();
-    if !(r.is_empty()
-        || r.starts_with("redis://")
-        || r.starts_with("rediss://")
-        || r.starts_with("redis-sentinel://")
-        || r.starts_with("redis-cluster://"))
-    {
-        p.push("auth.redis_url: must be redis://…, rediss://…, redis-sentinel://… or redis-cluster://… (empty: in-process store)".into());
-    }
-    if a.store_timeout.0.is_zero() || a.store_timeout.0.as_millis() > 5000 {
-        p.push("auth.store_timeout: must be between 1ms and 5s".into());
-    }
-    let j = &a.jwt;
-    let alg = j.algorithm.to_ascii_uppercase();
-    match alg.as_str() {
-        "HS256" => {
-            if !j.secret.is_empty() && j.secret.len() < 32 {
-                p.push(format!(
-                    "auth.jwt.secret: {} bytes is too short for HS256; at least 32 are required (JWT_SECRET_KEY)",
-                    j.secret.len()
-                ));
-            }
-        }
-        "RS256" | "ES256" | "EDDSA" => {
-            if j.private_key.is_none() {
-                p.push(format!(
-                    "auth.jwt.private_key: required for {}",
-                    j.algorithm
-                ));
-            }
-        }
-        _ => p.push(format!(
-            "auth.jwt.algorithm: {:?} is not one of HS256, RS256, ES256, EdDSA",
-            j.algorithm
-        )),
-    }
-    if j.issuer.is_empty() || j.audience.is_empty() {
-        p.push("auth.jwt: issuer and audience must not be empty".into());
-    }
-    let s = &a.sessions;
-    if s.access_prefix.is_empty()
-        || s.refresh_prefix.is_empty()
-        || s.access_prefix == s.refresh_prefix
-    {
-        p.push(
-            "auth.sessions: access_prefix and refresh_prefix must be non-empty and different"
-                .into(),
-        );
-    }
-    if s.access_ttl.0.as_secs() < 10
-        || s.refresh_ttl.0 < s.access_ttl.0
-        || s.absolute_lifetime.0 < s.access_ttl.0
-    {
-        p.push("auth.sessions: access_ttl ≥ 10s, and refresh_ttl and absolute_lifetime ≥ access_ttl, are required".into());
-    }
-    if s.idle_timeout.0.as_secs() < 10 {
-        p.push("auth.sessions.idle_timeout: must be at least 10s".into());
-    }
-    for (role, r) in &a.roles {
-        if !crate::config::role::Role::ALL
-            .iter()
-            .any(|known| known.as_str() == role)
-        {
-            p.push(format!(
-                "auth.roles.{role}: unknown role (patient, doctor, institution, admin)"
-            ));
-        }
-        let limits = [
-            ("idle_timeout", r.sessions.idle_timeout),
-            ("absolute_lifetime", r.sessions.absolute_lifetime),
-        ];
-        for (key, v) in limits {
-            if v.is_some_and(|d| d.0.as_secs() < 10) {
-                p.push(format!(
-                    "auth.roles.{role}.sessions.{key}: must be at least 10s"
-                ));
-            }
-        }
-    }
-    let c = &a.cookies;
-    for (key, name) in [("name", &c.name), ("refresh_name", &c.refresh_name)] {
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-        {
-            p.push(format!(
-                "auth.cookies.{key}: {name:?} is not a valid cookie name"
-            ));
-        }
-    }
-    if c.same_site == super::SameSite::None && c.secure == super::SecureMode::Never {
-        p.push("auth.cookies: same_site: none requires secure cookies".into());
-    }
-    let l = &a.login;
-    if l.max_failures_per_account == 0 || l.max_failures_per_ip == 0 || l.window.0.is_zero() {
-        p.push("auth.login: limits and window must be greater than 0".into());
-    }
-}
-
-fn check_web(p: &mut Vec<String>, c: &Config) {
-    let w = &c.web;
-    if !(w.assets_prefix.starts_with('/')
-        && w.assets_prefix.ends_with('/')
-        && w.assets_prefix.len() > 1)
-    {
-        p.push(format!(
-            "web.assets_prefix: {:?} must start and end with '/', e.g. /assets/",
-            w.assets_prefix
-        ));
-    }
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, page) in w.pages.iter().enumerate() {
-        let at = format!("web.pages[{i}]");
-        match crate::routing::normalize_path(&page.path) {
-            Ok(n) if n == page.path && !page.path.contains(['?', '#']) => {}
-            _ => p.push(format!(
-                "{at}.path: {:?} must be a normalised path",
-                page.path
-            )),
-        }
-        if let Some(first) = seen.insert(page.path.as_str(), i) {
-            p.push(format!(
-                "{at}.path: {:?} is already web.pages[{first}]",
-                page.path
-            ));
-        }
-        if page.template.contains("..") || page.template.starts_with('/') {
-            p.push(format!(
-                "{at}.template: {:?} must be a name inside web.templates",
-                page.template
-            ));
-        }
-        if let Some(roles) = &page.roles {
-            for (j, role) in roles.iter().enumerate() {
-                if !ROLES.contains(&role.as_str()) {
-                    p.push(format!(
-                        "{at}.roles[{j}]: {role:?} is not one of {}",
-                        ROLES.join(", ")
-                    ));
-                }
-            }
-            if page.auth != super::AuthMode::Required {
-                p.push(format!("{at}.roles: only used with auth: required"));
-            }
-        }
-        for (name, src) in &page.data {
-            if !c.upstreams.contains_key(&src.upstream) {
-                p.push(format!(
-                    "{at}.data.{name}.upstream: unknown upstream {:?}",
-                    src.upstream
-                ));
-            }
-            if !src.path.starts_with('/') {
-                p.push(format!("{at}.data.{name}.path: must start with '/'"));
-            }
-        }
-    }
-}
-
-/// `upstreams.NAME.tls`: what can be said without reading the files (reading them is part
-/// of building the pool: [`crate::upstream::tls`]).
-fn check_upstream_tls(p: &mut Vec<String>, at: &str, t: &super::UpstreamTlsConfig) {
-    if let Some(name) = &t.server_name {
-        if !valid_server_name(name) {
-            p.push(format!(
-                "{at}.tls.server_name: {name:?} is not a DNS name or IP address"
-            ));
-        }
-    }
-    match (&t.client_cert, &t.client_key) {
-        (Some(_), None) => p.push(format!(
-            "{at}.tls.client_key: required with {at}.tls.client_cert"
-        )),
-        (None, Some(_)) => p.push(format!(
-            "{at}.tls.client_cert: required with {at}.tls.client_key"
-        )),
-        _ => {}
-    }
-}
-
-/// A name rustls can send as SNI and verify a certificate against (DNS name or IP).
-fn valid_server_name(name: &str) -> bool {
-    pingora::tls::ServerName::try_from(name).is_ok()
-}
-
 /// What is allowed but worth saying, with its path: printed by `gatehouse check` and
 /// logged at start and on reload.
 pub fn warnings(c: &Config) -> Vec<String> {
@@ -564,40 +378,6 @@ pub fn warnings(c: &Config) -> Vec<String> {
         }
     }
     w
-}
-
-const RETRY_ON: [&str; 6] = ["connect_error", "timeout", "reset", "502", "503", "504"];
-
-fn check_retry(p: &mut Vec<String>, at: &str, r: &RetryConfig) {
-    if r.retries.is_some_and(|n| n > 10) {
-        p.push(format!("{at}.retries: at most 10"));
-    }
-    for (i, v) in r.retry_on.iter().flatten().enumerate() {
-        if !RETRY_ON.contains(&v.as_str()) {
-            p.push(format!(
-                "{at}.retry_on[{i}]: {v:?} is not one of {}",
-                RETRY_ON.join(", ")
-            ));
-        }
-    }
-    if r.retry_buffer.is_some_and(|s| s.0 > 64 * 1024) {
-        p.push(format!(
-            "{at}.retry_buffer: at most 64KiB (the size Pingora replays)"
-        ));
-    }
-    if let (Some(b), Some(c)) = (r.backoff_base, r.backoff_cap) {
-        if c.0 < b.0 {
-            p.push(format!("{at}.backoff_cap: must not be below backoff_base"));
-        }
-    }
-}
-
-fn check_timeouts(p: &mut Vec<String>, at: &str, t: &Timeouts) {
-    for (key, v) in [("connect", t.connect), ("read", t.read), ("total", t.total)] {
-        if matches!(v, Some(d) if d.0.is_zero()) {
-            p.push(format!("{at}.{key}: must be greater than 0"));
-        }
-    }
 }
 
 fn valid_label(s: &str) -> bool {
@@ -628,78 +408,6 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
             "{prefix:?} is not a normalised path (no '//', '.', '..', '%' escapes or '?')"
         )),
     }
-}
-
-/// `client_ip`, `header:NAME` or `cookie:NAME`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKeySpec {
-    ClientIp,
-    Header(http::HeaderName),
-    Cookie(String),
-}
-
-impl HashKeySpec {
-    pub fn parse(s: &str) -> Option<HashKeySpec> {
-        match s.split_once(':') {
-            None if s == "client_ip" => Some(HashKeySpec::ClientIp),
-            Some(("header", h)) => http::HeaderName::from_bytes(h.trim().as_bytes())
-                .ok()
-                .map(HashKeySpec::Header),
-            Some(("cookie", c)) if !c.trim().is_empty() => {
-                Some(HashKeySpec::Cookie(c.trim().to_string()))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// A backend URL, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendUrl {
-    /// `https://`: the connection is TLS ([`crate::config::UpstreamTlsConfig`]).
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-/// `http://host:port[/]`, `https://host:port[/]` or `host:port` (plain HTTP).
-pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if url.contains("://") {
-        return Err(format!(
-            "{url:?}: only http:// and https:// backends are supported"
-        ));
-    } else {
-        (false, url)
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('/') || rest.contains('@') || rest.contains('?') {
-        return Err(format!(
-            "{url:?}: a backend is scheme://host:port, without path or credentials"
-        ));
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, p) = v6
-            .split_once("]:")
-            .ok_or_else(|| format!("{url:?}: expected [v6]:port"))?;
-        (h.to_string(), p)
-    } else {
-        let (h, p) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{url:?}: a port is required"))?;
-        (h.to_string(), p)
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: missing host"));
-    }
-    let port: u16 = port.parse().map_err(|_| format!("{url:?}: invalid port"))?;
-    if port == 0 {
-        return Err(format!("{url:?}: port 0 is not a backend"));
-    }
-    Ok(BackendUrl { tls, host, port })
 }
 
 /// `10.0.0.0/8`, `::1/128` or a bare address.
@@ -775,37 +483,6 @@ mod tests {
     }
 
     #[test]
-    fn backend_urls() {
-        let url = |tls, host: &str, port| BackendUrl {
-            tls,
-            host: host.into(),
-            port,
-        };
-        assert_eq!(
-            parse_backend_url("http://svc:8000"),
-            Ok(url(false, "svc", 8000))
-        );
-        assert_eq!(
-            parse_backend_url("127.0.0.1:80/"),
-            Ok(url(false, "127.0.0.1", 80))
-        );
-        assert_eq!(
-            parse_backend_url("http://[::1]:9"),
-            Ok(url(false, "::1", 9))
-        );
-        assert_eq!(
-            parse_backend_url("https://svc.internal:443"),
-            Ok(url(true, "svc.internal", 443))
-        );
-        assert!(parse_backend_url("ftp://svc:21")
-            .unwrap_err()
-            .contains("only http:// and https://"));
-        assert!(parse_backend_url("https://svc").is_err());
-        assert!(parse_backend_url("http://svc:8000/api").is_err());
-        assert!(parse_backend_url("http://svc").is_err());
-    }
-
-    #[test]
     fn upstream_tls_block_defaults_and_problems() {
         let c = Config::from_yaml_str_with_env(
             "upstreams:\n  a: {backends: 'https://svc.internal:443'}\n",
@@ -872,19 +549,5 @@ mod tests {
         assert!(problems("server: {log: {level: DEBUG}}").is_empty());
         assert!(problems("server: {log: {level: 'info,gatehouse=debug'}}").is_empty());
         assert!(problems("server: {log: {level: verbose}}")[0].starts_with("server.log.level"));
-    }
-
-    #[test]
-    fn hash_keys() {
-        assert_eq!(HashKeySpec::parse("client_ip"), Some(HashKeySpec::ClientIp));
-        assert!(matches!(
-            HashKeySpec::parse("header:X-User"),
-            Some(HashKeySpec::Header(_))
-        ));
-        assert_eq!(
-            HashKeySpec::parse("cookie:sid"),
-            Some(HashKeySpec::Cookie("sid".into()))
-        );
-        assert_eq!(HashKeySpec::parse("body"), None);
     }
 }

@@ -1,0 +1,112 @@
+//! Checks of `auth:`: store URLs, token keys and lifetimes, cookies, login protection, roles.
+
+use super::super::{AuthConfig, SameSite, SecureMode};
+
+pub(super) fn check_auth(p: &mut Vec<String>, a: &AuthConfig) {
+    let url = a.database_url.trim();
+    if !(url.is_empty()
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || url.starts_with("sqlite:"))
+    {
+        p.push("auth.database_url: must be postgres://…, postgresql://… or sqlite:… (empty: sqlite file gatehouse.db)".into());
+    }
+    let r = a.redis_url.trim();
+    if !(r.is_empty()
+        || r.starts_with("redis://")
+        || r.starts_with("rediss://")
+        || r.starts_with("redis-sentinel://")
+        || r.starts_with("redis-cluster://"))
+    {
+        p.push("auth.redis_url: must be redis://…, rediss://…, redis-sentinel://… or redis-cluster://… (empty: in-process store)".into());
+    }
+    if a.store_timeout.0.is_zero() || a.store_timeout.0.as_millis() > 5000 {
+        p.push("auth.store_timeout: must be between 1ms and 5s".into());
+    }
+    let j = &a.jwt;
+    let alg = j.algorithm.to_ascii_uppercase();
+    match alg.as_str() {
+        "HS256" => {
+            if !j.secret.is_empty() && j.secret.len() < 32 {
+                p.push(format!(
+                    "auth.jwt.secret: {} bytes is too short for HS256; at least 32 are required (JWT_SECRET_KEY)",
+                    j.secret.len()
+                ));
+            }
+        }
+        "RS256" | "ES256" | "EDDSA" => {
+            if j.private_key.is_none() {
+                p.push(format!(
+                    "auth.jwt.private_key: required for {}",
+                    j.algorithm
+                ));
+            }
+        }
+        _ => p.push(format!(
+            "auth.jwt.algorithm: {:?} is not one of HS256, RS256, ES256, EdDSA",
+            j.algorithm
+        )),
+    }
+    if j.issuer.is_empty() || j.audience.is_empty() {
+        p.push("auth.jwt: issuer and audience must not be empty".into());
+    }
+    let s = &a.sessions;
+    if s.access_prefix.is_empty()
+        || s.refresh_prefix.is_empty()
+        || s.access_prefix == s.refresh_prefix
+    {
+        p.push(
+            "auth.sessions: access_prefix and refresh_prefix must be non-empty and different"
+                .into(),
+        );
+    }
+    if s.access_ttl.0.as_secs() < 10
+        || s.refresh_ttl.0 < s.access_ttl.0
+        || s.absolute_lifetime.0 < s.access_ttl.0
+    {
+        p.push("auth.sessions: access_ttl ≥ 10s, and refresh_ttl and absolute_lifetime ≥ access_ttl, are required".into());
+    }
+    if s.idle_timeout.0.as_secs() < 10 {
+        p.push("auth.sessions.idle_timeout: must be at least 10s".into());
+    }
+    for (role, r) in &a.roles {
+        if !crate::config::role::Role::ALL
+            .iter()
+            .any(|known| known.as_str() == role)
+        {
+            p.push(format!(
+                "auth.roles.{role}: unknown role (patient, doctor, institution, admin)"
+            ));
+        }
+        let limits = [
+            ("idle_timeout", r.sessions.idle_timeout),
+            ("absolute_lifetime", r.sessions.absolute_lifetime),
+        ];
+        for (key, v) in limits {
+            if v.is_some_and(|d| d.0.as_secs() < 10) {
+                p.push(format!(
+                    "auth.roles.{role}.sessions.{key}: must be at least 10s"
+                ));
+            }
+        }
+    }
+    let c = &a.cookies;
+    for (key, name) in [("name", &c.name), ("refresh_name", &c.refresh_name)] {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            p.push(format!(
+                "auth.cookies.{key}: {name:?} is not a valid cookie name"
+            ));
+        }
+    }
+    if c.same_site == SameSite::None && c.secure == SecureMode::Never {
+        p.push("auth.cookies: same_site: none requires secure cookies".into());
+    }
+    let l = &a.login;
+    if l.max_failures_per_account == 0 || l.max_failures_per_ip == 0 || l.window.0.is_zero() {
+        p.push("auth.login: limits and window must be greater than 0".into());
+    }
+}
