@@ -102,11 +102,15 @@ impl Gw {
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
         let running =
             gatehouse::spawn(config).unwrap_or_else(|e| panic!("gateway failed to build: {e}"));
-        eventually(
-            Duration::from_secs(10),
-            &format!("gateway listening on {port}"),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
+        // Both listeners: the admin one (metrics, probes) may come up after the proxy's, and a
+        // test that scrapes first must not race it.
+        for p in [port, admin_port] {
+            eventually(
+                Duration::from_secs(10),
+                &format!("gateway listening on {p}"),
+                || std::net::TcpStream::connect(("127.0.0.1", p)).is_ok(),
+            );
+        }
         Gw {
             port,
             admin_port,
