@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::otlp::OtlpReceiver;
+use common::otlp::{hex, int_attr, str_attr, OtlpReceiver};
 use common::*;
 use gatehouse::metrics::Metrics;
 use gatehouse::telemetry::proto::{self, AnyValue};
@@ -85,18 +85,6 @@ fn request(headers: &[(&str, &str)]) -> ::http::request::Parts {
         b = b.header(*k, *v);
     }
     b.body(()).expect("request").into_parts().0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn str_attr<'a>(s: &'a proto::Span, key: &str) -> Option<&'a str> {
-    s.attribute(key).and_then(AnyValue::as_str)
-}
-
-fn int_attr(s: &proto::Span, key: &str) -> Option<i64> {
-    s.attribute(key).and_then(AnyValue::as_int)
 }
 
 fn wait_for_spans(rx: &OtlpReceiver, n: usize) -> Vec<proto::Span> {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::otlp::OtlpReceiver;
+use common::otlp::{hex, int_attr, str_attr, OtlpReceiver};
 use common::scripted::{Reply, ScriptedUpstream};
 use common::*;
 use gatehouse::telemetry::proto::{self, AnyValue, KIND_CLIENT, KIND_INTERNAL, KIND_SERVER};
@@ -14,18 +14,6 @@ use std::time::Duration;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn str_attr<'a>(s: &'a proto::Span, key: &str) -> Option<&'a str> {
-    s.attribute(key).and_then(AnyValue::as_str)
-}
-
-fn int_attr(s: &proto::Span, key: &str) -> Option<i64> {
-    s.attribute(key).and_then(AnyValue::as_int)
-}
 
 /// Waits until the receiver holds a server span, then returns every span (the attempt and
 /// auth spans end before the server span, so they are in the same or an earlier batch).

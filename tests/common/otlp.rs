@@ -156,3 +156,20 @@ fn serve(stream: TcpStream, sh: Arc<Shared>) {
         }
     }
 }
+
+/// Lower-case hex of an id as the receiver got it.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A string attribute of a received span.
+pub fn str_attr<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
+    s.attribute(key)
+        .and_then(gatehouse::telemetry::proto::AnyValue::as_str)
+}
+
+/// An integer attribute of a received span.
+pub fn int_attr(s: &Span, key: &str) -> Option<i64> {
+    s.attribute(key)
+        .and_then(gatehouse::telemetry::proto::AnyValue::as_int)
+}
