@@ -8,7 +8,7 @@ mod common;
 use common::otlp::{hex, int_attr, str_attr, OtlpReceiver};
 use common::scripted::{Reply, ScriptedUpstream};
 use common::*;
-use gatehouse::telemetry::proto::{self, AnyValue, KIND_CLIENT, KIND_INTERNAL, KIND_SERVER};
+use gatehouse::telemetry::proto::{self, KIND_CLIENT, KIND_INTERNAL, KIND_SERVER};
 use gatehouse::telemetry::span as attr;
 use std::time::Duration;
 
