@@ -10,7 +10,7 @@ mod common;
 use common::otlp::{hex, int_attr, str_attr, OtlpReceiver};
 use common::*;
 use gatehouse::metrics::Metrics;
-use gatehouse::telemetry::proto::{self, AnyValue};
+use gatehouse::telemetry::proto;
 use gatehouse::telemetry::settings::{resolve, TelemetryConfig};
 use gatehouse::telemetry::{span as attr, Counters, Exporter, SpanKind, Tracer};
 use std::time::Duration;
