@@ -32,7 +32,7 @@ pub use auth::{
     SameSite, SecureMode, SessionsConfig, StoreFailure, VerifyKey,
 };
 pub use route::{Defaults, FallbackConfig, RouteConfig};
-pub use server::{CompressionConfig, Limits, LogConfig, LogFormat, ServerConfig};
+pub use server::{CompressionConfig, Http2Config, Limits, LogConfig, LogFormat, ServerConfig};
 pub use units::{Dur, Size};
 pub use upstream::{
     BackendEntry, BackendList, Balance, CircuitBreakerConfig, HealthCheckConfig, HealthCheckKind,

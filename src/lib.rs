@@ -144,12 +144,12 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         tracer: tracer.clone(),
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-    let app = edge::listener::EdgeApp {
+    let app = edge::listener::EdgeServer(Arc::new(edge::listener::EdgeApp {
         inner: Arc::new(proxy),
         state: state.clone(),
         metrics: metrics.clone(),
         conns: Default::default(),
-    };
+    }));
     let mut service = Service::new("gatehouse proxy".to_string(), app);
     for addr in &s.listen.0 {
         // No 64 KiB read buffer held per connection for its whole life (PINGORA.md,

@@ -40,6 +40,8 @@ pub struct Limits {
     pub keepalive_requests: u32,
     /// Write buffer of each new client connection (`server.limits.write_buffer`).
     pub write_buffer: usize,
+    /// `server.http2`, for each new HTTP/2 connection.
+    pub http2: crate::config::Http2Config,
 }
 
 /// A route, resolved: its pool, effective timeouts and body limit.
@@ -310,6 +312,7 @@ impl Snapshot {
                 keepalive_timeout: limits.keepalive_timeout.0,
                 keepalive_requests: limits.keepalive_requests,
                 write_buffer: limits.write_buffer.0 as usize,
+                http2: config.server.http2,
             },
             pages,
             cors: default_cors,

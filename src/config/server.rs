@@ -26,6 +26,8 @@ pub struct ServerConfig {
     /// Peers (CIDR or plain addresses) whose `X-Forwarded-For`/`-Proto` are believed.
     pub trusted_proxies: Vec<String>,
     pub limits: Limits,
+    /// Bounds on HTTP/2 connections (offered on the TLS listener by ALPN).
+    pub http2: Http2Config,
     pub log: LogConfig,
     /// Reload when the config file's modification time changes (besides SIGHUP). Default false.
     pub watch_config: bool,
@@ -56,6 +58,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Dur::secs(1),
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
+            http2: Http2Config::default(),
             log: LogConfig::default(),
             watch_config: false,
             compression: CompressionConfig::default(),
@@ -124,6 +127,41 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 0,
             write_buffer: Size(1460),
+        }
+    }
+}
+
+/// `server.http2:` — what one HTTP/2 connection may ask of the gateway. Pingora's HTTP/2
+/// code (the `h2` crate) enforces each; these set its bounds, read for every new connection
+/// (a reload applies to connections made after it).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams a client may have open at once on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused with `REFUSED_STREAM`. Default 100.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded request header list (`SETTINGS_MAX_HEADER_LIST_SIZE`, names and
+    /// values plus 32 bytes per field); a larger one is answered 431 and never proxied, and
+    /// the number of CONTINUATION frames a header block may span is bounded by it. Default
+    /// 32KiB, like `limits.max_header_bytes` for HTTP/1.
+    pub max_header_list_size: Size,
+    /// Streams a client may open and reset before the gateway has taken them up ("rapid
+    /// reset", CVE-2023-44487); over it the connection ends with `GOAWAY`
+    /// `ENHANCE_YOUR_CALM`. Default 20.
+    pub max_pending_reset_streams: u32,
+    /// Streams the gateway may reset for a client's protocol errors on one connection
+    /// ("MadeYouReset", CVE-2025-8671); over it the connection ends with `GOAWAY`
+    /// `ENHANCE_YOUR_CALM`. Default 200.
+    pub max_error_reset_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            max_header_list_size: Size(32 * 1024),
+            max_pending_reset_streams: 20,
+            max_error_reset_streams: 200,
         }
     }
 }

@@ -51,6 +51,19 @@ pub fn validate(c: &Config) -> Vec<String> {
         }
     }
     let l = &s.limits;
+    let h2 = &s.http2;
+    if h2.max_concurrent_streams == 0 || h2.max_concurrent_streams > 10_000 {
+        p.push("server.http2.max_concurrent_streams: must be between 1 and 10000".into());
+    }
+    if h2.max_header_list_size.0 < 1024 || h2.max_header_list_size.0 > 1024 * 1024 {
+        p.push("server.http2.max_header_list_size: must be between 1KiB and 1MiB".into());
+    }
+    if h2.max_pending_reset_streams == 0 || h2.max_pending_reset_streams > 10_000 {
+        p.push("server.http2.max_pending_reset_streams: must be between 1 and 10000".into());
+    }
+    if h2.max_error_reset_streams == 0 || h2.max_error_reset_streams > 100_000 {
+        p.push("server.http2.max_error_reset_streams: must be between 1 and 100000".into());
+    }
     if l.max_header_bytes.0 < 1024 || l.max_header_bytes.0 > 1024 * 1024 {
         p.push("server.limits.max_header_bytes: must be between 1KiB and 1MiB".into());
     }

@@ -28,9 +28,10 @@ use crate::errors::Reject;
 use crate::state::SharedState;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +47,67 @@ pub struct EdgeApp<A> {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Open connections per client ip, and in total (for `server.limits`).
     pub conns: ConnTable,
+}
+
+/// The service's app: [`EdgeApp`] plus the connection limits for HTTP/2.
+///
+/// An HTTP/1 connection (plain or TLS) is counted by [`EdgeApp`] on its first request; an
+/// HTTP/2 one never reaches that per-connection path (Pingora hands each of its streams over
+/// as a request), so it is counted here, for its whole life, as soon as ALPN has chosen h2
+/// and before any frame is read. Both count in the same [`ConnTable`], so
+/// `server.limits.max_connections` and `max_connections_per_ip` hold across protocols.
+/// A TLS connection is refused after its handshake (Pingora's listener offers no hook
+/// before it), without a request being read.
+pub struct EdgeServer<A>(pub Arc<EdgeApp<A>>);
+
+#[async_trait]
+impl<A> ServerApp for EdgeServer<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let app = &self.0;
+        if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return app.process_new(stream, shutdown).await;
+        }
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let limits = app.state.load().limits;
+        if let Err(which) =
+            app.conns
+                .admit(ip, limits.max_connections, limits.max_connections_per_ip)
+        {
+            app.metrics
+                .connections_refused_total
+                .with_label_values(&[which])
+                .inc();
+            tracing::debug!(client_ip = ?ip, limit = which, "HTTP/2 connection refused by a limit");
+            return None;
+        }
+        app.metrics.connections_active.inc();
+        let out = app.process_new(stream, shutdown).await;
+        app.close_connection(ip);
+        out
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.0).await
+    }
+}
+
+/// Pingora's bounded HTTP/2 settings with `server.http2` applied.
+pub fn h2_options(c: &crate::config::Http2Config) -> H2Options {
+    let mut o = pingora::protocols::http::v2::server::default_h2_options();
+    o.max_concurrent_streams(c.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(c.max_header_list_size.0).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(c.max_pending_reset_streams as usize)
+        .max_local_error_reset_streams(Some(c.max_error_reset_streams as usize));
+    o
 }
 
 /// What a kept-alive connection carries to its next request: its stream, keep-alive timeout
@@ -208,8 +270,9 @@ where
         }
     }
 
-    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
+    fn h2_options(&self) -> Option<H2Options> {
+        // Read for each new HTTP/2 connection, so a reload applies to the next ones.
+        Some(h2_options(&self.state.load().limits.http2))
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -587,6 +650,7 @@ mod tests {
             keepalive_timeout: std::time::Duration::from_secs(1),
             keepalive_requests: 1,
             write_buffer: 0,
+            http2: Default::default(),
         };
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let wait = super::read_head(&mut s, BytesMut::new(), &limits, true, &rx);
