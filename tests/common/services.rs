@@ -1,11 +1,12 @@
 //! Services from the environment (`DATABASE_URL`, `REDIS_URL`: scripts/test.sh starts
-//! throwaway ones) and our own `redis-server` child for outage tests (never the shared one).
+//! throwaway ones), and our own `redis-server` child and PostgreSQL cluster for outage tests
+//! (never the shared ones).
 
-use super::backends::TempDir;
+use super::backends::{temp_path, TempDir};
 use super::upstream_and_client::{free_port, wait_until};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -118,5 +119,141 @@ impl OwnRedis {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port (like scripts/test.sh), run as
+/// the `postgres` user when we are root; stopped (immediately) and removed on drop.
+pub struct OwnPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_root: bool,
+    running: bool,
+}
+
+pub fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+pub fn quiet(c: &mut Command) -> bool {
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl OwnPostgres {
+    /// `None` (with a note) when the PostgreSQL binaries are missing or it fails to start.
+    pub fn start() -> Option<OwnPostgres> {
+        let Some(bin) = postgres_bin() else {
+            eprintln!("note: PostgreSQL binaries not found under /usr/lib/postgresql; skipping");
+            return None;
+        };
+        let uid = Command::new("id").arg("-u").output().ok()?;
+        let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = temp_path("pg");
+        std::fs::create_dir_all(dir.join("sock")).expect("pg dir");
+        let mut pg = OwnPostgres {
+            bin,
+            dir,
+            port: free_port(),
+            as_root,
+            running: false,
+        };
+        if as_root && !quiet(Command::new("chown").args(["-R", "postgres"]).arg(&pg.dir)) {
+            eprintln!("note: cannot hand a directory to the postgres user; skipping");
+            return None;
+        }
+        let data = pg.dir.join("data");
+        let initdb =
+            quiet(
+                pg.tool("initdb")
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-U", "postgres", "--auth=trust"]),
+            );
+        if !(initdb && pg.start_server()) {
+            eprintln!("note: the throwaway PostgreSQL did not start; skipping");
+            return None;
+        }
+        let port = pg.port.to_string();
+        let created = quiet(pg.tool("createdb").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "gatehouse_test",
+        ]));
+        if !created {
+            eprintln!("note: createdb failed; skipping");
+            return None;
+        }
+        Some(pg)
+    }
+
+    pub fn tool(&self, name: &str) -> Command {
+        if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(name));
+            c
+        } else {
+            Command::new(self.bin.join(name))
+        }
+    }
+
+    pub fn start_server(&mut self) -> bool {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("pg.log");
+        self.running = quiet(
+            self.tool("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-o", &opts, "start"]),
+        );
+        self.running
+    }
+
+    pub fn stop_immediately(&mut self) {
+        let data = self.dir.join("data");
+        quiet(
+            self.tool("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "stop"]),
+        );
+        self.running = false;
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/gatehouse_test", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            self.stop_immediately();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
