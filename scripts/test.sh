@@ -11,7 +11,7 @@
 # package; scripts/check_deploy.py, a structural check of the Dockerfile, compose file and
 # deploy/k8s with PyYAML; the k8s manifests against Kubernetes' schemas with PyPI's
 # kubernetes-validate, in a venv next to $CARGO_TARGET_DIR), and cargo test with REDIS_URL and
-# DATABASE_URL pointing at the throwaway instances. Everything started is stopped on exit.
+# DATABASE_URL (and REDIS_SENTINEL_URL, REDIS_CLUSTER_URL) pointing at the throwaway instances. Everything started is stopped on exit.
 # cargo test includes tests/layers.rs: the module graph of src/ (from its `crate::` paths) has
 # no import cycle, there is no mod.rs, and each module's "Layer: …; must not import …" doc is
 # true.
@@ -80,7 +80,9 @@ free_port() {
 
 SERVICES_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-services.XXXXXX")
 cleanup() {
-  if [ -f "$SERVICES_DIR/redis.pid" ]; then kill "$(cat "$SERVICES_DIR/redis.pid")" 2>/dev/null || true; fi
+  for pidfile in "$SERVICES_DIR"/*.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
   if [ -d "$SERVICES_DIR/pg" ]; then
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SERVICES_DIR/pg" -m immediate stop >/dev/null 2>&1 || true
   fi
@@ -93,12 +95,90 @@ start_redis() {
   port=$(free_port)
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$SERVICES_DIR" \
     --daemonize yes --pidfile "$SERVICES_DIR/redis.pid" --logfile "$SERVICES_DIR/redis.log"
-  for _ in $(seq 1 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_redis "$port"
   export REDIS_URL="redis://127.0.0.1:$port/0"
   echo "throwaway Redis: $REDIS_URL"
+}
+
+wait_redis() {
+  for _ in $(seq 1 100); do
+    redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "redis on port $1 did not start" >&2
+  return 1
+}
+
+# A Sentinel set: a master, a replica and three sentinels (quorum 2, a master is down after
+# 1 s), for tests/redis_topologies.rs (its failover test kills the master).
+start_sentinel_set() {
+  local master replica s nodes="" first=""
+  master=$(free_port)
+  replica=$(free_port)
+  redis-server --port "$master" --bind 127.0.0.1 --save "" --appendonly no --dir "$SERVICES_DIR" \
+    --daemonize yes --pidfile "$SERVICES_DIR/sentinel-master.pid" --logfile "$SERVICES_DIR/sentinel-master.log"
+  redis-server --port "$replica" --bind 127.0.0.1 --save "" --appendonly no --dir "$SERVICES_DIR" \
+    --replicaof 127.0.0.1 "$master" \
+    --daemonize yes --pidfile "$SERVICES_DIR/sentinel-replica.pid" --logfile "$SERVICES_DIR/sentinel-replica.log"
+  wait_redis "$master"
+  wait_redis "$replica"
+  for i in 1 2 3; do
+    s=$(free_port)
+    cat >"$SERVICES_DIR/sentinel-$i.conf" <<CONF
+port $s
+bind 127.0.0.1
+daemonize yes
+pidfile $SERVICES_DIR/sentinel-$i.pid
+logfile $SERVICES_DIR/sentinel-$i.log
+dir $SERVICES_DIR
+sentinel monitor mymaster 127.0.0.1 $master 2
+sentinel down-after-milliseconds mymaster 1000
+sentinel failover-timeout mymaster 3000
+sentinel parallel-syncs mymaster 1
+CONF
+    redis-server "$SERVICES_DIR/sentinel-$i.conf" --sentinel
+    wait_redis "$s"
+    if [ -z "$first" ]; then first=$s; else nodes="$nodes&node=127.0.0.1:$s"; fi
+  done
+  export REDIS_SENTINEL_URL="redis-sentinel://127.0.0.1:$first/0?sentinelServiceName=mymaster$nodes"
+  echo "throwaway Redis Sentinel set: $REDIS_SENTINEL_URL"
+}
+
+# A free port P below 55536 with P+10000 free too (a cluster node's bus port).
+free_cluster_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 45000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass
+'
+}
+
+# A three-node Redis Cluster (no replicas), for tests/redis_topologies.rs.
+start_cluster() {
+  local p ports=() first="" nodes=""
+  for i in 1 2 3; do
+    p=$(free_cluster_port)
+    ports+=("127.0.0.1:$p")
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$SERVICES_DIR" \
+      --cluster-enabled yes --cluster-config-file "$SERVICES_DIR/cluster-$i-nodes.conf" \
+      --cluster-node-timeout 2000 \
+      --daemonize yes --pidfile "$SERVICES_DIR/cluster-$i.pid" --logfile "$SERVICES_DIR/cluster-$i.log"
+    wait_redis "$p"
+    if [ -z "$first" ]; then first=$p; else nodes="$nodes${nodes:+&}node=127.0.0.1:$p"; fi
+  done
+  redis-cli --cluster create "${ports[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do
+    redis-cli -p "$first" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+  done
+  export REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:$first?$nodes"
+  echo "throwaway Redis Cluster: $REDIS_CLUSTER_URL"
 }
 
 start_postgres() {
@@ -115,8 +195,10 @@ start_postgres() {
   echo "throwaway PostgreSQL: $DATABASE_URL"
 }
 
-step "starting throwaway Redis and PostgreSQL"
+step "starting throwaway Redis (single, Sentinel set, Cluster) and PostgreSQL"
 start_redis
+start_sentinel_set
+start_cluster
 start_postgres
 
 step "cargo fmt --check"
