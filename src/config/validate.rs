@@ -458,6 +458,22 @@ mod tests {
     }
 
     #[test]
+    fn http2_bounds_are_checked_with_their_paths() {
+        let p = problems(
+            "server:\n  http2: {max_concurrent_streams: 0, max_header_list_size: 100B, max_pending_reset_streams: 0, max_error_reset_streams: 0}\n",
+        );
+        for key in [
+            "server.http2.max_concurrent_streams",
+            "server.http2.max_header_list_size",
+            "server.http2.max_pending_reset_streams",
+            "server.http2.max_error_reset_streams",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(key)), "{key}: {p:?}");
+        }
+        assert!(problems("server:\n  http2: {max_concurrent_streams: 50}\n").is_empty());
+    }
+
+    #[test]
     fn unknown_upstream_is_reported_with_route_path() {
         let p = problems(
             "upstreams:\n  a: {backends: 'http://127.0.0.1:1'}\nroutes:\n  - {prefix: /a, upstream: a}\n  - {prefix: /b, upstream: a}\n  - {prefix: /c, upstream: billing}\n",
