@@ -402,13 +402,15 @@ mod tests {
 
     #[test]
     fn audit_required_refuses_with_503_only_while_the_audit_is_degraded() {
-        let s = snapshot("upstreams:
+        let s = snapshot(
+            "upstreams:
   app:
     backends: http://127.0.0.1:9
 routes:
   - {name: must, prefix: /must, upstream: app, audit: required}
   - {name: may, prefix: /may, upstream: app, audit: true}
-");
+",
+        );
         let plan_with = |path: &str, degraded: bool| {
             let h = head("GET", path, &[]);
             let inbound = Inbound {

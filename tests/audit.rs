@@ -115,7 +115,11 @@ impl Site {
     /// `gatehouse audit export ARGS`: the rows.
     fn export(&self, args: &[&str]) -> Vec<Value> {
         let out = self.audit(&[&["export"], args].concat());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -169,7 +173,10 @@ fn audited_requests_are_exported_and_a_changed_or_deleted_row_is_found(b: Backen
     let r = get_ok(
         port,
         "/api/v1/records/7?ssn=123-45-6789",
-        &[("Authorization", &auth), ("X-Request-Id", "audit-proxied-1")],
+        &[
+            ("Authorization", &auth),
+            ("X-Request-Id", "audit-proxied-1"),
+        ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let r = get_ok(port, "/open/x?q=1", &[("Authorization", &auth)]);
@@ -179,7 +186,11 @@ fn audited_requests_are_exported_and_a_changed_or_deleted_row_is_found(b: Backen
     let r = get_ok(
         port,
         "/doctor/dashboard?tab=patients",
-        &[("Authorization", &auth), ("X-Request-Id", "audit-page-1"), BROWSER],
+        &[
+            ("Authorization", &auth),
+            ("X-Request-Id", "audit-page-1"),
+            BROWSER,
+        ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let r = get_ok(
@@ -187,7 +198,10 @@ fn audited_requests_are_exported_and_a_changed_or_deleted_row_is_found(b: Backen
         "/api/v1/records/8",
         &[("X-Request-Id", "audit-anonymous-1")],
     );
-    assert_eq!(r.status, 200, "auth: optional lets anonymous requests through");
+    assert_eq!(
+        r.status, 200,
+        "auth: optional lets anonymous requests through"
+    );
 
     let rows = site.rows(3);
     assert_eq!(rows.len(), 3, "only the audited requests: {rows:#?}");
@@ -223,12 +237,20 @@ fn audited_requests_are_exported_and_a_changed_or_deleted_row_is_found(b: Backen
     // Filters.
     let mine = site.export(&["--user", &site.doctor.email]);
     assert_eq!(mine.len(), 2, "{mine:#?}");
-    assert_eq!(site.export(&["--user", &site.doctor.id.to_string()]).len(), 2);
+    assert_eq!(
+        site.export(&["--user", &site.doctor.id.to_string()]).len(),
+        2
+    );
     assert_eq!(site.export(&["--since", "2999-01-01T00:00:00Z"]).len(), 0);
     assert_eq!(site.export(&["--until", "1000000000"]).len(), 0);
     assert_eq!(
-        site.export(&["--since", "2020-01-01", "--until", "2999-01-01T00:00:00+01:00"])
-            .len(),
+        site.export(&[
+            "--since",
+            "2020-01-01",
+            "--until",
+            "2999-01-01T00:00:00+01:00"
+        ])
+        .len(),
         3
     );
     let bad = site.audit(&["export", "--since", "yesterday"]);
@@ -295,14 +317,23 @@ fn a_purge_keeps_the_chain_verifiable(b: Backend) {
     assert!(site.verify().is_ok());
 
     let out = site.audit(&["purge"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("purged 2 rows"), "{said}");
     let left = site.export(&[]);
     assert_eq!(left.len(), 1, "{left:#?}");
     assert_eq!(left[0]["id"], rows[2]["id"]);
-    let ok = site.verify().expect("the chain verifies from the purge anchor");
-    assert!(ok.contains("1 rows verified") && ok.contains("anchor"), "{ok}");
+    let ok = site
+        .verify()
+        .expect("the chain verifies from the purge anchor");
+    assert!(
+        ok.contains("1 rows verified") && ok.contains("anchor"),
+        "{ok}"
+    );
     // New rows extend the purged chain.
     let r = with_bearer(site.gw.port, "/api/v1/records/3", &token);
     assert_eq!(r.status, 200);
@@ -328,7 +359,10 @@ fn an_audit_outage_answers_503_on_required_routes_only(b: Backend) {
     assert_eq!(dropped(), 0.0);
 
     // The audit table cannot be written.
-    sql(&site.db, "ALTER TABLE access_audit RENAME TO access_audit_away");
+    sql(
+        &site.db,
+        "ALTER TABLE access_audit RENAME TO access_audit_away",
+    );
     let mut refused = None;
     let found = wait_until(Duration::from_secs(10), || {
         let r = with_bearer(port, "/api/v1/records/1", &token);
@@ -365,14 +399,24 @@ fn an_audit_outage_answers_503_on_required_routes_only(b: Backend) {
     for _ in 0..3 {
         assert_eq!(with_bearer(port, "/api/v1/vital/1", &token).status, 503);
     }
-    assert_eq!(vital_seen(), before, "refused requests never reach the upstream");
+    assert_eq!(
+        vital_seen(),
+        before,
+        "refused requests never reach the upstream"
+    );
 
     // Back: the writer's probe notices, and required routes serve again.
-    sql(&site.db, "ALTER TABLE access_audit_away RENAME TO access_audit");
-    eventually(Duration::from_secs(10), "audit: required serving again", || {
-        with_bearer(port, "/api/v1/vital/2", &token).status == 200
-    });
+    sql(
+        &site.db,
+        "ALTER TABLE access_audit_away RENAME TO access_audit",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "audit: required serving again",
+        || with_bearer(port, "/api/v1/vital/2", &token).status == 200,
+    );
     // What was written before and after the outage is one intact chain.
     site.rows_with("/api/v1/vital/2");
-    site.verify().expect("the chain is intact across the outage");
+    site.verify()
+        .expect("the chain is intact across the outage");
 }

@@ -326,7 +326,13 @@ mod tests {
             Ok(1_700_000_000_500)
         );
         assert_eq!(parse_time("2024-02-29", "t"), Ok(1_709_164_800_000));
-        for bad in ["", "yesterday", "2023-13-01", "2023-11-14T22:13", "2023-11-14T22:13:20"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2023-13-01",
+            "2023-11-14T22:13",
+            "2023-11-14T22:13:20",
+        ] {
             let e = parse_time(bad, "--since").unwrap_err();
             assert!(e.starts_with("--since:"), "{bad}: {e}");
         }

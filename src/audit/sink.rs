@@ -86,7 +86,9 @@ impl AuditSink {
         let was = self.write_failed.swap(failed, Ordering::AcqRel);
         if was != failed {
             if failed {
-                tracing::error!("access audit: cannot write to the database; audit: required routes answer 503");
+                tracing::error!(
+                    "access audit: cannot write to the database; audit: required routes answer 503"
+                );
             } else {
                 tracing::info!("access audit: writing again");
             }
@@ -112,7 +114,10 @@ impl AuditService {
         for attempt in 1..=ATTEMPTS {
             match store::append(&self.db, batch).await {
                 Ok(_) => {
-                    self.sink.metrics.audit_written_total.inc_by(batch.len() as u64);
+                    self.sink
+                        .metrics
+                        .audit_written_total
+                        .inc_by(batch.len() as u64);
                     batch.clear();
                     self.sink.set_failed(false);
                     return;
@@ -135,7 +140,11 @@ impl AuditService {
         let retention = i64::try_from(self.config.retention.0.as_millis()).unwrap_or(i64::MAX);
         match store::purge(&self.db, now_ms().saturating_sub(retention)).await {
             Ok(p) if p.rows > 0 => {
-                tracing::info!(rows = p.rows, anchor_id = p.anchor_id, "access audit: rows past the retention purged")
+                tracing::info!(
+                    rows = p.rows,
+                    anchor_id = p.anchor_id,
+                    "access audit: rows past the retention purged"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "access audit purge failed"),
@@ -198,5 +207,73 @@ impl BackgroundService for AuditService {
             }
         }
         self.write(&mut batch).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u16) -> Entry {
+        Entry {
+            at_ms: now_ms(),
+            request_id: format!("r{n}"),
+            user_id: None,
+            role: None,
+            client_ip: None,
+            method: "GET".into(),
+            route: "r".into(),
+            path: "/".into(),
+            status: 200,
+            upstream: None,
+        }
+    }
+
+    fn sink(capacity: usize) -> (Arc<AuditSink>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let cfg = AuditConfig {
+            queue_capacity: capacity,
+            ..AuditConfig::default()
+        };
+        (AuditSink::new(&cfg, metrics.clone()), metrics)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting_and_is_degraded() {
+        let (sink, metrics) = sink(2);
+        sink.record(entry(1));
+        assert!(!sink.degraded());
+        sink.record(entry(2));
+        assert!(sink.degraded(), "full");
+        sink.record(entry(3));
+        let overflow = metrics.audit_dropped_total.with_label_values(&["overflow"]);
+        assert_eq!(overflow.get(), 1);
+        assert_eq!(metrics.audit_degraded.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_retried_then_dropped_and_a_good_write_clears_the_flag() {
+        let (sink, metrics) = sink(10);
+        let db = UserDb::connect(Some("sqlite::memory:")).await.expect("db");
+        let service = AuditService {
+            sink: sink.clone(),
+            db: db.clone(),
+            config: AuditConfig::default(),
+        };
+        // No tables yet: every attempt fails.
+        let mut batch = vec![entry(1), entry(2)];
+        service.write(&mut batch).await;
+        assert!(batch.is_empty());
+        assert!(sink.degraded());
+        let database = metrics.audit_dropped_total.with_label_values(&["database"]);
+        assert_eq!(database.get(), 2);
+        assert!(store::probe(&db).await.is_err());
+        db.migrate().await.expect("migrate");
+        assert!(store::probe(&db).await.is_ok());
+        let mut batch = vec![entry(3)];
+        service.write(&mut batch).await;
+        assert!(!sink.degraded());
+        assert_eq!(metrics.audit_written_total.get(), 1);
+        assert_eq!(store::head(&db).await.expect("head").last_id, 1);
     }
 }

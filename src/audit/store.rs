@@ -243,7 +243,10 @@ pub async fn export_page(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Stored>, String> {
-    let (since, until) = (f.since_ms.unwrap_or(i64::MIN), f.until_ms.unwrap_or(i64::MAX));
+    let (since, until) = (
+        f.since_ms.unwrap_or(i64::MIN),
+        f.until_ms.unwrap_or(i64::MAX),
+    );
     on_pool!(db, |pool| {
         let rows: Vec<Row> = match &f.user_id {
             None => {

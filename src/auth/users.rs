@@ -560,9 +560,9 @@ pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 pub use error::UserError;
 use hashing::{dummy_hash, hash_password, verify_password};
 use input::{check_password, clean, normalize_email, MAX_DISPLAY_NAME_CHARS};
-pub use pool::DEFAULT_SQLITE_FILE;
 /// The pool, for the access audit (`crate::audit::store`), whose tables live in this database.
 pub(crate) use pool::Pool as DbPool;
+pub use pool::DEFAULT_SQLITE_FILE;
 use pool::{
     bounded, cannot_connect, sqlite_options, Embedded, Pool, ACQUIRE_TIMEOUT, CONNECT_TIMEOUT,
     MAX_CONNECTIONS, OPERATION_TIMEOUT, PG_MIGRATIONS, SQLITE_MIGRATIONS,

@@ -90,7 +90,9 @@ impl AuditConfig {
             p.push(format!("{at}.retention: must be at least 1d"));
         }
         if !(1..=1_000_000).contains(&self.queue_capacity) {
-            p.push(format!("{at}.queue_capacity: must be between 1 and 1000000"));
+            p.push(format!(
+                "{at}.queue_capacity: must be between 1 and 1000000"
+            ));
         }
         if !(1..=10_000).contains(&self.batch_size) {
             p.push(format!("{at}.batch_size: must be between 1 and 10000"));
@@ -127,7 +129,9 @@ mod tests {
         assert_eq!(mode("audit: false"), Ok(AuditMode::Off));
         assert_eq!(mode("audit: true"), Ok(AuditMode::On));
         assert_eq!(mode("audit: required"), Ok(AuditMode::Required));
-        assert!(mode("audit: always").unwrap_err().contains("unknown audit mode"));
+        assert!(mode("audit: always")
+            .unwrap_err()
+            .contains("unknown audit mode"));
     }
 
     #[test]
