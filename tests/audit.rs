@@ -15,7 +15,10 @@ use std::time::Duration;
 on_both_backends!(
     audited_requests_are_exported_and_a_changed_or_deleted_row_is_found,
     a_purge_keeps_the_chain_verifiable,
+    the_writer_purges_past_the_retention_itself,
     an_audit_outage_answers_503_on_required_routes_only,
+    two_gateways_on_one_database_extend_one_chain,
+    route_audit_modes_reload_and_the_audit_block_needs_a_restart,
 );
 
 /// One test's database (on PostgreSQL a fresh database of its own, so that the chain it
@@ -25,6 +28,8 @@ struct Site {
     doctor: Account,
     up: FakeUpstream,
     gw: Gw,
+    /// The config after the `server:` block.
+    rest: String,
     _pg: Option<OwnDatabase>,
     _dir: Option<TempDir>,
 }
@@ -80,8 +85,40 @@ fn sql(url: &str, stmt: &str) -> u64 {
     block_on(exec(url, stmt)).unwrap_or_else(|e| panic!("{stmt}: {e}"))
 }
 
+/// Two rows from seven years ago, written as the gateway writes them.
+fn append_old_rows(db: &str) {
+    let old = gatehouse::audit::now_ms() - 7 * 365 * 86_400_000;
+    block_on(async {
+        let db = gatehouse::auth::users::UserDb::connect(Some(db))
+            .await
+            .expect("connect");
+        db.migrate().await.expect("migrate");
+        let entry = |i: i64| gatehouse::audit::Entry {
+            at_ms: old + i,
+            request_id: format!("old-{i}"),
+            user_id: None,
+            role: None,
+            client_ip: Some("10.0.0.1".into()),
+            method: "GET".into(),
+            route: "records".into(),
+            path: "/api/v1/records/1".into(),
+            status: 200,
+            upstream: None,
+        };
+        gatehouse::audit::store::append(&db, &[entry(0), entry(1)])
+            .await
+            .expect("append");
+    });
+}
+
 impl Site {
     fn start(b: Backend) -> Option<Site> {
+        Site::start_with(b, "retention: 10y", |_| {})
+    }
+
+    /// `audit_keys`: flow-style keys of the `audit:` block; `before`: runs on the database
+    /// (migrated, users seeded) before the gateway starts.
+    fn start_with(b: Backend, audit_keys: &str, before: impl FnOnce(&str)) -> Option<Site> {
         let (env_db, redis, dir) = b.urls()?;
         let (db, pg) = if b == Backend::PostgresRedis {
             let (url, own) = own_pg_database(&env_db);
@@ -90,17 +127,20 @@ impl Site {
             (env_db, None)
         };
         let doctor = seed_users(&db, "audit.test", &[(Role::Doctor, "Doc")]).remove(0);
+        before(&db);
         let up = FakeUpstream::start(Behavior::Echo);
-        let gw = Gw::start(&format!(
-            "upstreams:\n{}\nroutes:\n  - {{name: records, prefix: /api/v1/records, upstream: app, auth: optional, audit: true}}\n  - {{name: vital, prefix: /api/v1/vital, upstream: app, auth: required, audit: required}}\n  - {{name: open, prefix: /open, upstream: app}}\nweb:\n  templates: {templates}\n  pages:\n    - {{path: /doctor/dashboard, template: doctor/dashboard.html, title: Panel, auth: required, roles: [doctor], audit: true}}\n    - {{path: /docs, template: docs.html, title: Docs}}\naudit: {{flush_interval: 20ms, retention: 10y}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
+        let rest = format!(
+            "upstreams:\n{}\nroutes:\n  - {{name: records, prefix: /api/v1/records, upstream: app, auth: optional, audit: true}}\n  - {{name: vital, prefix: /api/v1/vital, upstream: app, auth: required, audit: required}}\n  - {{name: open, prefix: /open, upstream: app}}\nweb:\n  templates: {templates}\n  pages:\n    - {{path: /doctor/dashboard, template: doctor/dashboard.html, title: Panel, auth: required, roles: [doctor], audit: true}}\n    - {{path: /docs, template: docs.html, title: Docs}}\naudit: {{flush_interval: 20ms, {audit_keys}}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
             upstream("app", &[up.url()], ""),
             templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
-        ));
+        );
+        let gw = Gw::start(&rest);
         Some(Site {
             db,
             doctor,
             up,
             gw,
+            rest,
             _pg: pg,
             _dir: dir,
         })
@@ -287,29 +327,9 @@ fn a_purge_keeps_the_chain_verifiable(b: Backend) {
     let Some(site) = Site::start(b) else {
         return;
     };
-    // Two rows from seven years ago, written as the gateway writes them. (The gateway keeps
-    // ten years, so its own purges leave them; the command keeps the default six.)
-    let old = gatehouse::audit::now_ms() - 7 * 365 * 86_400_000;
-    block_on(async {
-        let db = gatehouse::auth::users::UserDb::connect(Some(&site.db))
-            .await
-            .expect("connect");
-        let entry = |i: i64| gatehouse::audit::Entry {
-            at_ms: old + i,
-            request_id: format!("old-{i}"),
-            user_id: None,
-            role: None,
-            client_ip: Some("10.0.0.1".into()),
-            method: "GET".into(),
-            route: "records".into(),
-            path: "/api/v1/records/1".into(),
-            status: 200,
-            upstream: None,
-        };
-        gatehouse::audit::store::append(&db, &[entry(0), entry(1)])
-            .await
-            .expect("append");
-    });
+    // The gateway keeps ten years, so its own purges leave these; the command keeps the
+    // default six.
+    append_old_rows(&site.db);
     let token = login(site.gw.port, &site.doctor.email);
     let r = with_bearer(site.gw.port, "/api/v1/records/2", &token);
     assert_eq!(r.status, 200);
@@ -419,4 +439,87 @@ fn an_audit_outage_answers_503_on_required_routes_only(b: Backend) {
     site.rows_with("/api/v1/vital/2");
     site.verify()
         .expect("the chain is intact across the outage");
+}
+
+/// With `audit.retention` shorter than the rows' age, the gateway's writer purges them itself
+/// (at start, then every `purge_interval`), leaving a chain that verifies from the anchor.
+fn the_writer_purges_past_the_retention_itself(b: Backend) {
+    let Some(site) = Site::start_with(b, "retention: 6y, purge_interval: 1h", append_old_rows)
+    else {
+        return;
+    };
+    let token = login(site.gw.port, &site.doctor.email);
+    assert_eq!(
+        with_bearer(site.gw.port, "/api/v1/records/9", &token).status,
+        200
+    );
+    let rows = site.rows_with("/api/v1/records/9");
+    assert_eq!(rows.len(), 1, "the old rows are gone: {rows:#?}");
+    assert_eq!(rows[0]["id"], 3, "ids go on after the purged rows");
+    let ok = site.verify().expect("verifies from the anchor");
+    assert!(ok.contains("anchor at row 2"), "{ok}");
+}
+
+/// Two gateways writing to one database at once take turns on the chain's head: every row is
+/// written once, ids have no gaps, and the chain verifies.
+fn two_gateways_on_one_database_extend_one_chain(b: Backend) {
+    let Some(site) = Site::start(b) else {
+        return;
+    };
+    let other = Gw::start(&site.rest);
+    let per_client = 40;
+    // Anonymous (the route's auth is optional): the in-process session stores of two
+    // gateways do not share sessions.
+    std::thread::scope(|s| {
+        for (n, port) in [site.gw.port, other.port, site.gw.port, other.port]
+            .into_iter()
+            .enumerate()
+        {
+            s.spawn(move || {
+                for i in 0..per_client {
+                    let r = get_ok(port, &format!("/api/v1/records/{n}-{i}"), &[]);
+                    assert_eq!(r.status, 200);
+                }
+            });
+        }
+    });
+    let rows = site.rows(4 * per_client);
+    assert_eq!(rows.len(), 4 * per_client);
+    let ids: Vec<i64> = rows.iter().filter_map(|r| r["id"].as_i64()).collect();
+    assert_eq!(ids, (1..=4 * per_client as i64).collect::<Vec<_>>());
+    let ok = site.verify().expect("one chain");
+    assert!(
+        ok.contains(&format!("{} rows verified", 4 * per_client)),
+        "{ok}"
+    );
+}
+
+/// A route's `audit` reloads with the routes; the `audit:` block (queue, writer) needs a
+/// restart and says so.
+fn route_audit_modes_reload_and_the_audit_block_needs_a_restart(b: Backend) {
+    let Some(site) = Site::start(b) else {
+        return;
+    };
+    let port = site.gw.port;
+    let audited_open = site.rest.replace(
+        "{name: open, prefix: /open, upstream: app}",
+        "{name: open, prefix: /open, upstream: app, audit: true}",
+    );
+    assert_ne!(audited_open, site.rest);
+    let restart = site
+        .gw
+        .running
+        .reload(site.gw.config_for(&audited_open))
+        .expect("reload");
+    assert!(!restart.contains(&"audit"), "{restart:?}");
+    assert_eq!(get_ok(port, "/open/after-reload", &[]).status, 200);
+    let rows = site.rows_with("/open/after-reload");
+    assert_eq!(rows[0]["route"], "open");
+    let bigger_queue = audited_open.replace("retention: 10y", "retention: 10y, queue_capacity: 5");
+    let restart = site
+        .gw
+        .running
+        .reload(site.gw.config_for(&bigger_queue))
+        .expect("reload");
+    assert!(restart.contains(&"audit"), "{restart:?}");
 }
