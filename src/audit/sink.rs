@@ -40,6 +40,8 @@ pub struct AuditSink {
     rx: Mutex<Option<mpsc::Receiver<Entry>>>,
     /// The last write or probe failed.
     write_failed: AtomicBool,
+    /// Rows were dropped for a full queue since the last write (logged once per episode).
+    overflowing: AtomicBool,
     metrics: Arc<Metrics>,
     overflow: IntCounter,
     database: IntCounter,
@@ -55,6 +57,7 @@ impl AuditSink {
             tx,
             rx: Mutex::new(Some(rx)),
             write_failed: AtomicBool::new(false),
+            overflowing: AtomicBool::new(false),
             metrics,
             overflow,
             database,
@@ -73,7 +76,9 @@ impl AuditSink {
             Err(TrySendError::Full(e)) => {
                 self.overflow.inc();
                 self.metrics.audit_degraded.set(1);
-                tracing::warn!(request_id = %e.request_id, "access audit queue full; row dropped");
+                if !self.overflowing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(request_id = %e.request_id, "access audit queue full; rows are dropped (counted in gatehouse_audit_dropped_total)");
+                }
             }
             Err(TrySendError::Closed(e)) => {
                 self.database.inc();
@@ -83,6 +88,9 @@ impl AuditSink {
     }
 
     fn set_failed(&self, failed: bool) {
+        if !failed {
+            self.overflowing.store(false, Ordering::Release);
+        }
         let was = self.write_failed.swap(failed, Ordering::AcqRel);
         if was != failed {
             if failed {
