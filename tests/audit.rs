@@ -2,8 +2,10 @@
 //! PostgreSQL + Redis: audited requests (a proxied route and a dashboard page) appear in
 //! `gatehouse audit export` with the right fields and never a query string or token, routes
 //! without `audit` do not; `audit verify` passes, then names a changed row and a deleted one;
-//! a purge keeps the chain verifiable; an audit database outage answers 503 on `audit:
-//! required` routes while `audit: true` ones keep serving and count what they drop.
+//! a purge (the command's, and the writer's own) keeps the chain verifiable; an audit
+//! database outage answers 503 on `audit: required` routes while `audit: true` ones keep
+//! serving and count what they drop; two gateways on one database extend one chain; route
+//! modes reload.
 
 mod common;
 use common::*;
