@@ -10,6 +10,7 @@
 //! policies are still defined in `edge::cors`, `edge::ip_rules`, `edge::header_rules` and
 //! `edge::ratelimit`, leaves that import nothing back; they belong here next.)
 
+pub mod audit;
 mod auth;
 pub mod cache;
 mod interpolate;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use audit::{AuditConfig, AuditMode};
 pub use auth::{
     AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, RoleConfig, RoleSessionsConfig,
     SameSite, SecureMode, SessionsConfig, StoreFailure, VerifyKey,
@@ -80,6 +82,9 @@ pub struct Config {
     /// OpenTelemetry tracing (off unless an endpoint is configured).
     #[serde(default)]
     pub telemetry: telemetry::TelemetryConfig,
+    /// The access audit: retention, queue, batches (routes and pages opt in with `audit`).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Folder relative paths in the file are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,

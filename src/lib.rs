@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod audit;
 pub mod auth;
 pub mod builtin;
 pub mod cache;
@@ -134,6 +135,13 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
     server.bootstrap();
 
     let auth_for_admin = auth.clone();
+    // The access audit: one queue and one writer per process, in the users database.
+    let audit = audit::AuditSink::new(&cfg.audit, metrics.clone());
+    let audit_writer = audit::AuditService {
+        sink: audit.clone(),
+        db: auth.users.clone(),
+        config: cfg.audit.clone(),
+    };
     let cache = cache::Cache::new(&s.cache);
     let gateway = proxy::Gateway {
         state: state.clone(),
@@ -142,6 +150,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
         access_log: s.log.access_log,
         cache,
         tracer: tracer.clone(),
+        audit,
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let app = edge::listener::EdgeServer(Arc::new(edge::listener::EdgeApp {
@@ -194,6 +203,7 @@ pub fn build_server(config: Config, opts: RunOptions) -> Result<(Server, Handles
             state: state.clone(),
         },
     ));
+    server.add_service(background_service("access audit", audit_writer));
     if let Some(exporter) = exporter {
         server.add_service(background_service(
             "trace export",

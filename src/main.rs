@@ -47,6 +47,12 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// The access audit: verify its hash chain, export it, purge it (database from
+    /// DATABASE_URL, else the config).
+    Audit {
+        #[command(subcommand)]
+        action: gatehouse::audit::cli::AuditAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -339,6 +345,7 @@ fn main() -> ExitCode {
             Ok(format!("migrations applied ({})", db.backend()))
         }),
         Command::User { action } => user_command(&cli.config, action),
+        Command::Audit { action } => gatehouse::audit::cli::run(&cli.config, action),
         Command::Run { upgrade } => {
             let config = match Config::load(&cli.config) {
                 Ok(c) => c,

@@ -46,6 +46,15 @@ pub struct Metrics {
     pub trace_spans_exported_total: IntCounter,
     /// Spans not delivered, by reason (`queue_full`, `export_failed`).
     pub trace_spans_dropped_total: IntCounterVec,
+    /// Access audit rows written to the database.
+    pub audit_written_total: IntCounter,
+    /// Access audit rows lost, by reason (`overflow`: the queue was full; `database`: the
+    /// batch could not be written).
+    pub audit_dropped_total: IntCounterVec,
+    /// Access audit rows waiting to be written.
+    pub audit_queue_depth: IntGauge,
+    /// 1 while the access audit cannot take rows (`audit: required` routes answer 503).
+    pub audit_degraded: IntGauge,
     process_cpu_seconds: prometheus::Counter,
     process_resident_memory_bytes: IntGauge,
     process_open_fds: IntGauge,
@@ -305,6 +314,33 @@ impl Metrics {
                 "trace_spans_dropped_total",
                 "Trace spans not delivered, by reason (queue_full: the export queue was full; export_failed: the export request failed).",
                 &["reason"],
+            ),
+            audit_written_total: single_counter(
+                &r,
+                "audit_written_total",
+                "Access audit rows written to the database.",
+            ),
+            audit_dropped_total: {
+                let c = counter(
+                    &r,
+                    "audit_dropped_total",
+                    "Access audit rows lost, by reason (overflow: the queue was full; database: the batch could not be written).",
+                    &["reason"],
+                );
+                for reason in ["overflow", "database"] {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
+            audit_queue_depth: single_int_gauge(
+                &r,
+                "audit_queue_depth",
+                "Access audit rows waiting to be written.",
+            ),
+            audit_degraded: single_int_gauge(
+                &r,
+                "audit_degraded",
+                "1 while the access audit cannot take rows (its last write failed or its queue is full): audit: required routes answer 503.",
             ),
             process_cpu_seconds: {
                 let c = prometheus::Counter::new(

@@ -33,6 +33,8 @@ pub struct PageDef {
     pub roles: Option<Vec<String>>,
     /// name → (pool, path template)
     pub data: Vec<(String, Arc<Pool>, String)>,
+    /// `audit`: its requests are recorded in the access audit.
+    pub audit: crate::config::AuditMode,
 }
 
 /// Templates, pages and assets of one snapshot.
@@ -188,6 +190,7 @@ impl Pages {
                     auth: p.auth,
                     roles: p.roles.clone(),
                     data,
+                    audit: p.audit,
                 }),
             );
         }

@@ -12,7 +12,9 @@
 //! 7. static assets, then pages (HTML, and `/api/web/{role}/dashboard` as JSON);
 //! 8. route lookup — 404, 405 with `Allow`;
 //! 9. the route's address rules (403) and its body limit by `Content-Length` (413);
-//! 10. otherwise: proxy on that route.
+//! 10. a route or page with `audit: required` while the access audit cannot take rows —
+//!     503 with `Retry-After` (never served unaudited);
+//! 11. otherwise: proxy on that route (or render the page).
 //!
 //! What needs I/O or shared counters runs after, in the lane, on the route the plan chose:
 //! in-flight slots, the session check (`auth::guard`), rate limits, then the attempts.
@@ -41,10 +43,12 @@ pub struct Inbound<'a> {
     pub peer_ip: Option<IpAddr>,
     /// The connection itself is TLS (the gateway's HTTPS listener).
     pub tls_conn: bool,
+    /// The access audit cannot take rows now (`crate::audit::AuditSink::degraded`).
+    pub audit_degraded: bool,
 }
 
 /// What the plan learned about the request, whatever it decided.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Facts {
     /// The client's `X-Request-Id` when valid, else a new one.
     pub request_id: String,
@@ -59,6 +63,22 @@ pub struct Facts {
     /// The CORS policy of the answer: the route's, else `defaults.cors`; none before it is
     /// known (hygiene, health, the HTTPS redirect) and for preflights (answered whole).
     pub cors: Option<Arc<Cors>>,
+    /// The page the request is for, whatever was decided (its `audit` applies).
+    pub page: Option<Arc<PageDef>>,
+}
+
+impl std::fmt::Debug for Facts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Facts")
+            .field("request_id", &self.request_id)
+            .field("client_ip", &self.client_ip)
+            .field("tls", &self.tls)
+            .field("path", &self.path)
+            .field("api_client", &self.api_client)
+            .field("cors", &self.cors)
+            .field("page", &self.page.as_ref().map(|p| p.path.as_str()))
+            .finish()
+    }
 }
 
 /// What happens to the request.
@@ -133,6 +153,7 @@ pub fn plan(
         }
     };
     let plan = decide(snapshot, head, &path, &mut facts);
+    let plan = audit_gate(plan, req.audit_degraded);
     facts.path = Some(path);
     (facts, plan)
 }
@@ -160,6 +181,7 @@ fn front(snapshot: &Snapshot, req: &Inbound<'_>) -> Facts {
         path: None,
         api_client: true,
         cors: None,
+        page: None,
     }
 }
 
@@ -249,6 +271,7 @@ fn decide(snapshot: &Snapshot, head: &http::request::Parts, path: &str, facts: &
         None => pages.find(path).map(|page| (page, false)),
     };
     if let Some((page, as_json)) = page {
+        facts.page = Some(page.clone());
         if method != Method::GET && method != Method::HEAD {
             return method_not_allowed("GET, HEAD");
         }
@@ -280,6 +303,28 @@ fn decide(snapshot: &Snapshot, head: &http::request::Parts, path: &str, facts: &
         return refuse(crate::errors::from_status(413), true, Some(route));
     }
     Plan::Proxy(route)
+}
+
+/// Step 10: a route or page with `audit: required` is not served while the access audit
+/// cannot take rows; the refusal keeps the route, so it is counted (and recorded when the
+/// audit recovers in time).
+fn audit_gate(plan: Plan, audit_degraded: bool) -> Plan {
+    use crate::config::AuditMode;
+    if !audit_degraded {
+        return plan;
+    }
+    let route = match &plan {
+        Plan::Proxy(route) if route.audit == AuditMode::Required => Some(route.clone()),
+        Plan::Page { page, .. } if page.audit == AuditMode::Required => None,
+        _ => return plan,
+    };
+    let reject = Reject::new(
+        503,
+        "audit_unavailable",
+        "The service is temporarily unavailable.",
+    )
+    .with_header("Retry-After", "5");
+    refuse(reject, false, route)
 }
 
 /// Where a plain-HTTP request goes when `server.tls.redirect_http` is on: the same host,
@@ -350,8 +395,41 @@ mod tests {
             head: h,
             peer_ip: Some(IpAddr::from([127, 0, 0, 1])),
             tls_conn: false,
+            audit_degraded: false,
         };
         plan(s, &inbound, || None)
+    }
+
+    #[test]
+    fn audit_required_refuses_with_503_only_while_the_audit_is_degraded() {
+        let s = snapshot(
+            "upstreams:
+  app:
+    backends: http://127.0.0.1:9
+routes:
+  - {name: must, prefix: /must, upstream: app, audit: required}
+  - {name: may, prefix: /may, upstream: app, audit: true}
+",
+        );
+        let plan_with = |path: &str, degraded: bool| {
+            let h = head("GET", path, &[]);
+            let inbound = Inbound {
+                head: &h,
+                peer_ip: Some(IpAddr::from([127, 0, 0, 1])),
+                tls_conn: false,
+                audit_degraded: degraded,
+            };
+            plan(&s, &inbound, || None).1
+        };
+        assert!(matches!(plan_with("/must", false), Plan::Proxy(_)));
+        assert!(matches!(plan_with("/may", true), Plan::Proxy(_)));
+        let p = plan_with("/must", true);
+        assert!(
+            matches!(p, Plan::Refuse { ref reject, route: Some(ref r), close: false }
+                if reject.status == 503 && r.name == "must"
+                    && reject.headers.iter().any(|(k, _)| k == "Retry-After")),
+            "{p:?}"
+        );
     }
 
     const ROUTES: &str = "upstreams:\n  app:\n    backends: http://127.0.0.1:9\nroutes:\n  - {name: everything, prefix: /, upstream: app, auth: required, cors: {allowed_origins: [\"https://a.example\"]}}\n  - {name: ro, prefix: /ro, upstream: app, methods: [GET]}\n  - {name: small, prefix: /small, upstream: app, max_body_bytes: 10, ip_rules: {deny: [10.0.0.0/8]}}\n  - {name: blocked, prefix: /blocked, upstream: app, max_body_bytes: 10, ip_rules: {deny: [127.0.0.1/32]}}\n";

@@ -55,6 +55,8 @@ pub struct Gateway {
     pub cache: crate::cache::Cache,
     /// OpenTelemetry tracing (a no-op when off).
     pub tracer: crate::telemetry::Tracer,
+    /// The access audit's queue (routes and pages opt in with `audit`).
+    pub audit: Arc<crate::audit::AuditSink>,
 }
 
 /// Per-request context. The snapshot is loaded once, so retries and logging see the
@@ -80,6 +82,8 @@ pub struct Ctx {
     attempt_span: Span,
     /// The signed-in user, when the route checked one.
     identity: Option<Identity>,
+    /// The page the request is for (its `audit` applies, as a route's does).
+    page: Option<Arc<crate::pages::PageDef>>,
     /// TLS in front of the client: ours, or a trusted proxy's (`X-Forwarded-Proto: https`).
     tls: bool,
     /// The client connection itself is TLS (our HTTPS listener).
@@ -122,6 +126,7 @@ impl Ctx {
             trace: Span::default(),
             attempt_span: Span::default(),
             identity: None,
+            page: None,
             tls: false,
             tls_conn: false,
             cors: None,
@@ -144,6 +149,7 @@ impl Ctx {
         self.path = facts.path;
         self.api_client = facts.api_client;
         self.cors = facts.cors;
+        self.page = facts.page;
     }
 }
 
@@ -178,6 +184,7 @@ impl ProxyHttp for Gateway {
                 head: session.req_header(),
                 peer_ip: ctx.peer_ip,
                 tls_conn: ctx.tls_conn,
+                audit_degraded: self.audit.degraded(),
             };
             let h1 = !session.is_http2();
             let raw = || h1.then(|| session.as_downstream().to_h1_raw());

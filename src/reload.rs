@@ -72,6 +72,10 @@ fn restart_needed(old: &Config, new: &Config) -> NeedsRestart {
     if old.telemetry != new.telemetry {
         out.push("telemetry");
     }
+    // The audit's queue and writer are built once (routes' and pages' `audit` modes reload).
+    if old.audit != new.audit {
+        out.push("audit");
+    }
     out
 }
 

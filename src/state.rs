@@ -75,6 +75,8 @@ pub struct Route {
     pub cache: Option<crate::cache::Policy>,
     pub roles: Option<Vec<String>>,
     pub on_store_error: crate::config::StoreFailure,
+    /// `audit`: its requests are recorded in the access audit (`crate::audit`).
+    pub audit: crate::config::AuditMode,
     /// This route's request metrics, resolved once.
     pub series: crate::metrics::series::RouteSeries,
 }
@@ -254,6 +256,7 @@ impl Snapshot {
                     template: f.template.clone(),
                 }),
                 auth: r.auth,
+                audit: r.audit,
                 compression: r.compression,
                 cors: match &r.cors {
                     Some(c) => Arc::new(crate::edge::cors::Cors::new(c)),

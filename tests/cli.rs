@@ -189,7 +189,7 @@ fn access_log_has_one_json_line_per_request() {
         &[
             ("GATEHOUSE_LOG_FORMAT", "json".into()),
             ("PATIENT_SERVICE_URL", up.url()),
-            ("DATABASE_URL", db),
+            ("DATABASE_URL", db.clone()),
         ],
     );
     let bearer = format!("Bearer {}", login(p.port, "pat@example.test"));
@@ -213,6 +213,13 @@ fn access_log_has_one_json_line_per_request() {
     assert_eq!(v["target"], "access");
     assert_eq!(v["request_id"], "req-abc");
     assert_eq!(v["client_ip"], "127.0.0.1");
+    assert!(
+        v["user_id"]
+            .as_str()
+            .is_some_and(|id| id.parse::<i64>().is_ok()),
+        "{v}"
+    );
+    assert_eq!(v["role"], "patient");
     assert_eq!(v["method"], "GET");
     assert_eq!(
         v["path"], "/api/v1/patients/9",
@@ -225,6 +232,29 @@ fn access_log_has_one_json_line_per_request() {
     assert!(v["bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(v["duration_ms"].as_f64().is_some());
     assert_eq!(lines.iter().filter(|l| l.contains("req-abc")).count(), 1);
+    assert!(
+        !p.log_text().contains("secret=1"),
+        "no query string in any log line"
+    );
+    // The shipped config audits every /api/v1/* route: the request is in the access audit.
+    let (found, exported) = poll_until(
+        Duration::from_secs(5),
+        || {
+            let out = run_cli(
+                &["-c", "/nonexistent/gateway.yaml", "audit", "export"],
+                &[("DATABASE_URL", db.as_str())],
+                "",
+            );
+            String::from_utf8_lossy(&out.stdout).to_string()
+        },
+        |text| text.contains("req-abc"),
+    );
+    assert!(found, "the request is not in audit export: {exported}");
+    let line = exported.lines().find(|l| l.contains("req-abc"));
+    let row: serde_json::Value = serde_json::from_str(line.expect("line")).expect("json line");
+    assert_eq!(row["route"], "patients");
+    assert_eq!(row["path"], "/api/v1/patients/9");
+    assert_eq!(row["role"], "patient");
 }
 
 #[test]

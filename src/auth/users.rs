@@ -544,6 +544,13 @@ pub fn unix_now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+impl UserDb {
+    /// The pool itself, for the access audit's tables (`crate::audit::store`).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
 mod accounts;
 mod error;
 mod hashing;
@@ -553,6 +560,8 @@ pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 pub use error::UserError;
 use hashing::{dummy_hash, hash_password, verify_password};
 use input::{check_password, clean, normalize_email, MAX_DISPLAY_NAME_CHARS};
+/// The pool, for the access audit (`crate::audit::store`), whose tables live in this database.
+pub(crate) use pool::Pool as DbPool;
 pub use pool::DEFAULT_SQLITE_FILE;
 use pool::{
     bounded, cannot_connect, sqlite_options, Embedded, Pool, ACQUIRE_TIMEOUT, CONNECT_TIMEOUT,

@@ -105,6 +105,10 @@ pub struct RouteConfig {
     /// Cache this route's GET and HEAD answers (see `server.cache` for the store).
     #[serde(default)]
     pub cache: Option<cache::RouteCacheConfig>,
+    /// Record this route's requests in the access audit: `false` (default), `true`, or
+    /// `"required"` (503 while the audit cannot take rows).
+    #[serde(default)]
+    pub audit: super::AuditMode,
 }
 
 fn yes() -> bool {

@@ -37,7 +37,7 @@ impl fmt::Display for Dur {
     }
 }
 
-/// Parses `250ms`, `10s`, `1m30s`, `2h`, `1d`, or a bare number of seconds.
+/// Parses `250ms`, `10s`, `1m30s`, `2h`, `1d`, `6y` (365-day years), or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
@@ -72,14 +72,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(value.saturating_mul(60)),
             "h" => Duration::from_secs(value.saturating_mul(3600)),
             "d" => Duration::from_secs(value.saturating_mul(86_400)),
+            // A year of 365 days (retention periods: `audit.retention: 6y`).
+            "y" => Duration::from_secs(value.saturating_mul(365 * 86_400)),
             "" => {
                 return Err(format!(
-                    "invalid duration {text:?}: missing unit (ms, s, m, h, d)"
+                    "invalid duration {text:?}: missing unit (ms, s, m, h, d, y)"
                 ))
             }
             other => {
                 return Err(format!(
-                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h, d)"
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h, d, y)"
                 ))
             }
         };
@@ -180,6 +182,10 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(
+            parse_duration("6y"),
+            Ok(Duration::from_secs(6 * 365 * 86_400))
+        );
     }
 
     #[test]

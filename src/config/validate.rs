@@ -78,6 +78,7 @@ pub fn validate(c: &Config) -> Vec<String> {
     }
     p.extend(s.cache.validate("server.cache"));
     p.extend(c.telemetry.validate("telemetry"));
+    p.extend(c.audit.validate("audit"));
     if !(1..=9).contains(&s.compression.level) {
         p.push("server.compression.level: must be between 1 and 9".into());
     }

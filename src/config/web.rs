@@ -70,6 +70,9 @@ pub struct PageConfig {
     /// `{session_id}` are replaced with the signed-in user's values.
     #[serde(default)]
     pub data: BTreeMap<String, DataSourceConfig>,
+    /// Record this page's requests in the access audit (as `routes[i].audit`).
+    #[serde(default)]
+    pub audit: super::AuditMode,
 }
 
 /// `web.pages[i].data.NAME:`

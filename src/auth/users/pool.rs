@@ -38,6 +38,11 @@ pub(super) const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "account changes end sessions",
         include_str!("../../../migrations/postgres/0002_account_changes_end_sessions.sql"),
     ),
+    (
+        4,
+        "access audit",
+        include_str!("../../../migrations/postgres/0004_access_audit.sql"),
+    ),
 ];
 pub(super) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -50,10 +55,15 @@ pub(super) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "account changes end sessions",
         include_str!("../../../migrations/sqlite/0002_account_changes_end_sessions.sql"),
     ),
+    (
+        4,
+        "access audit",
+        include_str!("../../../migrations/sqlite/0004_access_audit.sql"),
+    ),
 ];
 
 #[derive(Clone)]
-pub(super) enum Pool {
+pub(crate) enum Pool {
     Pg(PgPool),
     Sqlite(SqlitePool),
 }
