@@ -167,9 +167,14 @@ pub fn parse(text: &str, format: Option<Format>) -> Result<Parsed, String> {
                         Ok([email, role, name, hash].map(str::to_string))
                     }
                     ref other => Err(format!(
-                        "expected 4 fields ({}), found {}",
+                        "expected 4 fields ({}), found {}{}",
                         CSV_HEADER.join(","),
-                        other.len()
+                        other.len(),
+                        if other.get(3).is_some_and(|h| h.starts_with("$argon2")) {
+                            " (argon2 hashes hold commas: quote the field)"
+                        } else {
+                            ""
+                        }
                     )),
                 };
                 add(line, fields);
@@ -439,7 +444,8 @@ mod tests {
              ana@example.org,admin,,{BCRYPT}\n\
              dee@example.org,admin\n\
              \n\r\n\
-             eve@example.org,admin,Eve,md5$x$y\n"
+             eve@example.org,admin,Eve,md5$x$y\n\
+             fay@example.org,admin,Fay,$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA\n"
         );
         let parsed = parse(&text, None).expect("parsed");
         assert_eq!(parsed.rows.len(), 1);
@@ -449,7 +455,7 @@ mod tests {
             (2, "ana@example.org", Role::Patient, "Ana, María")
         );
         let lines: Vec<u64> = parsed.invalid.iter().map(|(l, _)| *l).collect();
-        assert_eq!(lines, [4, 5, 7, 8, 9, 12], "{:?}", parsed.invalid);
+        assert_eq!(lines, [4, 5, 7, 8, 9, 12, 13], "{:?}", parsed.invalid);
         let text = describe_invalid(&parsed.invalid);
         for want in [
             "line 4: unknown role \"nurse\"",
@@ -458,6 +464,7 @@ mod tests {
             "line 8: email already on line 2",
             "line 9: expected 4 fields",
             "line 12: password_hash: unknown password hash format",
+            "line 13: expected 4 fields (email,role,name,password_hash), found 6 (argon2 hashes hold commas: quote the field)",
         ] {
             assert!(text.contains(want), "{want} in {text}");
         }
