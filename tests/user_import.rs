@@ -279,8 +279,15 @@ fn bad_rows_are_listed_and_nothing_is_imported(b: Backend) {
         &out,
         "imported 2, updated 0, skipped (existing) 0, invalid 4",
     );
-    assert!(stderr(&out).contains("line 3: unknown role"), "{}", stderr(&out));
-    assert_eq!(site.role_and_name(&good), Some((Role::Doctor, "Good".into())));
+    assert!(
+        stderr(&out).contains("line 3: unknown role"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        site.role_and_name(&good),
+        Some((Role::Doctor, "Good".into()))
+    );
     assert_eq!(site.role_and_name(&dup), Some((Role::Admin, "Dup".into())));
     assert!(site.role_and_name(&other).is_none());
     site.sign_in(&good, OLD_PASSWORD);
@@ -289,7 +296,8 @@ fn bad_rows_are_listed_and_nothing_is_imported(b: Backend) {
     let out = site.import_file("email,name,role,password_hash\n", &["--skip-invalid"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("line 1: the CSV header must be exactly email,role,name,password_hash"),
+        stderr(&out)
+            .contains("line 1: the CSV header must be exactly email,role,name,password_hash"),
         "{}",
         stderr(&out)
     );
@@ -318,7 +326,10 @@ fn existing_emails_are_skipped_or_updated(b: Backend) {
         &site.import_file(&second, &[]),
         "imported 0, updated 0, skipped (existing) 2, invalid 0",
     );
-    assert_eq!(site.role_and_name(&ana), Some((Role::Patient, "Ana".into())));
+    assert_eq!(
+        site.role_and_name(&ana),
+        Some((Role::Patient, "Ana".into()))
+    );
     assert_eq!(site.login_status(&ana, NEW_PASSWORD), 401);
 
     // With --update Ana gets the new role, name and hash and her sessions end; Bo (already
@@ -332,7 +343,9 @@ fn existing_emails_are_skipped_or_updated(b: Backend) {
         site.role_and_name(&ana),
         Some((Role::Doctor, "Ana Doctor".into()))
     );
-    eventually(REACH, "Ana's session ends", || !site.token_works(&ana_token));
+    eventually(REACH, "Ana's session ends", || {
+        !site.token_works(&ana_token)
+    });
     eventually(REACH, "Bo's session ends", || !site.token_works(&bo_token));
     assert_eq!(site.login_status(&ana, OLD_PASSWORD), 401);
     site.sign_in(&ana, NEW_PASSWORD);
@@ -352,10 +365,7 @@ fn existing_emails_are_skipped_or_updated(b: Backend) {
     eventually(REACH, "Bo's new session ends", || {
         !site.token_works(&bo_token)
     });
-    let name_only = format!(
-        "{HEADER}{bo},patient,Bo Renamed,\"{}\"\n",
-        VECTORS[5].1
-    );
+    let name_only = format!("{HEADER}{bo},patient,Bo Renamed,\"{}\"\n", VECTORS[5].1);
     let bo_token = site.sign_in(&bo, OLD_PASSWORD);
     let rehashed = site.stored_hash(&bo).expect("hash");
     let name_only = name_only.replace(VECTORS[5].1, &rehashed);
@@ -386,16 +396,26 @@ fn json_lines_from_standard_input(b: Backend) {
         &out,
         "imported 2, updated 0, skipped (existing) 0, invalid 0",
     );
-    assert_eq!(site.role_and_name(&cy), Some((Role::Institution, "Cy".into())));
+    assert_eq!(
+        site.role_and_name(&cy),
+        Some((Role::Institution, "Cy".into()))
+    );
     assert_eq!(site.role_and_name(&di), Some((Role::Admin, String::new())));
     site.sign_in(&cy, OLD_PASSWORD);
     site.sign_in(&di, OLD_PASSWORD);
 
     // A JSON line with a misspelt key is a bad row with its line number.
-    let bad = format!("{{\"email\":\"{}\",\"role\":\"admin\",\"pasword_hash\":\"x\"}}\n", email("ed"));
+    let bad = format!(
+        "{{\"email\":\"{}\",\"role\":\"admin\",\"pasword_hash\":\"x\"}}\n",
+        email("ed")
+    );
     let out = site.import(&["--file", "-", "--format", "jsonl"], &bad);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("line 1: not a JSON object"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 1: not a JSON object"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 on_both_backends!(
@@ -410,17 +430,41 @@ fn a_missing_file_or_an_unknown_format_is_refused() {
     let dir = TempDir::new("import");
     let db = dir.sqlite_url();
     let out = run_cli(
-        &["-c", "/nonexistent/gateway.yaml", "user", "import", "--file", "/nonexistent/users.csv"],
+        &[
+            "-c",
+            "/nonexistent/gateway.yaml",
+            "user",
+            "import",
+            "--file",
+            "/nonexistent/users.csv",
+        ],
         &[("DATABASE_URL", &db)],
         "",
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot read /nonexistent/users.csv"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/users.csv"),
+        "{}",
+        stderr(&out)
+    );
     let out = run_cli(
-        &["-c", "/nonexistent/gateway.yaml", "user", "import", "--file", "-", "--format", "xml"],
+        &[
+            "-c",
+            "/nonexistent/gateway.yaml",
+            "user",
+            "import",
+            "--file",
+            "-",
+            "--format",
+            "xml",
+        ],
         &[("DATABASE_URL", &db)],
         "",
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown format \"xml\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown format \"xml\""),
+        "{}",
+        stderr(&out)
+    );
 }

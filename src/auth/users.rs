@@ -443,8 +443,14 @@ impl UserDb {
             .await
         };
         match upgraded.await {
-            Ok(n) => tracing::info!(user_id, upgraded = n == 1, "imported password hash replaced by argon2id"),
-            Err(e) => tracing::warn!(user_id, error = %e, "could not replace an imported password hash"),
+            Ok(n) => tracing::info!(
+                user_id,
+                upgraded = n == 1,
+                "imported password hash replaced by argon2id"
+            ),
+            Err(e) => {
+                tracing::warn!(user_id, error = %e, "could not replace an imported password hash")
+            }
         }
     }
 

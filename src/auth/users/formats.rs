@@ -213,7 +213,12 @@ fn lower_hex(hex: &str, bytes: usize) -> Result<Vec<u8>, String> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         _ => None,
     };
-    let wrong = || format!("the werkzeug hash must be {} lowercase hex digits", bytes * 2);
+    let wrong = || {
+        format!(
+            "the werkzeug hash must be {} lowercase hex digits",
+            bytes * 2
+        )
+    };
     if hex.len() != bytes * 2 {
         return Err(wrong());
     }

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::formats::Stored;
 use super::{
-    bounded, check_display_name, normalize_email, unix_now, unix_now_ms, Applied, EventKind,
-    Pool, Role, UserDb, UserError, INSERT_USER,
+    bounded, check_display_name, normalize_email, unix_now, unix_now_ms, Applied, EventKind, Pool,
+    Role, UserDb, UserError, INSERT_USER,
 };
 
 /// The only CSV header accepted.
@@ -106,20 +106,20 @@ pub fn parse(text: &str, format: Option<Format>) -> Result<Parsed, String> {
     });
     let mut parsed = Parsed::default();
     let mut seen: HashMap<String, u64> = HashMap::new();
-    let mut add = |line: u64, fields: Result<[String; 4], String>| {
-        match fields.and_then(|f| check_row(line, f)) {
-            Ok(row) => {
-                if let Some(first) = seen.get(&row.email) {
-                    parsed
-                        .invalid
-                        .push((line, format!("email already on line {first}")));
-                } else {
-                    seen.insert(row.email.clone(), line);
-                    parsed.rows.push(row);
-                }
+    let mut add = |line: u64, fields: Result<[String; 4], String>| match fields
+        .and_then(|f| check_row(line, f))
+    {
+        Ok(row) => {
+            if let Some(first) = seen.get(&row.email) {
+                parsed
+                    .invalid
+                    .push((line, format!("email already on line {first}")));
+            } else {
+                seen.insert(row.email.clone(), line);
+                parsed.rows.push(row);
             }
-            Err(reason) => parsed.invalid.push((line, reason)),
         }
+        Err(reason) => parsed.invalid.push((line, reason)),
     };
     match format {
         Format::JsonLines => {
@@ -129,7 +129,9 @@ pub fn parse(text: &str, format: Option<Format>) -> Result<Parsed, String> {
                 }
                 let fields = serde_json::from_str::<JsonRow>(l)
                     .map(|r| [r.email, r.role, r.name, r.password_hash])
-                    .map_err(|e| format!("not a JSON object with email, role, name and password_hash: {e}"));
+                    .map_err(|e| {
+                        format!("not a JSON object with email, role, name and password_hash: {e}")
+                    });
                 add(i as u64 + 1, fields);
             }
         }
@@ -163,9 +165,7 @@ pub fn parse(text: &str, format: Option<Format>) -> Result<Parsed, String> {
                     continue;
                 }
                 let fields = match record.iter().collect::<Vec<_>>()[..] {
-                    [email, role, name, hash] => {
-                        Ok([email, role, name, hash].map(str::to_string))
-                    }
+                    [email, role, name, hash] => Ok([email, role, name, hash].map(str::to_string)),
                     ref other => Err(format!(
                         "expected 4 fields ({}), found {}{}",
                         CSV_HEADER.join(","),
@@ -350,7 +350,6 @@ impl UserDb {
     }
 }
 
-
 /// What `gatehouse user import` did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -495,8 +494,12 @@ mod tests {
     fn a_wrong_header_or_an_empty_input_is_refused_as_a_whole() {
         let err = parse("email,name,role,password_hash\n", None).expect_err("header");
         assert!(err.contains("email,role,name,password_hash"), "{err}");
-        assert_eq!(parse(" \n\n", None).expect_err("empty"), "the input is empty");
-        let bom = format!("\u{feff}email,role,name,password_hash\r\nx@example.org,admin,X,{BCRYPT}\r\n");
+        assert_eq!(
+            parse(" \n\n", None).expect_err("empty"),
+            "the input is empty"
+        );
+        let bom =
+            format!("\u{feff}email,role,name,password_hash\r\nx@example.org,admin,X,{BCRYPT}\r\n");
         let parsed = parse(&bom, None).expect("bom and crlf");
         assert_eq!(parsed.rows.len(), 1, "{:?}", parsed.invalid);
         assert_eq!("jsonl".parse::<Format>(), Ok(Format::JsonLines));
