@@ -401,6 +401,17 @@ fn json_lines_from_standard_input(b: Backend) {
         Some((Role::Institution, "Cy".into()))
     );
     assert_eq!(site.role_and_name(&di), Some((Role::Admin, String::new())));
+    // The portal login replaces the imported hash too.
+    let r = post_json(
+        site.gw.port,
+        "/api/web/auth/institution/login",
+        &serde_json::json!({"email": cy, "password": OLD_PASSWORD}),
+        &[API_JSON],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(site
+        .stored_hash(&cy)
+        .is_some_and(|h| h.starts_with("$argon2id$")));
     site.sign_in(&cy, OLD_PASSWORD);
     site.sign_in(&di, OLD_PASSWORD);
 

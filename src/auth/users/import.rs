@@ -431,6 +431,74 @@ mod tests {
 
     const BCRYPT: &str = "$2b$05$uzOW5902hR5XaR5emq91DOU259wc3WPJddUqF8XC5P3MN3yubZR/O";
 
+    async fn sqlite() -> (UserDb, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "gatehouse-import-{}-{}.db",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let db = UserDb::connect(Some(&format!("sqlite://{}", path.display())))
+            .await
+            .expect("sqlite");
+        db.migrate().await.expect("migrate");
+        (db, path)
+    }
+
+    const OLD_PASSWORD: &str = "flask-era password 1";
+
+    #[tokio::test]
+    async fn the_first_login_replaces_the_hash_unless_it_changed_meanwhile() {
+        let (db, path) = sqlite().await;
+        let text = format!(
+            "{CSV}ana@example.org,patient,Ana,{BCRYPT}\nbo@example.org,doctor,Bo,{BCRYPT}\n",
+            CSV = "email,role,name,password_hash\n"
+        );
+        let parsed = parse(&text, None).expect("parsed");
+        let report = db.import_users(&parsed.rows, false).await.expect("import");
+        assert_eq!((report.imported, report.updated, report.skipped), (2, 0, 0));
+        let stored = |email: &'static str| {
+            let db = db.clone();
+            async move { db.fetch_by_email(email).await.expect("db").expect("user") }
+        };
+
+        assert!(db
+            .authenticate("ana@example.org", "wrong password")
+            .await
+            .expect("db")
+            .is_none());
+        assert_eq!(stored("ana@example.org").await.1, BCRYPT);
+        assert!(db
+            .authenticate("ana@example.org", OLD_PASSWORD)
+            .await
+            .expect("db")
+            .is_some());
+        let (ana, hash) = stored("ana@example.org").await;
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert_eq!(
+            db.sessions_valid_after(ana.id).await.expect("db"),
+            0,
+            "no revocation"
+        );
+
+        // A new password set between Bo's verification and the upgrade is kept.
+        let (bo, _) = stored("bo@example.org").await;
+        db.set_password("bo@example.org", "a brand new password")
+            .await
+            .expect("set");
+        db.upgrade_hash(bo.id, BCRYPT, OLD_PASSWORD).await;
+        assert!(db
+            .authenticate("bo@example.org", OLD_PASSWORD)
+            .await
+            .expect("db")
+            .is_none());
+        assert!(db
+            .authenticate("bo@example.org", "a brand new password")
+            .await
+            .expect("db")
+            .is_some());
+        let _ = std::fs::remove_file(path);
+    }
+
     #[test]
     fn csv_rows_are_checked_with_their_line_numbers() {
         let text = format!(
