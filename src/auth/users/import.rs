@@ -46,7 +46,7 @@ impl std::str::FromStr for Format {
 }
 
 /// A checked row, ready to store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Row {
     /// Where it starts in the input (1-based).
     pub line: u64,
@@ -56,6 +56,18 @@ pub struct Row {
     pub name: String,
     /// Never printed.
     password_hash: String,
+}
+
+impl std::fmt::Debug for Row {
+    /// Without the hash.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("line", &self.line)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The input, checked.
