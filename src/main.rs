@@ -98,6 +98,24 @@ enum UserAction {
         #[arg(long)]
         email: String,
     },
+    /// Import users with their password hashes (bcrypt, werkzeug pbkdf2/scrypt, argon2id):
+    /// CSV with the header email,role,name,password_hash, or JSON lines. Bad rows are listed
+    /// by line and nothing is imported unless --skip-invalid; existing emails are skipped
+    /// (updated with --update, which ends their sessions when the role or hash changes).
+    Import {
+        /// The file, or - for standard input.
+        #[arg(long)]
+        file: PathBuf,
+        /// csv or jsonl (default: JSON lines when the first line starts with `{`, else CSV).
+        #[arg(long)]
+        format: Option<gatehouse::auth::users::import::Format>,
+        /// Import the good rows even when some are bad (they are listed on stderr).
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Replace the role, name and hash of existing users instead of skipping them.
+        #[arg(long)]
+        update: bool,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -310,6 +328,43 @@ fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
         UserAction::RevokeSessions { email } => {
             let change = AccountChange::RevokeSessions;
             account_command(config, email, change, "sessions revoked for")
+        }
+        UserAction::Import {
+            file,
+            format,
+            skip_invalid,
+            update,
+        } => {
+            use gatehouse::auth::users::import;
+            let input = import::read_input(&file)
+                .and_then(|text| Ok((text, auth_config(config)?, redis_url(config)?)));
+            let (text, auth, redis) = match input {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            db_command(config, async move |db| {
+                let done = import::run(&db, &text, format, skip_invalid, update).await?;
+                if !done.invalid.is_empty() {
+                    eprintln!("{}", import::describe_invalid(&done.invalid));
+                }
+                // Updated users' sessions end as after `set-password`: here in a shared
+                // store, and by every gateway from the recorded revocations.
+                let mut unreached = None;
+                for a in &done.report.revoked {
+                    let ended = gatehouse::auth::end_sessions_in_shared_store(
+                        &auth, &redis, a.user_id, a.at_ms,
+                    );
+                    match ended.await {
+                        Ok(Some(n)) => drop(db.add_sessions_ended(a.event_id, n).await),
+                        Ok(None) => {}
+                        Err(e) => unreached = Some(e),
+                    }
+                }
+                match unreached {
+                    None => Ok(done.summary()),
+                    Some(e) => Err(format!("{}; but the sessions of updated users could not be ended in Redis from here (the gateways end them as soon as they reach it): {e}", done.summary())),
+                }
+            })
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Owns: the `users` and `auth_events` tables, their migrations (embedded from
 //! `migrations/postgres` and `migrations/sqlite`), argon2id password hashing and verification,
-//! and the mapping of database failures onto [`UserError`].
+//! the Flask-era hash formats users are imported with (`gatehouse user import`, see
+//! `import`) and their replacement by argon2id at the first successful login, and the
+//! mapping of database failures onto [`UserError`].
 //!
 //! Does not own: tokens, sessions, cookies or rate limits (see the sibling modules), nor what an
 //! HTTP client is told when something fails here.
@@ -289,14 +291,7 @@ impl UserDb {
     ) -> Result<User, UserError> {
         let email = normalize_email(email)?;
         check_password(password)?;
-        let display_name = display_name.trim();
-        if display_name.chars().count() > MAX_DISPLAY_NAME_CHARS
-            || display_name.chars().any(char::is_control)
-        {
-            return Err(UserError::InvalidInput(format!(
-                "display name must be at most {MAX_DISPLAY_NAME_CHARS} characters, without control characters"
-            )));
-        }
+        let display_name = check_display_name(display_name)?;
         let hash = self.hash_password(password).await?;
         let now = unix_now();
         let user = with_pool!(self, |pool| {
@@ -399,6 +394,9 @@ impl UserDb {
     /// Every `Ok(None)` costs one argon2 verification, against a fixed dummy hash when there is
     /// no stored one, so timing does not reveal which emails exist. Errors only when the
     /// database fails (`Unavailable`, `Other`) or a stored hash is corrupt (`Other`).
+    ///
+    /// A match on an imported hash (bcrypt, werkzeug pbkdf2 or scrypt) replaces it with an
+    /// argon2id hash before answering; both the API and the portal logins come through here.
     pub async fn authenticate(
         &self,
         email: &str,
@@ -409,14 +407,51 @@ impl UserDb {
             Err(_) => None,
         };
         let stored_hash = found.as_ref().map(|(_, hash)| hash.clone());
-        let password = password.to_owned();
-        let matches = self
-            .blocking_hash_work(move || verify_password(stored_hash.as_deref(), &password))
+        let pw = password.to_owned();
+        let verified = self
+            .blocking_hash_work(move || verify_password(stored_hash.as_deref(), &pw))
             .await??;
-        Ok(match found {
-            Some((user, _)) if matches && !user.disabled => Some(user),
-            _ => None,
-        })
+        match (found, verified) {
+            (Some((user, old_hash)), Verified::Yes { rehash }) if !user.disabled => {
+                if rehash {
+                    self.upgrade_hash(user.id, &old_hash, password).await;
+                }
+                Ok(Some(user))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// After a successful login on an imported hash (bcrypt, pbkdf2, scrypt): stores an
+    /// argon2id hash of the same password in its place, unless the hash changed meanwhile
+    /// (a concurrent new password wins). Not a password change: sessions go on, nothing is
+    /// audited, and a failure only leaves the old hash for the next login.
+    async fn upgrade_hash(&self, user_id: i64, old_hash: &str, password: &str) {
+        let upgraded = async {
+            let new_hash = self.hash_password(password).await?;
+            with_pool!(self, |pool| {
+                let done = sqlx::query(
+                    "UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3",
+                )
+                .bind(&new_hash)
+                .bind(user_id)
+                .bind(old_hash)
+                .execute(pool)
+                .await?;
+                Ok(done.rows_affected())
+            })
+            .await
+        };
+        match upgraded.await {
+            Ok(n) => tracing::info!(
+                user_id,
+                upgraded = n == 1,
+                "imported password hash replaced by argon2id"
+            ),
+            Err(e) => {
+                tracing::warn!(user_id, error = %e, "could not replace an imported password hash")
+            }
+        }
     }
 
     /// Appends an audit event of the gateway's endpoints (source `api`) at the current time.
@@ -553,13 +588,15 @@ impl UserDb {
 
 mod accounts;
 mod error;
+mod formats;
 mod hashing;
+pub mod import;
 mod input;
 mod pool;
 pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 pub use error::UserError;
-use hashing::{dummy_hash, hash_password, verify_password};
-use input::{check_password, clean, normalize_email, MAX_DISPLAY_NAME_CHARS};
+use hashing::{dummy_hash, hash_password, verify_password, Verified};
+use input::{check_display_name, check_password, clean, normalize_email};
 /// The pool, for the access audit (`crate::audit::store`), whose tables live in this database.
 pub(crate) use pool::Pool as DbPool;
 pub use pool::DEFAULT_SQLITE_FILE;

@@ -90,10 +90,10 @@ const UPDATE_DISABLED: &str = "UPDATE users SET disabled = TRUE, updated_at = $1
 const UPDATE_PASSWORD: &str = "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3";
 const UPDATE_ROLE: &str = "UPDATE users SET role = $1, updated_at = $2 WHERE id = $3";
 const DELETE_USER: &str = "DELETE FROM users WHERE id = $1";
-const INSERT_EVENT: &str =
+pub(super) const INSERT_EVENT: &str =
     "INSERT INTO auth_events (at, user_id, email, kind, source, sessions_ended) \
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-const INSERT_REVOCATION: &str =
+pub(super) const INSERT_REVOCATION: &str =
     "INSERT INTO session_revocations (user_id, at_ms, reason, event_id) VALUES ($1, $2, $3, $4)";
 
 impl UserDb {

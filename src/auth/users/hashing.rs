@@ -1,4 +1,5 @@
-//! argon2id password hashes: making one, verifying one, and the dummy hash unknown emails are
+//! argon2id password hashes: making one, verifying a password against a stored hash of any
+//! accepted format (see `formats`), and the dummy hash unknown emails are
 //! verified against so that timing does not tell which emails exist.
 
 use std::sync::OnceLock;
@@ -6,6 +7,7 @@ use std::sync::OnceLock;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
+use super::formats::Stored;
 use super::UserError;
 
 /// An argon2id PHC string with default parameters and a random salt. Blocking: ~tens of ms.
@@ -17,23 +19,38 @@ pub(super) fn hash_password(password: &str) -> Result<String, UserError> {
         .map_err(|e| UserError::Other(format!("password hashing failed: {e}")))
 }
 
-/// Verifies `password` against `stored`, or against a dummy hash of the same cost when there
-/// is none (then always `false`). Blocking.
-pub(super) fn verify_password(stored: Option<&str>, password: &str) -> Result<bool, UserError> {
+/// What checking a password against a stored hash found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verified {
+    /// Wrong password (or no stored hash).
+    No,
+    /// Right password; `rehash` when the stored hash is of an older kind (an imported bcrypt,
+    /// pbkdf2 or scrypt hash) and should be replaced by an argon2id one.
+    Yes { rehash: bool },
+}
+
+/// Verifies `password` against `stored` (any format of [`Stored`]), or against a dummy hash
+/// of the same cost when there is none (then always [`Verified::No`]). Blocking. A stored
+/// string of no accepted format is an error, not a wrong password.
+pub(super) fn verify_password(stored: Option<&str>, password: &str) -> Result<Verified, UserError> {
     let Some(stored) = stored else {
         if let Some(hash) = dummy_hash().and_then(|h| PasswordHash::new(h).ok()) {
             let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
         }
-        return Ok(false);
+        return Ok(Verified::No);
     };
-    let hash = PasswordHash::new(stored).map_err(|e| {
+    let stored = Stored::parse(stored).map_err(|e| {
         tracing::error!(error = %e, "stored password hash is malformed");
         UserError::Other("stored password hash is malformed".into())
     })?;
     // Argon2::default() verifies with the parameters recorded in the hash itself.
-    Ok(Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok())
+    Ok(if stored.verify(password) {
+        Verified::Yes {
+            rehash: stored.outdated(),
+        }
+    } else {
+        Verified::No
+    })
 }
 
 /// The hash that unknown emails are verified against, computed on first use. Blocking.
@@ -53,9 +70,18 @@ mod tests {
     fn password_hashes_are_argon2id_and_verify() {
         let hash = hash_password(PASSWORD).unwrap();
         assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(verify_password(Some(&hash), PASSWORD).unwrap());
-        assert!(!verify_password(Some(&hash), "wrong password").unwrap());
-        assert!(!verify_password(None, PASSWORD).unwrap());
+        let yes = Verified::Yes { rehash: false };
+        assert_eq!(verify_password(Some(&hash), PASSWORD).unwrap(), yes);
+        assert_eq!(
+            verify_password(Some(&hash), "wrong password").unwrap(),
+            Verified::No
+        );
+        assert_eq!(verify_password(None, PASSWORD).unwrap(), Verified::No);
+        let bcrypt = "$2b$05$uzOW5902hR5XaR5emq91DOU259wc3WPJddUqF8XC5P3MN3yubZR/O";
+        assert_eq!(
+            verify_password(Some(bcrypt), "flask-era password 1").unwrap(),
+            Verified::Yes { rehash: true }
+        );
         assert!(verify_password(Some("not a phc string"), PASSWORD).is_err());
     }
 }

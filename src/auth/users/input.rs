@@ -35,6 +35,17 @@ pub(super) fn check_password(password: &str) -> Result<(), UserError> {
     Ok(())
 }
 
+/// Trims a display name and checks its length and characters.
+pub(super) fn check_display_name(name: &str) -> Result<&str, UserError> {
+    let name = name.trim();
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(UserError::InvalidInput(format!(
+            "display name must be at most {MAX_DISPLAY_NAME_CHARS} characters, without control characters"
+        )));
+    }
+    Ok(name)
+}
+
 /// An audit field: control characters (PostgreSQL rejects NUL in TEXT) replaced, cut to
 /// `MAX_EVENT_FIELD_BYTES` on a character boundary.
 pub(super) fn clean(field: &str) -> String {
