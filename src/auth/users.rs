@@ -2,7 +2,8 @@
 //!
 //! Owns: the `users` and `auth_events` tables, their migrations (embedded from
 //! `migrations/postgres` and `migrations/sqlite`), argon2id password hashing and verification,
-//! and the mapping of database failures onto [`UserError`].
+//! the password policy of new passwords ([`PasswordPolicy`]), and the mapping of database
+//! failures onto [`UserError`].
 //!
 //! Does not own: tokens, sessions, cookies or rate limits (see the sibling modules), nor what an
 //! HTTP client is told when something fails here.
@@ -289,14 +290,7 @@ impl UserDb {
     ) -> Result<User, UserError> {
         let email = normalize_email(email)?;
         check_password(password)?;
-        let display_name = display_name.trim();
-        if display_name.chars().count() > MAX_DISPLAY_NAME_CHARS
-            || display_name.chars().any(char::is_control)
-        {
-            return Err(UserError::InvalidInput(format!(
-                "display name must be at most {MAX_DISPLAY_NAME_CHARS} characters, without control characters"
-            )));
-        }
+        let display_name = input::display_name(display_name)?;
         let hash = self.hash_password(password).await?;
         let now = unix_now();
         let user = with_pool!(self, |pool| {
@@ -548,11 +542,14 @@ mod accounts;
 mod error;
 mod hashing;
 mod input;
+mod policy;
 mod pool;
 pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 pub use error::UserError;
 use hashing::{dummy_hash, hash_password, verify_password};
-use input::{check_password, clean, normalize_email, MAX_DISPLAY_NAME_CHARS};
+use input::{check_password, clean};
+pub use input::{display_name, normalize_email};
+pub use policy::{PasswordPolicy, Weakness};
 pub use pool::DEFAULT_SQLITE_FILE;
 use pool::{
     bounded, cannot_connect, sqlite_options, Embedded, Pool, ACQUIRE_TIMEOUT, CONNECT_TIMEOUT,
