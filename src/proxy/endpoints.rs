@@ -25,7 +25,8 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Answers one of the auth endpoints (login, validate, refresh, logout).
+    /// Answers one of the auth endpoints (login, validate, refresh, logout; registration in
+    /// `register`).
     pub(super) async fn auth_endpoint(
         &self,
         session: &mut Session,
@@ -45,6 +46,9 @@ impl Gateway {
                 .reject(session, ctx, crate::errors::from_status(413))
                 .await;
         };
+        if ep.registers() {
+            return self.registration(session, ctx, ep, body).await;
+        }
         let req = session.req_header();
         if matches!(ep, endpoints::Endpoint::WebLogin(_)) {
             // The portals' forms post under /api/web/: the Accept header decides.
