@@ -163,7 +163,10 @@ fn a_new_patient_registers_then_signs_in_separately(b: Backend) {
     assert_eq!(user["name"], json!("Lucía Fernández"));
     assert_eq!(user["role"], json!("patient"));
     assert!(!r.text().contains(GOOD), "the password is never echoed");
-    assert!(!r.text().contains("token") && !r.text().contains("hash"), "{v}");
+    assert!(
+        !r.text().contains("token") && !r.text().contains("hash"),
+        "{v}"
+    );
     assert!(
         r.header_all("set-cookie").is_empty(),
         "no session: {:?}",
@@ -221,20 +224,90 @@ fn weak_passwords_and_bad_fields_are_400_naming_the_field(b: Backend) {
     let too_long: String = "marea-alta-".repeat(24)[..257].to_string();
     let with_email = format!("{local} my secret");
     let cases: Vec<(Value, &str, &str, &str)> = vec![
-        (json!({"email": email, "password": "short pass", "name": name}), "password", "too_short", "weak_password"),
-        (json!({"email": email, "password": "Qwerty123456", "name": name}), "password", "common", "weak_password"),
-        (json!({"email": email, "password": "Sunshine2024!!!", "name": name}), "password", "common", "weak_password"),
-        (json!({"email": email, "password": with_email, "name": name}), "password", "personal", "weak_password"),
-        (json!({"email": email, "password": "valentina rosales 1990", "name": name}), "password", "personal", "weak_password"),
-        (json!({"email": email, "password": too_long, "name": name}), "password", "too_long", "weak_password"),
-        (json!({"email": email, "password": "abcabcabcabc", "name": name}), "password", "repetitive", "weak_password"),
-        (json!({"email": email, "name": name}), "password", "required", "weak_password"),
-        (json!({"email": "not-an-email", "password": GOOD, "name": name}), "email", "invalid", "invalid_email"),
-        (json!({"email": "two@@registration.test", "password": GOOD, "name": name}), "email", "invalid", "invalid_email"),
-        (json!({"password": GOOD, "name": name}), "email", "required", "invalid_email"),
-        (json!({"email": email, "password": GOOD, "name": "  "}), "name", "required", "invalid_name"),
-        (json!({"email": email, "password": GOOD, "name": "a\u{7}b"}), "name", "invalid", "invalid_name"),
-        (json!({"email": email, "password": GOOD, "name": name, "role": "admin"}), "role", "invalid", "invalid_role"),
+        (
+            json!({"email": email, "password": "short pass", "name": name}),
+            "password",
+            "too_short",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "password": "Qwerty123456", "name": name}),
+            "password",
+            "common",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "password": "Sunshine2024!!!", "name": name}),
+            "password",
+            "common",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "password": with_email, "name": name}),
+            "password",
+            "personal",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "password": "valentina rosales 1990", "name": name}),
+            "password",
+            "personal",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "password": too_long, "name": name}),
+            "password",
+            "too_long",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "password": "abcabcabcabc", "name": name}),
+            "password",
+            "repetitive",
+            "weak_password",
+        ),
+        (
+            json!({"email": email, "name": name}),
+            "password",
+            "required",
+            "weak_password",
+        ),
+        (
+            json!({"email": "not-an-email", "password": GOOD, "name": name}),
+            "email",
+            "invalid",
+            "invalid_email",
+        ),
+        (
+            json!({"email": "two@@registration.test", "password": GOOD, "name": name}),
+            "email",
+            "invalid",
+            "invalid_email",
+        ),
+        (
+            json!({"password": GOOD, "name": name}),
+            "email",
+            "required",
+            "invalid_email",
+        ),
+        (
+            json!({"email": email, "password": GOOD, "name": "  "}),
+            "name",
+            "required",
+            "invalid_name",
+        ),
+        (
+            json!({"email": email, "password": GOOD, "name": "a\u{7}b"}),
+            "name",
+            "invalid",
+            "invalid_name",
+        ),
+        (
+            json!({"email": email, "password": GOOD, "name": name, "role": "admin"}),
+            "role",
+            "invalid",
+            "invalid_role",
+        ),
     ];
     for (body, field, reason, code) in &cases {
         let r = site.register(body, &[]);
@@ -260,7 +333,12 @@ fn weak_passwords_and_bad_fields_are_400_naming_the_field(b: Backend) {
         &[("Content-Type", "application/x-www-form-urlencoded")],
         format!("email={}&password=x&name=y", form_encode(&email)).as_bytes(),
     );
-    assert_json_error(&form, 415, "unsupported_media_type", "a form to the JSON endpoint");
+    assert_json_error(
+        &form,
+        415,
+        "unsupported_media_type",
+        "a form to the JSON endpoint",
+    );
     let not_object = request_ok(
         site.port(),
         "POST",
@@ -277,7 +355,10 @@ fn weak_passwords_and_bad_fields_are_400_naming_the_field(b: Backend) {
     assert_eq!(site.count("invalid"), (cases.len() + 3) as f64);
     assert_eq!(site.count("created"), 0.0);
     // The same email registers once the password is fine.
-    let ok = site.register(&json!({"email": email, "password": GOOD, "name": name}), &[]);
+    let ok = site.register(
+        &json!({"email": email, "password": GOOD, "name": name}),
+        &[],
+    );
     assert_eq!(ok.status, 201, "{}", ok.text());
 }
 
@@ -291,17 +372,34 @@ fn cross_site_registration_is_refused(b: Backend) {
         ("cross-site fetch", vec![("Sec-Fetch-Site", "cross-site")]),
         (
             "own Origin, cross-site fetch",
-            vec![("Origin", "http://localhost"), ("Sec-Fetch-Site", "cross-site")],
+            vec![
+                ("Origin", "http://localhost"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
         ),
     ] {
         let r = site.register(&body, &headers);
         assert_json_error(&r, 403, "csrf", what);
     }
     // The form from another site's page, even with a valid-looking token pair.
-    let fields = [("email", email.as_str()), ("password", GOOD), ("name", "Cruz Sitio")];
-    let r = post_form(site.port(), &fields, Some(TOKEN), &[("Origin", "https://evil.example")]);
+    let fields = [
+        ("email", email.as_str()),
+        ("password", GOOD),
+        ("name", "Cruz Sitio"),
+    ];
+    let r = post_form(
+        site.port(),
+        &fields,
+        Some(TOKEN),
+        &[("Origin", "https://evil.example")],
+    );
     assert_eq!(r.status, 403, "{}", r.text());
-    let r = post_form(site.port(), &fields, Some(TOKEN), &[("Sec-Fetch-Site", "cross-site")]);
+    let r = post_form(
+        site.port(),
+        &fields,
+        Some(TOKEN),
+        &[("Sec-Fetch-Site", "cross-site")],
+    );
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(site.stored(&email).is_none(), "nothing was created");
     assert_eq!(site.count("refused"), 6.0);
@@ -334,9 +432,20 @@ fn registration_can_be_turned_off(b: Backend) {
     assert_json_error(&r, 404, "not_found", "the endpoint");
     let page = get_ok(site.port(), "/register", &[BROWSER]);
     assert_eq!(page.status, 404);
-    assert!(content_type(&page).starts_with("text/html"), "the error page");
-    assert!(page.text().contains("Página no encontrada"), "{}", page.text());
-    let fields = [("email", email.as_str()), ("password", GOOD), ("name", "Nadie")];
+    assert!(
+        content_type(&page).starts_with("text/html"),
+        "the error page"
+    );
+    assert!(
+        page.text().contains("Página no encontrada"),
+        "{}",
+        page.text()
+    );
+    let fields = [
+        ("email", email.as_str()),
+        ("password", GOOD),
+        ("name", "Nadie"),
+    ];
     let form = post_form(site.port(), &fields, Some(TOKEN), &[]);
     assert_eq!(form.status, 404);
     assert!(site.stored(&email).is_none());
@@ -352,23 +461,44 @@ fn registrations_are_limited_per_client_ip(b: Backend) {
         return;
     };
     // Addresses no other test or run uses: with Redis the counters are shared and live on.
-    let ip = format!("2001:db8::{:x}:{:x}", rand::random::<u16>(), rand::random::<u16>());
+    let ip = format!(
+        "2001:db8::{:x}:{:x}",
+        rand::random::<u16>(),
+        rand::random::<u16>()
+    );
     let other_ip = format!("{ip}:1");
     let from = |ip: &str, body: &Value| site.register(body, &[("X-Forwarded-For", ip)]);
     let email = new_email();
     // Refused fields do not count.
     for _ in 0..3 {
-        let weak = from(&ip, &json!({"email": email, "password": "short", "name": "Ana Límite"}));
+        let weak = from(
+            &ip,
+            &json!({"email": email, "password": "short", "name": "Ana Límite"}),
+        );
         assert_eq!(weak.status, 400);
     }
-    let created = from(&ip, &json!({"email": email, "password": GOOD, "name": "Ana Límite"}));
+    let created = from(
+        &ip,
+        &json!({"email": email, "password": GOOD, "name": "Ana Límite"}),
+    );
     assert_eq!(created.status, 201, "{}", created.text());
     // A duplicate counts (it is how an address would probe for accounts).
-    let dup = from(&ip, &json!({"email": email, "password": GOOD, "name": "Ana Límite"}));
+    let dup = from(
+        &ip,
+        &json!({"email": email, "password": GOOD, "name": "Ana Límite"}),
+    );
     assert_eq!(dup.status, 409, "{}", dup.text());
     let third = new_email();
-    let limited = from(&ip, &json!({"email": third, "password": GOOD, "name": "Ana Límite"}));
-    assert_json_error(&limited, 429, "too_many_registrations", "third from one address");
+    let limited = from(
+        &ip,
+        &json!({"email": third, "password": GOOD, "name": "Ana Límite"}),
+    );
+    assert_json_error(
+        &limited,
+        429,
+        "too_many_registrations",
+        "third from one address",
+    );
     let retry: u64 = limited
         .header("retry-after")
         .expect("Retry-After")
@@ -377,7 +507,10 @@ fn registrations_are_limited_per_client_ip(b: Backend) {
     assert!((1..=600).contains(&retry), "Retry-After {retry}");
     assert!(site.stored(&third).is_none(), "nothing was created");
     // Another address is not affected.
-    let other = from(&other_ip, &json!({"email": third, "password": GOOD, "name": "Ana Límite"}));
+    let other = from(
+        &other_ip,
+        &json!({"email": third, "password": GOOD, "name": "Ana Límite"}),
+    );
     assert_eq!(other.status, 201, "{}", other.text());
     assert_eq!(site.count("rate_limited"), 1.0);
 }
@@ -395,7 +528,11 @@ fn a_role_is_chosen_only_from_the_configured_list(b: Backend) {
     };
     let default = register(None);
     assert_eq!(default.status, 201, "{}", default.text());
-    assert_eq!(json(&default)["user"]["role"], json!("patient"), "the first is the default");
+    assert_eq!(
+        json(&default)["user"]["role"],
+        json!("patient"),
+        "the first is the default"
+    );
     let doctor = register(Some("doctor"));
     assert_eq!(doctor.status, 201, "{}", doctor.text());
     assert_eq!(json(&doctor)["user"]["role"], json!("doctor"));
@@ -406,7 +543,10 @@ fn a_role_is_chosen_only_from_the_configured_list(b: Backend) {
     // The page offers the list.
     let page = get_ok(site.port(), "/register", &[BROWSER]);
     let select = element(&page.text(), "role", "</select>").to_string();
-    assert!(select.contains("value=\"patient\"") && select.contains("value=\"doctor\""), "{select}");
+    assert!(
+        select.contains("value=\"patient\"") && select.contains("value=\"doctor\""),
+        "{select}"
+    );
     assert!(!select.contains("admin"), "{select}");
 }
 
@@ -431,11 +571,19 @@ fn the_page_renders_in_spanish_and_its_form_registers(b: Backend) {
     assert!(page.header("content-security-policy").is_some());
     let html = unescape(&page.text());
     assert!(html.contains("<html lang=\"es\""), "Spanish page");
-    for text in ["Crear una cuenta", "Correo electrónico", "Contraseña", "Al menos 12 caracteres"] {
+    for text in [
+        "Crear una cuenta",
+        "Correo electrónico",
+        "Contraseña",
+        "Al menos 12 caracteres",
+    ] {
         assert!(html.contains(text), "{text:?} missing");
     }
     let form = element(&html, "register-form", "</form>");
-    assert!(form.contains("method=\"post\"") && form.contains("action=\"/register\""), "{form}");
+    assert!(
+        form.contains("method=\"post\"") && form.contains("action=\"/register\""),
+        "{form}"
+    );
     assert!(!form.contains("id=\"role\""), "one role: no choice offered");
     // The double-submit token: the same value in the field and the cookie.
     let token = csrf_field(&html);
@@ -453,7 +601,11 @@ fn the_page_renders_in_spanish_and_its_form_registers(b: Backend) {
     );
 
     let email = new_email();
-    let fields = [("name", "Paula Gómez"), ("email", email.as_str()), ("password", GOOD)];
+    let fields = [
+        ("name", "Paula Gómez"),
+        ("email", email.as_str()),
+        ("password", GOOD),
+    ];
     let r = post_form(site.port(), &fields, Some(&token), &[]);
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.header("location"), Some("/login?portal=patient"));
@@ -462,7 +614,11 @@ fn the_page_renders_in_spanish_and_its_form_registers(b: Backend) {
     assert!(set_cookie(&r, SESSION_COOKIE).is_none(), "not signed in");
     // The login page shows the notice once.
     let jar = format!("predicthealth_flash={}", cookie_value(flash));
-    let notice = get_ok(site.port(), "/login?portal=patient", &[BROWSER, ("Cookie", &jar)]);
+    let notice = get_ok(
+        site.port(),
+        "/login?portal=patient",
+        &[BROWSER, ("Cookie", &jar)],
+    );
     assert!(
         unescape(&notice.text()).contains("Tu cuenta está creada. Ya puedes iniciar sesión."),
         "{}",
@@ -502,7 +658,11 @@ fn the_form_shows_the_field_at_fault_again(b: Backend) {
     let weak = "Password123!";
     let r = post_form(
         site.port(),
-        &[("name", "Tomás Ruiz"), ("email", &email), ("password", weak)],
+        &[
+            ("name", "Tomás Ruiz"),
+            ("email", &email),
+            ("password", weak),
+        ],
         Some(TOKEN),
         &[],
     );
@@ -512,14 +672,24 @@ fn the_form_shows_the_field_at_fault_again(b: Backend) {
     let error = element(&html, "error-password", "</p>");
     assert!(error.contains("demasiado común"), "{error}");
     let input = element(&html, "email", ">");
-    assert!(input.contains(&format!("value=\"{email}\"")), "email kept: {input}");
-    assert!(element(&html, "name", ">").contains("value=\"Tomás Ruiz\""), "name kept");
+    assert!(
+        input.contains(&format!("value=\"{email}\"")),
+        "email kept: {input}"
+    );
+    assert!(
+        element(&html, "name", ">").contains("value=\"Tomás Ruiz\""),
+        "name kept"
+    );
     assert!(!html.contains(weak), "the password is never shown again");
     assert!(element(&html, "password", ">").contains("aria-invalid=\"true\""));
 
     let short = post_form(
         site.port(),
-        &[("name", "Tomás Ruiz"), ("email", &email), ("password", "corta")],
+        &[
+            ("name", "Tomás Ruiz"),
+            ("email", &email),
+            ("password", "corta"),
+        ],
         Some(TOKEN),
         &[],
     );
@@ -528,7 +698,11 @@ fn the_form_shows_the_field_at_fault_again(b: Backend) {
 
     let bad_email = post_form(
         site.port(),
-        &[("name", "Tomás Ruiz"), ("email", "tomás en casa"), ("password", GOOD)],
+        &[
+            ("name", "Tomás Ruiz"),
+            ("email", "tomás en casa"),
+            ("password", GOOD),
+        ],
         Some(TOKEN),
         &[],
     );
@@ -537,24 +711,38 @@ fn the_form_shows_the_field_at_fault_again(b: Backend) {
 
     // A duplicate: the same words as the API, at the email.
     assert_eq!(
-        site.register(&json!({"email": email, "password": GOOD, "name": "Tomás Ruiz"}), &[])
-            .status,
+        site.register(
+            &json!({"email": email, "password": GOOD, "name": "Tomás Ruiz"}),
+            &[]
+        )
+        .status,
         201
     );
     let dup = post_form(
         site.port(),
-        &[("name", "Otro Tomás"), ("email", &email), ("password", "yet another passphrase")],
+        &[
+            ("name", "Otro Tomás"),
+            ("email", &email),
+            ("password", "yet another passphrase"),
+        ],
         Some(TOKEN),
         &[],
     );
     assert_eq!(dup.status, 409, "{}", dup.text());
     let error = unescape(element(&dup.text(), "error-email", "</p>"));
-    assert!(error.contains("No se puede crear una cuenta con este correo"), "{error}");
+    assert!(
+        error.contains("No se puede crear una cuenta con este correo"),
+        "{error}"
+    );
 
     // Without the page's token (or with a token the cookie does not match): the form again,
     // 403, nothing created.
     let other = new_email();
-    let fields = [("name", "Sin Token"), ("email", other.as_str()), ("password", GOOD)];
+    let fields = [
+        ("name", "Sin Token"),
+        ("email", other.as_str()),
+        ("password", GOOD),
+    ];
     let missing = post_form(site.port(), &fields, None, &[]);
     assert_eq!(missing.status, 403, "{}", missing.text());
     assert!(element(&missing.text(), "register-error", "</div>").contains("formulario"));
@@ -571,7 +759,10 @@ fn the_form_shows_the_field_at_fault_again(b: Backend) {
             BROWSER,
             ("Content-Type", "application/x-www-form-urlencoded"),
             ("Origin", "http://localhost"),
-            ("Cookie", "predicthealth_csrf=ffffffffffffffffffffffffffffffff"),
+            (
+                "Cookie",
+                "predicthealth_csrf=ffffffffffffffffffffffffffffffff",
+            ),
         ],
         body.as_bytes(),
     );
@@ -608,7 +799,9 @@ fn the_cli_refuses_the_passwords_registration_refuses() {
     let no_config = "/nonexistent/gateway.yaml";
     let add = |email: &str, name: &str, password: &str, config: &str| {
         run_cli(
-            &["-c", config, "user", "add", "--email", email, "--role", "doctor", "--name", name],
+            &[
+                "-c", config, "user", "add", "--email", email, "--role", "doctor", "--name", name,
+            ],
             &[("DATABASE_URL", db.as_str())],
             &format!("{password}\n"),
         )
@@ -623,7 +816,10 @@ fn the_cli_refuses_the_passwords_registration_refuses() {
         let out = add(email, "Carmen Montoya", password, no_config);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{password}: {err}");
-        assert!(err.contains("refused") && err.contains(why), "{password}: {err}");
+        assert!(
+            err.contains("refused") && err.contains(why),
+            "{password}: {err}"
+        );
     }
     // `auth.passwords.min_length` of the config file applies.
     let cfg = dir.path().join("gateway.yaml");
@@ -632,7 +828,11 @@ fn the_cli_refuses_the_passwords_registration_refuses() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 30 characters"));
     let out = add(email, "Carmen Montoya", GOOD, no_config);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // set-password compares with the stored name too.
     let set = |password: &str| {
@@ -649,7 +849,11 @@ fn the_cli_refuses_the_passwords_registration_refuses() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("common"));
     let out = set("another quiet otter ferry");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = set("");
     assert_eq!(out.status.code(), Some(1), "no password on stdin");
 }

@@ -177,7 +177,8 @@ impl Request<'_> {
                 .map(String::from)
         });
         let cookie = cookies::get(self.headers, cookies::CSRF_COOKIE);
-        sent.as_deref().is_some_and(|s| !s.is_empty() && Some(s) == cookie)
+        sent.as_deref()
+            .is_some_and(|s| !s.is_empty() && Some(s) == cookie)
     }
 
     fn ip(&self) -> Option<String> {
@@ -489,9 +490,13 @@ mod tests {
             route(&Method::PUT, "/register"),
             Some(Err("GET, HEAD, POST"))
         );
-        assert!([Endpoint::Register, Endpoint::RegisterPage, Endpoint::RegisterForm]
-            .iter()
-            .all(|e| e.registers()));
+        assert!([
+            Endpoint::Register,
+            Endpoint::RegisterPage,
+            Endpoint::RegisterForm
+        ]
+        .iter()
+        .all(|e| e.registers()));
         assert!(!Endpoint::Login.registers());
     }
 }

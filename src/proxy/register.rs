@@ -127,7 +127,8 @@ impl Gateway {
             more.context.insert("form".into(), Value::Null);
             more.context.insert("form_error".into(), Value::Null);
         }
-        self.serve_page_with(session, ctx, page(), false, more).await
+        self.serve_page_with(session, ctx, page(), false, more)
+            .await
     }
 }
 

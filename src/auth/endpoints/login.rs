@@ -185,18 +185,16 @@ impl Auth {
 
     pub(super) async fn web_login(&self, role: Role, req: &Request<'_>) -> Reply {
         // Forms (browsers) carry the double-submit CSRF token of the login page.
-        if req.is_form() {
-            if !req.form_token_matches() {
-                return if req.api_client {
-                    Reply::error(
-                        Reject::new(403, "csrf", "Cross-site request refused."),
-                        req.request_id,
-                        ("deny", "csrf"),
-                    )
-                } else {
-                    Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
-                };
-            }
+        if req.is_form() && !req.form_token_matches() {
+            return if req.api_client {
+                Reply::error(
+                    Reject::new(403, "csrf", "Cross-site request refused."),
+                    req.request_id,
+                    ("deny", "csrf"),
+                )
+            } else {
+                Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
+            };
         }
         let next = req
             .fields()

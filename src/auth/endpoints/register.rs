@@ -38,7 +38,11 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn field(field: &'static str, reason: &'static str, message: impl Into<String>) -> Refusal {
+    fn field(
+        field: &'static str,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Box<Refusal> {
         let code = match field {
             "password" => "weak_password",
             "email" => "invalid_email",
@@ -50,7 +54,7 @@ impl Refusal {
         } else {
             ("error", "bad_request")
         };
-        Refusal {
+        Box::new(Refusal {
             status: 400,
             code,
             field: Some(field),
@@ -58,11 +62,11 @@ impl Refusal {
             message: message.into(),
             retry_after: None,
             decision,
-        }
+        })
     }
 
-    fn whole(status: u16, code: &'static str, reason: &'static str, message: &str) -> Refusal {
-        Refusal {
+    fn whole(status: u16, code: &'static str, reason: &'static str, message: &str) -> Box<Refusal> {
+        Box::new(Refusal {
             status,
             code,
             field: None,
@@ -76,7 +80,7 @@ impl Refusal {
                 s if s >= 500 => ("error", reason),
                 _ => ("error", "bad_request"),
             },
-        }
+        })
     }
 
     /// The JSON answer: the gateway's error body plus `field` and `reason`.
@@ -164,7 +168,11 @@ impl Auth {
             .reply(req.request_id);
         };
         match self.register(&fields, req).await {
-            Ok(user) => Reply::json(201, json!({ "user": user_json(&user) }), ("allow", "register")),
+            Ok(user) => Reply::json(
+                201,
+                json!({ "user": user_json(&user) }),
+                ("allow", "register"),
+            ),
             Err(r) => r.reply(req.request_id),
         }
     }
@@ -182,7 +190,7 @@ impl Auth {
                     "bad_request",
                     "Send the registration form (application/x-www-form-urlencoded).",
                 );
-                return self.form_refused(r, FormValues::default(), req);
+                return self.form_refused(*r, FormValues::default(), req);
             }
         };
         let text = |k: &str| {
@@ -200,7 +208,7 @@ impl Auth {
         };
         if !req.form_token_matches() {
             let r = Refusal::whole(403, "csrf", "forbidden", "Cross-site request refused.");
-            return self.form_refused(r, values, req);
+            return self.form_refused(*r, values, req);
         }
         match self.register(&fields, req).await {
             Ok(user) if req.api_client => FormOutcome::Reply(Reply::json(
@@ -226,7 +234,7 @@ impl Auth {
                         .with_headers(vec![("Set-Cookie".into(), flash)]),
                 )
             }
-            Err(r) => self.form_refused(r, values, req),
+            Err(r) => self.form_refused(*r, values, req),
         }
     }
 
@@ -243,7 +251,7 @@ impl Auth {
         &self,
         fields: &serde_json::Map<String, serde_json::Value>,
         req: &Request<'_>,
-    ) -> Result<User, Refusal> {
+    ) -> Result<User, Box<Refusal>> {
         // A field sent as anything but a string counts as missing.
         let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).unwrap_or("");
         let email = match text("email").trim() {
@@ -275,7 +283,12 @@ impl Auth {
         span.end();
         match added {
             Ok(user) => {
-                tracing::info!(request_id = req.request_id, user_id = user.id, role = role.as_str(), "user registered");
+                tracing::info!(
+                    request_id = req.request_id,
+                    user_id = user.id,
+                    role = role.as_str(),
+                    "user registered"
+                );
                 Ok(user)
             }
             Err(UserError::Duplicate) => Err(Refusal::whole(
@@ -284,7 +297,9 @@ impl Auth {
                 "taken",
                 "This email cannot be registered.",
             )),
-            Err(UserError::InvalidInput(m)) => Err(Refusal::whole(400, "bad_request", "invalid", &m)),
+            Err(UserError::InvalidInput(m)) => {
+                Err(Refusal::whole(400, "bad_request", "invalid", &m))
+            }
             Err(e) => {
                 tracing::error!(request_id = req.request_id, error = %e, "registration failed: user database");
                 let mut r = Refusal::whole(
@@ -302,7 +317,7 @@ impl Auth {
 
     /// The role asked for (`role`), which must be one of `auth.registration.roles`; the
     /// first of them when none is asked for.
-    fn registration_role(&self, asked: &str) -> Result<Role, Refusal> {
+    fn registration_role(&self, asked: &str) -> Result<Role, Box<Refusal>> {
         let allowed = &self.config.registration.roles;
         let asked = asked.trim();
         let name = if asked.is_empty() {
@@ -326,7 +341,7 @@ impl Auth {
 
     /// Counts a registration of the client ip (`register:ip:{ip}`) and refuses it past
     /// `max_per_ip` within `window`.
-    async fn count_registration(&self, req: &Request<'_>) -> Result<(), Refusal> {
+    async fn count_registration(&self, req: &Request<'_>) -> Result<(), Box<Refusal>> {
         let Some(ip) = req.ip() else {
             return Ok(());
         };
@@ -409,7 +424,12 @@ mod tests {
         assert_eq!(v["error"]["field"], "password");
         assert_eq!(v["error"]["reason"], "common");
         assert_eq!(v["error"]["request_id"], "req-1");
-        let dup = Refusal::whole(409, "email_unavailable", "taken", "This email cannot be registered.");
+        let dup = Refusal::whole(
+            409,
+            "email_unavailable",
+            "taken",
+            "This email cannot be registered.",
+        );
         let v: serde_json::Value = serde_json::from_slice(&dup.reply("r").body).expect("json");
         assert!(v["error"].get("field").is_none());
         assert_eq!(dup.decision, ("deny", "duplicate_email"));

@@ -34,6 +34,12 @@ const MIN_PERSONAL_WORD: usize = 4;
 
 /// The bundled list: lowercase, one a line (sources and licences in `data/README.md`).
 static COMMON_LIST: &str = include_str!("../../../data/common-passwords.txt");
+// The user database's own floor is never stricter than the policy.
+const _: () = assert!(
+    super::input::MIN_PASSWORD_CHARS == MIN_LENGTH_FLOOR
+        && MAX_CHARS * 4 <= super::input::MAX_PASSWORD_BYTES
+);
+
 /// Built on first use (a few milliseconds), then shared.
 static COMMON: LazyLock<HashSet<&'static str>> =
     LazyLock::new(|| COMMON_LIST.lines().filter(|l| !l.is_empty()).collect());
@@ -158,7 +164,7 @@ fn is_common(lower: &str) -> bool {
 fn is_repetitive(lower: &str) -> bool {
     let c: Vec<char> = lower.chars().collect();
     let repeated = (1..=4).any(|unit| {
-        c.len() > unit && c.len() % unit == 0 && c.chunks(unit).all(|ch| ch == &c[..unit])
+        c.len() > unit && c.len().is_multiple_of(unit) && c.chunks(unit).all(|ch| ch == &c[..unit])
     });
     let step = |a: char, b: char| -> i64 {
         match (a, b) {
@@ -312,13 +318,6 @@ mod tests {
         );
         assert_eq!(Weakness::Common.code(), "common");
         assert!(Weakness::Personal.to_string().contains("email"));
-    }
-
-    #[test]
-    fn the_database_floor_is_never_stricter_than_the_policy() {
-        use super::super::input::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
-        assert_eq!(MIN_PASSWORD_CHARS, MIN_LENGTH_FLOOR);
-        assert!(MAX_CHARS * 4 <= MAX_PASSWORD_BYTES);
     }
 
     #[test]

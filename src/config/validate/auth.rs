@@ -127,7 +127,9 @@ fn check_registration(p: &mut Vec<String>, a: &AuthConfig) {
                 "auth.registration.roles[{i}]: unknown role {role:?} (patient, doctor, institution, admin)"
             ));
         } else if r.roles[..i].contains(role) {
-            p.push(format!("auth.registration.roles[{i}]: {role:?} is listed twice"));
+            p.push(format!(
+                "auth.registration.roles[{i}]: {role:?} is listed twice"
+            ));
         }
     }
     if r.max_per_ip == 0 || r.window.0.is_zero() {
@@ -177,14 +179,17 @@ mod tests {
             assert!(joined.contains(needle), "{needle} missing in:\n{joined}");
         }
         let empty = problems("auth:\n  registration: {roles: []}\n").join("\n");
-        assert!(empty.contains("auth.registration.roles: list at least one role"), "{empty}");
+        assert!(
+            empty.contains("auth.registration.roles: list at least one role"),
+            "{empty}"
+        );
         assert!(problems("auth:\n  passwords: {min_length: 300}\n")
             .join("\n")
             .contains("auth.passwords.min_length: 300"));
-        assert!(
-            problems("auth:\n  registration: {roles: [patient, doctor]}\n  passwords: {min_length: 8}\n")
-                .is_empty()
-        );
+        assert!(problems(
+            "auth:\n  registration: {roles: [patient, doctor]}\n  passwords: {min_length: 8}\n"
+        )
+        .is_empty());
         let unknown = problems("auth:\n  registration: {open: true}\n").join("\n");
         assert!(unknown.contains("open"), "{unknown}");
     }
