@@ -448,6 +448,11 @@ fn registration_can_be_turned_off(b: Backend) {
     ];
     let form = post_form(site.port(), &fields, Some(TOKEN), &[]);
     assert_eq!(form.status, 404);
+    // Not even a 405 for another method: nothing says the endpoint exists.
+    let wrong_method = get_ok(site.port(), REGISTER, &[API_JSON]);
+    assert_json_error(&wrong_method, 404, "not_found", "GET of the endpoint");
+    let put = request_ok(site.port(), "PUT", "/register", &[BROWSER], b"");
+    assert_eq!(put.status, 404);
     assert!(site.stored(&email).is_none());
     // The login page no longer offers it.
     let login = get_ok(site.port(), "/login", &[BROWSER]);

@@ -100,6 +100,12 @@ impl Endpoint {
     }
 }
 
+/// The paths of the registration endpoints (all `404`, whatever the method, while
+/// `auth.registration.enabled` is off).
+pub fn is_registration_path(path: &str) -> bool {
+    matches!(path, "/api/v1/auth/register" | "/register")
+}
+
 /// Maps a normalised path to an endpoint; `Err(allow)` when the path is one but the
 /// method is not.
 pub fn route(method: &Method, path: &str) -> Option<Result<Endpoint, &'static str>> {

@@ -36,7 +36,16 @@ impl Gateway {
         let ep = match ep {
             Ok(ep) => ep,
             Err(allow) => {
-                let r = crate::errors::from_status(405).with_header("Allow", allow);
+                let off = !self.auth.config.registration.enabled
+                    && ctx
+                        .path
+                        .as_deref()
+                        .is_some_and(endpoints::is_registration_path);
+                let r = if off {
+                    crate::errors::Reject::not_found()
+                } else {
+                    crate::errors::from_status(405).with_header("Allow", allow)
+                };
                 return self.reject(session, ctx, r).await;
             }
         };
