@@ -30,8 +30,9 @@ use std::path::Path;
 
 pub use audit::{AuditConfig, AuditMode};
 pub use auth::{
-    AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, RoleConfig, RoleSessionsConfig,
-    SameSite, SecureMode, SessionsConfig, StoreFailure, VerifyKey,
+    AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, PasswordsConfig,
+    RegistrationConfig, RoleConfig, RoleSessionsConfig, SameSite, SecureMode, SessionsConfig,
+    StoreFailure, VerifyKey,
 };
 pub use route::{Defaults, FallbackConfig, RouteConfig};
 pub use server::{CompressionConfig, Http2Config, Limits, LogConfig, LogFormat, ServerConfig};

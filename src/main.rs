@@ -171,6 +171,14 @@ fn auth_config(config: &std::path::Path) -> Result<gatehouse::config::AuthConfig
         .map_err(|e| format!("{}: {e}", config.display()))
 }
 
+/// The password policy of `auth.passwords` (the defaults when the file does not exist): the
+/// same check as self-registration's.
+fn password_policy(
+    config: &std::path::Path,
+) -> Result<gatehouse::auth::users::PasswordPolicy, String> {
+    auth_config(config).map(|a| gatehouse::auth::users::PasswordPolicy::from_config(&a.passwords))
+}
+
 /// An account change that ends the user's sessions: applied and recorded in the database in
 /// one transaction (the gateways read it and end the sessions in their stores within about
 /// a second), then, with a shared Redis store, the sessions are ended from here at once and
@@ -268,6 +276,12 @@ fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
+            if let Err(e) = password_policy(config).and_then(|p| {
+                p.check(&pw, &email, &name)
+                    .map_err(|w| format!("refused: {w}"))
+            }) {
+                return fail(e);
+            }
             db_command(config, async move |db| {
                 let u = db
                     .add_user(&email, &pw, role, &name)
@@ -307,6 +321,25 @@ fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
+            let policy = match password_policy(config) {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            // The policy compares the password with the account's name: read it first.
+            let checked = db_command(config, async |db| {
+                let user = db
+                    .find_by_email(&email)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no user {email}"))?;
+                policy
+                    .check(&pw, &user.email, &user.display_name)
+                    .map_err(|w| format!("refused: {w}"))?;
+                Ok(String::new())
+            });
+            if checked != ExitCode::SUCCESS {
+                return checked;
+            }
             let change = AccountChange::SetPassword(pw);
             account_command(config, email, change, "password set for")
         }

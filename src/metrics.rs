@@ -29,6 +29,8 @@ pub struct Metrics {
     pub fallbacks_total: IntCounterVec,
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub auth_decisions_total: IntCounterVec,
+    /// Self-registrations, by outcome (`auth::endpoints::register::OUTCOMES`).
+    pub registrations_total: IntCounterVec,
     pub session_store_duration_seconds: HistogramVec,
     pub session_store_errors_total: IntCounter,
     pub rate_limited_total: IntCounterVec,
@@ -87,6 +89,20 @@ pub const AUTH_DECISIONS: &[(&str, &str)] = &[
     ("error", "database_unavailable"),
     ("error", "bad_request"),
     ("error", "unsupported_media_type"),
+];
+
+/// The outcomes of `gatehouse_registrations_total`, exported at 0 from start: `created`,
+/// `duplicate`, `invalid` (a field refused, or not JSON), `rate_limited`, `refused`
+/// (cross-site, or the form's CSRF token), `disabled` (`auth.registration.enabled` off),
+/// `error` (the database or the store failed).
+pub const REGISTRATION_OUTCOMES: [&str; 7] = [
+    "created",
+    "duplicate",
+    "invalid",
+    "rate_limited",
+    "refused",
+    "disabled",
+    "error",
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -225,6 +241,12 @@ impl Metrics {
                 "auth_decisions_total",
                 "Authentication decisions: allow, deny, redirect or error, by reason.",
                 &["result", "reason"],
+            ),
+            registrations_total: counter(
+                &r,
+                "registrations_total",
+                "Self-registrations (POST /api/v1/auth/register, the /register form), by outcome.",
+                &["outcome"],
             ),
             session_store_duration_seconds: {
                 let h = HistogramVec::new(
@@ -397,6 +419,9 @@ impl Metrics {
         for (result, reason) in AUTH_DECISIONS {
             self.auth_decisions_total
                 .with_label_values(&[result, reason]);
+        }
+        for outcome in REGISTRATION_OUTCOMES {
+            self.registrations_total.with_label_values(&[outcome]);
         }
         for route in &snap.routes {
             let name = route.name.as_str();

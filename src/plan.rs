@@ -8,7 +8,8 @@
 //! 3. the built-in health endpoints (`/health`, `/api/v1/health`);
 //! 4. plain HTTP sent to HTTPS (`server.tls.redirect_http`) — 308;
 //! 5. a CORS preflight, answered before authentication (it carries no credentials);
-//! 6. the auth endpoints (login, refresh, validate, logout, portal logins);
+//! 6. the auth endpoints (login, refresh, validate, logout, portal logins, registration and
+//!    its `/register` page);
 //! 7. static assets, then pages (HTML, and `/api/web/{role}/dashboard` as JSON);
 //! 8. route lookup — 404, 405 with `Allow`;
 //! 9. the route's address rules (403) and its body limit by `Content-Length` (413);
@@ -492,6 +493,11 @@ routes:
         assert!(matches!(p, Plan::AuthEndpoint(Ok(Endpoint::Login))));
         let (_, p) = decide_for(&s, &head("GET", "/api/v1/auth/login", &[]));
         assert!(matches!(p, Plan::AuthEndpoint(Err("POST"))));
+        // The registration page is built in, ahead of a catch-all route.
+        let (_, p) = decide_for(&s, &head("GET", "/register", &[]));
+        assert!(matches!(p, Plan::AuthEndpoint(Ok(Endpoint::RegisterPage))));
+        let (_, p) = decide_for(&s, &head("POST", "/register", &[]));
+        assert!(matches!(p, Plan::AuthEndpoint(Ok(Endpoint::RegisterForm))));
     }
 
     #[test]

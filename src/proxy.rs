@@ -3,8 +3,9 @@
 //!
 //! - `request_filter` — [`crate::plan`] decides (hygiene, path, health, HTTPS redirect,
 //!   preflight, auth endpoints, assets, pages, route, address rules, body limit); this lane
-//!   executes it: `answer` writes the gateway's own answers, `endpoints` the built-in ones,
-//!   `web` the pages, `admission` admits a proxied request (slots, session, rate limits);
+//!   executes it: `answer` writes the gateway's own answers, `endpoints` the built-in ones
+//!   (`register`: the registration page and endpoints), `web` the pages, `admission`
+//!   admits a proxied request (slots, session, rate limits);
 //! - `upstream_peer`, `fail_to_connect`, `error_while_proxy`, `upstream_response_filter` —
 //!   `attempts`: backend choice, timeouts, breaker, retries;
 //! - `upstream_request_filter`, `response_filter` — `edits`: the heads going up and back;
@@ -31,6 +32,7 @@ mod attempts;
 mod caching;
 mod edits;
 mod endpoints;
+mod register;
 mod web;
 
 use bytes::Bytes;

@@ -2,7 +2,9 @@
 //! (`tests/browser/login_flow.mjs`), opens `/`, follows the patient link to the login page,
 //! signs in as a seeded patient, sees the dashboard with the patient's name and the data of a
 //! fake patients upstream, logs out, and is sent to `/login?next=…` when it opens the
-//! dashboard again. Console errors and CSP violations fail it.
+//! dashboard again; then registers a new patient through `/register` (a common password
+//! first, refused at its field), sees the notice on the login page, and signs in with the new
+//! account. Console errors and CSP violations fail it.
 //!
 //! Screenshots go to `test-artifacts/browser/` (git-ignored). Needs `node`,
 //! `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core` (scripts/test.sh
@@ -27,8 +29,11 @@ const PATIENT_NAME: &str = "Ana Pérez";
 const PATIENT_JSON: &str = r#"{"nombre":"Ana Pérez","tipo_sangre":"O+","alergias":"Penicilina"}"#;
 /// A value of [`PATIENT_JSON`] the dashboard must show.
 const EXPECT_TEXT: &str = "Penicilina";
-/// Bound on the whole browser run (the script bounds itself to 60 s).
-const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+/// The account the run registers.
+const NEW_NAME: &str = "Lucía Gómez";
+const NEW_PASSWORD: &str = "lluvia tranquila sobre el tejado";
+/// Bound on the whole browser run (the script bounds itself to 90 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -161,6 +166,7 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).expect("create test-artifacts/browser");
 
+    let new_email = format!("nueva-{}@predicthealth.test", unique());
     let started = Instant::now();
     let mut child = Command::new("node")
         .arg(root.join("tests/browser/login_flow.mjs"))
@@ -170,6 +176,9 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
         .env("PATIENT_PASSWORD", PASSWORD)
         .env("PATIENT_NAME", PATIENT_NAME)
         .env("EXPECT_TEXT", EXPECT_TEXT)
+        .env("NEW_EMAIL", &new_email)
+        .env("NEW_NAME", NEW_NAME)
+        .env("NEW_PASSWORD", NEW_PASSWORD)
         .env("ARTIFACTS_DIR", &artifacts)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -222,10 +231,20 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
         assert_eq!(r.header("x-user-id"), Some(patient_id.to_string().as_str()));
         assert_eq!(r.header("x-user-role"), Some("patient"));
     }
+    // The run registered a patient, with the name and password it typed.
+    let registered = block_on(async {
+        let db = UserDb::connect(Some(&database_url)).await.expect("connect");
+        db.find_by_email(&new_email).await.expect("find")
+    })
+    .unwrap_or_else(|| panic!("{new_email} was not registered"));
+    assert_eq!(registered.role, Role::Patient);
+    assert_eq!(registered.display_name, NEW_NAME);
     for shot in [
         "01-landing.png",
         "03-dashboard.png",
         "05-dashboard-after-logout.png",
+        "07-register-refused.png",
+        "09-new-patient-dashboard.png",
     ] {
         let p = artifacts.join(shot);
         let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);

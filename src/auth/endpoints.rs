@@ -1,7 +1,8 @@
 //! The seeds' auth endpoints, answered by the gateway itself:
 //! `POST /api/v1/auth/login`, `POST /api/web/auth/{patient|doctor|institution}/login`,
 //! `GET /api/v1/auth/validate`, `POST /api/v1/auth/refresh`, `POST /api/v1/auth/logout`
-//! (`?all=true`), and `GET /logout` for browsers.
+//! (`?all=true`), and `GET /logout` for browsers; self-registration (`POST
+//! /api/v1/auth/register`, and `/register`: the page, rendered by the proxy, and its form).
 //!
 //! Each handler takes plain request facts and returns a [`Reply`]; the proxy reads the body
 //! and writes the reply. Failures are recorded as auth events and counted by the caller.
@@ -20,6 +21,7 @@ use std::net::IpAddr;
 mod login;
 mod logout;
 mod refresh;
+pub mod register;
 
 /// A complete answer.
 #[derive(Debug, Clone)]
@@ -80,6 +82,28 @@ pub enum Endpoint {
     Refresh,
     Logout,
     LogoutPage,
+    /// `POST /api/v1/auth/register` (JSON).
+    Register,
+    /// `GET /register`: the page (rendered by the proxy).
+    RegisterPage,
+    /// `POST /register`: the page's form.
+    RegisterForm,
+}
+
+impl Endpoint {
+    /// One of the registration endpoints (404 while `auth.registration.enabled` is off).
+    pub fn registers(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Register | Endpoint::RegisterPage | Endpoint::RegisterForm
+        )
+    }
+}
+
+/// The paths of the registration endpoints (all `404`, whatever the method, while
+/// `auth.registration.enabled` is off).
+pub fn is_registration_path(path: &str) -> bool {
+    matches!(path, "/api/v1/auth/register" | "/register")
 }
 
 /// Maps a normalised path to an endpoint; `Err(allow)` when the path is one but the
@@ -96,10 +120,18 @@ pub fn route(method: &Method, path: &str) -> Option<Result<Endpoint, &'static st
         "/api/v1/auth/refresh" => (Endpoint::Refresh, &[Method::POST]),
         "/api/v1/auth/logout" => (Endpoint::Logout, &[Method::POST]),
         "/logout" => (Endpoint::LogoutPage, &[Method::GET, Method::HEAD]),
+        "/api/v1/auth/register" => (Endpoint::Register, &[Method::POST]),
+        "/register" if method == Method::POST => (Endpoint::RegisterForm, &[Method::POST]),
+        "/register" => (
+            Endpoint::RegisterPage,
+            &[Method::GET, Method::HEAD, Method::POST],
+        ),
         _ => return None,
     };
     Some(if allowed.contains(method) {
         Ok(ep)
+    } else if allowed.contains(&Method::POST) && allowed.contains(&Method::GET) {
+        Err("GET, HEAD, POST")
     } else if allowed.contains(&Method::GET) {
         Err("GET, HEAD")
     } else {
@@ -132,6 +164,27 @@ impl Request<'_> {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         })
+    }
+
+    /// `Content-Type: application/x-www-form-urlencoded`: what a page's form posts.
+    fn is_form(&self) -> bool {
+        self.header("content-type").is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+    }
+
+    /// The form's double-submit CSRF token (`csrf_token`) is the one of the CSRF cookie
+    /// that our pages set: the form came from our page.
+    fn form_token_matches(&self) -> bool {
+        let sent = self.fields().and_then(|f| {
+            f.get("csrf_token")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        });
+        let cookie = cookies::get(self.headers, cookies::CSRF_COOKIE);
+        sent.as_deref()
+            .is_some_and(|s| !s.is_empty() && Some(s) == cookie)
     }
 
     fn ip(&self) -> Option<String> {
@@ -266,22 +319,55 @@ impl Auth {
         }
     }
 
-    /// Answers one auth endpoint.
-    pub async fn handle(&self, ep: Endpoint, req: &Request<'_>) -> Reply {
-        // Endpoints that set session cookies never do so for another site's page: it could
-        // sign the visitor's browser into an account of its choosing (login CSRF).
-        let sets_session = matches!(
+    /// What refuses a request to `ep` before anything is read: `404` for the registration
+    /// endpoints while `auth.registration.enabled` is off, and `403` (`csrf`) for a request
+    /// from another site's page to an endpoint that sets session cookies (login CSRF: it
+    /// could sign the visitor's browser into an account of its choosing) or registers (an
+    /// account made in the visitor's name by another site is no better).
+    pub fn refuse_early(&self, ep: Endpoint, req: &Request<'_>) -> Option<Reply> {
+        if ep.registers() && !self.config.registration.enabled {
+            return Some(Reply::error(
+                Reject::not_found(),
+                req.request_id,
+                ("deny", "disabled"),
+            ));
+        }
+        // The page itself may be linked from anywhere.
+        let same_origin_only = matches!(
             ep,
-            Endpoint::Login | Endpoint::WebLogin(_) | Endpoint::Refresh | Endpoint::Validate
+            Endpoint::Login
+                | Endpoint::WebLogin(_)
+                | Endpoint::Refresh
+                | Endpoint::Validate
+                | Endpoint::Register
+                | Endpoint::RegisterForm
         );
-        if sets_session && super::guard::cross_site(req.headers, &self.config.trusted_origins.0) {
-            return Reply::error(
+        if same_origin_only && super::guard::cross_site(req.headers, &self.config.trusted_origins.0)
+        {
+            return Some(Reply::error(
                 Reject::new(403, "csrf", "Cross-site request refused."),
                 req.request_id,
                 ("deny", "csrf"),
-            );
+            ));
+        }
+        None
+    }
+
+    /// Answers one auth endpoint.
+    pub async fn handle(&self, ep: Endpoint, req: &Request<'_>) -> Reply {
+        if let Some(r) = self.refuse_early(ep, req) {
+            return r;
         }
         match ep {
+            Endpoint::Register => self.register_api(req).await,
+            Endpoint::RegisterForm => match self.register_form(req).await {
+                register::FormOutcome::Reply(r) => r,
+                register::FormOutcome::Form(f) => f.refusal.reply(req.request_id),
+            },
+            // The page itself is rendered by the proxy.
+            Endpoint::RegisterPage => {
+                Reply::error(Reject::not_found(), req.request_id, ("deny", "disabled"))
+            }
             Endpoint::Login => {
                 // JSON only: a form or `text/plain` body is what another site's page can
                 // send without a preflight.
@@ -386,5 +472,37 @@ mod tests {
             route(&Method::POST, "/api/v1/auth/validate"),
             Some(Err("GET, HEAD"))
         );
+        assert_eq!(
+            route(&Method::POST, "/api/v1/auth/register"),
+            Some(Ok(Endpoint::Register))
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/auth/register"),
+            Some(Err("POST"))
+        );
+        assert_eq!(
+            route(&Method::GET, "/register"),
+            Some(Ok(Endpoint::RegisterPage))
+        );
+        assert_eq!(
+            route(&Method::HEAD, "/register"),
+            Some(Ok(Endpoint::RegisterPage))
+        );
+        assert_eq!(
+            route(&Method::POST, "/register"),
+            Some(Ok(Endpoint::RegisterForm))
+        );
+        assert_eq!(
+            route(&Method::PUT, "/register"),
+            Some(Err("GET, HEAD, POST"))
+        );
+        assert!([
+            Endpoint::Register,
+            Endpoint::RegisterPage,
+            Endpoint::RegisterForm
+        ]
+        .iter()
+        .all(|e| e.registers()));
+        assert!(!Endpoint::Login.registers());
     }
 }

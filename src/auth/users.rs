@@ -3,8 +3,9 @@
 //! Owns: the `users` and `auth_events` tables, their migrations (embedded from
 //! `migrations/postgres` and `migrations/sqlite`), argon2id password hashing and verification,
 //! the Flask-era hash formats users are imported with (`gatehouse user import`, see
-//! `import`) and their replacement by argon2id at the first successful login, and the
-//! mapping of database failures onto [`UserError`].
+//! `import`) and their replacement by argon2id at the first successful login, the password
+//! policy of new passwords ([`PasswordPolicy`]), and the mapping of database failures onto
+//! [`UserError`].
 //!
 //! Does not own: tokens, sessions, cookies or rate limits (see the sibling modules), nor what an
 //! HTTP client is told when something fails here.
@@ -291,7 +292,7 @@ impl UserDb {
     ) -> Result<User, UserError> {
         let email = normalize_email(email)?;
         check_password(password)?;
-        let display_name = check_display_name(display_name)?;
+        let display_name = input::display_name(display_name)?;
         let hash = self.hash_password(password).await?;
         let now = unix_now();
         let user = with_pool!(self, |pool| {
@@ -592,11 +593,14 @@ mod formats;
 mod hashing;
 pub mod import;
 mod input;
+mod policy;
 mod pool;
 pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 pub use error::UserError;
 use hashing::{dummy_hash, hash_password, verify_password, Verified};
-use input::{check_display_name, check_password, clean, normalize_email};
+use input::{check_password, clean};
+pub use input::{display_name, normalize_email};
+pub use policy::{PasswordPolicy, Weakness};
 /// The pool, for the access audit (`crate::audit::store`), whose tables live in this database.
 pub(crate) use pool::Pool as DbPool;
 pub use pool::DEFAULT_SQLITE_FILE;

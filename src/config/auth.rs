@@ -27,6 +27,8 @@ pub struct AuthConfig {
     pub trusted_origins: OneOrMany,
     /// Per-role settings (`patient`, `doctor`, `institution`, `admin`).
     pub roles: BTreeMap<String, RoleConfig>,
+    pub registration: RegistrationConfig,
+    pub passwords: PasswordsConfig,
 }
 
 /// `auth.roles.ROLE:`
@@ -57,6 +59,8 @@ impl Default for AuthConfig {
             login: LoginConfig::default(),
             trusted_origins: OneOrMany::default(),
             roles: BTreeMap::new(),
+            registration: RegistrationConfig::default(),
+            passwords: PasswordsConfig::default(),
         }
     }
 }
@@ -200,6 +204,49 @@ impl Default for LoginConfig {
             max_failures_per_ip: 20,
             window: Dur::secs(15 * 60),
         }
+    }
+}
+
+/// `auth.registration:` — self-registration (`POST /api/v1/auth/register`, the `/register`
+/// page).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Off: both the endpoint and the page answer 404. Default true.
+    pub enabled: bool,
+    /// Roles a new account may get; the first is the default, a request may choose another
+    /// one of them (`role`). Default `[patient]`: doctors, institutions and administrators
+    /// are created by administrators.
+    pub roles: Vec<String>,
+    /// Registrations (created or refused as a duplicate) per client ip within `window`
+    /// before `429`. Default 10.
+    pub max_per_ip: u64,
+    /// Window of the per-ip counter. Default 1h.
+    pub window: Dur,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            enabled: true,
+            roles: vec!["patient".into()],
+            max_per_ip: 10,
+            window: Dur::secs(3600),
+        }
+    }
+}
+
+/// `auth.passwords:` — the password policy of registration and the CLI (NIST SP 800-63B).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordsConfig {
+    /// Fewest characters a new password may have (8 to 256). Default 12.
+    pub min_length: usize,
+}
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        PasswordsConfig { min_length: 12 }
     }
 }
 

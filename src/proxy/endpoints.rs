@@ -25,7 +25,8 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Answers one of the auth endpoints (login, validate, refresh, logout).
+    /// Answers one of the auth endpoints (login, validate, refresh, logout; registration in
+    /// `register`).
     pub(super) async fn auth_endpoint(
         &self,
         session: &mut Session,
@@ -35,7 +36,16 @@ impl Gateway {
         let ep = match ep {
             Ok(ep) => ep,
             Err(allow) => {
-                let r = crate::errors::from_status(405).with_header("Allow", allow);
+                let off = !self.auth.config.registration.enabled
+                    && ctx
+                        .path
+                        .as_deref()
+                        .is_some_and(endpoints::is_registration_path);
+                let r = if off {
+                    crate::errors::Reject::not_found()
+                } else {
+                    crate::errors::from_status(405).with_header("Allow", allow)
+                };
                 return self.reject(session, ctx, r).await;
             }
         };
@@ -45,6 +55,9 @@ impl Gateway {
                 .reject(session, ctx, crate::errors::from_status(413))
                 .await;
         };
+        if ep.registers() {
+            return self.registration(session, ctx, ep, body).await;
+        }
         let req = session.req_header();
         if matches!(ep, endpoints::Endpoint::WebLogin(_)) {
             // The portals' forms post under /api/web/: the Accept header decides.

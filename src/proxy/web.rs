@@ -16,10 +16,23 @@ use std::sync::Arc;
 
 pub use crate::auth::cookies::{CSRF_COOKIE, FLASH_COOKIE};
 
+/// What a built-in page adds to a render of [`Gateway::serve_page_with`].
+#[derive(Default)]
+pub(super) struct PageExtra {
+    /// Template context keys the page's template reads (under names of its own: `data`,
+    /// `registration_open` and the shared keys are set over them).
+    pub context: serde_json::Map<String, Value>,
+    /// The status of a successful render (default 200).
+    pub status: Option<u16>,
+    /// More response headers (e.g. `Retry-After`).
+    pub headers: Vec<(String, String)>,
+}
+
 /// The Spanish text of a flash code.
 fn flash_message(code: &str) -> Option<&'static str> {
     match code {
         "logged_out" => Some("Has cerrado sesión correctamente."),
+        "registered" => Some("Tu cuenta está creada. Ya puedes iniciar sesión."),
         "session_expired" => Some("Tu sesión ha terminado. Inicia sesión de nuevo."),
         _ => None,
     }
@@ -35,6 +48,7 @@ fn endpoint_docs() -> minijinja::Value {
             {"method": "GET", "path": "/api/v1/auth/validate", "description": "Comprueba un token y devuelve sus datos."},
             {"method": "POST", "path": "/api/v1/auth/refresh", "description": "Cambia un token de refresco por un par nuevo."},
             {"method": "POST", "path": "/api/v1/auth/logout", "description": "Cierra la sesión (?all=true: todas las sesiones)."},
+            {"method": "POST", "path": "/api/v1/auth/register", "description": "Crea una cuenta (email, contraseña y nombre); no inicia sesión."},
             {"method": "GET", "path": "/health", "description": "Estado del gateway."},
             {"method": "GET", "path": "/api/v1/health", "description": "Rutas y salud de cada servicio."},
         ]);
@@ -94,6 +108,19 @@ impl Gateway {
         ctx: &mut Ctx,
         page: Arc<PageDef>,
         as_json: bool,
+    ) -> Result<bool> {
+        self.serve_page_with(session, ctx, page, as_json, PageExtra::default())
+            .await
+    }
+
+    /// [`Gateway::serve_page`] with what a built-in page adds (the `/register` form again).
+    pub(super) async fn serve_page_with(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        page: Arc<PageDef>,
+        as_json: bool,
+        more: PageExtra,
     ) -> Result<bool> {
         let pages = ctx.snapshot.pages.clone();
         let decision = self
@@ -213,8 +240,13 @@ impl Gateway {
             return Ok(true);
         }
         let snapshot = ctx.snapshot.clone();
-        let mut extra = serde_json::Map::new();
+        let mut extra = more.context;
         extra.insert("data".into(), Value::Object(data));
+        // Pages may offer the `/register` page (the login page's link).
+        extra.insert(
+            "registration_open".into(),
+            Value::Bool(self.auth.config.registration.enabled),
+        );
         // Live backend health; the route list and the endpoint list are made once.
         extra.insert(
             "upstreams".into(),
@@ -237,7 +269,7 @@ impl Gateway {
         };
         let context = pages.context_with(&view, &page.title, extra, shared);
         let (status, html) = match pages.render(&page.template, &context) {
-            Ok(html) => (200, html),
+            Ok(html) => (more.status.unwrap_or(200), html),
             Err(e) => {
                 tracing::error!(request_id = %ctx.request_id, template = %page.template, error = %e, "page failed to render");
                 render.set_error("template_error", "page failed to render");
@@ -245,6 +277,7 @@ impl Gateway {
             }
         };
         let mut headers = html_headers();
+        headers.extend(more.headers);
         headers.extend(
             set_cookies
                 .into_iter()

@@ -4,7 +4,7 @@
 use super::{bad_request, unavailable, user_json, Reply, Request};
 use crate::auth::sessions::{SessionError, TokenPair};
 use crate::auth::users::{EventKind, Role, User, UserError};
-use crate::auth::{cookies, guard, unix_now, users, Auth};
+use crate::auth::{guard, unix_now, users, Auth};
 use crate::errors::Reject;
 use crate::forms::safe_next;
 
@@ -185,28 +185,16 @@ impl Auth {
 
     pub(super) async fn web_login(&self, role: Role, req: &Request<'_>) -> Reply {
         // Forms (browsers) carry the double-submit CSRF token of the login page.
-        let is_form = req.header("content-type").is_some_and(|ct| {
-            ct.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-        if is_form {
-            let sent = req.fields().and_then(|f| {
-                f.get("csrf_token")
-                    .and_then(|v| v.as_str())
-                    .map(String::from)
-            });
-            let cookie = cookies::get(req.headers, cookies::CSRF_COOKIE);
-            if sent.is_none() || sent.as_deref() != cookie {
-                return if req.api_client {
-                    Reply::error(
-                        Reject::new(403, "csrf", "Cross-site request refused."),
-                        req.request_id,
-                        ("deny", "csrf"),
-                    )
-                } else {
-                    Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
-                };
-            }
+        if req.is_form() && !req.form_token_matches() {
+            return if req.api_client {
+                Reply::error(
+                    Reject::new(403, "csrf", "Cross-site request refused."),
+                    req.request_id,
+                    ("deny", "csrf"),
+                )
+            } else {
+                Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
+            };
         }
         let next = req
             .fields()

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::formats::Stored;
 use super::{
-    bounded, check_display_name, normalize_email, unix_now, unix_now_ms, Applied, EventKind, Pool,
+    bounded, display_name, normalize_email, unix_now, unix_now_ms, Applied, EventKind, Pool,
     Role, UserDb, UserError, INSERT_USER,
 };
 
@@ -227,7 +227,7 @@ impl KindName for csv::Error {
 fn check_row(line: u64, [email, role, name, hash]: [String; 4]) -> Result<Row, String> {
     let email = normalize_email(&email).map_err(reason)?;
     let role: Role = role.parse().map_err(reason)?;
-    let name = check_display_name(&name).map_err(reason)?.to_string();
+    let name = display_name(&name).map_err(reason)?.to_string();
     let hash = hash.trim();
     Stored::parse(hash).map_err(|e| format!("password_hash: {e}"))?;
     Ok(Row {

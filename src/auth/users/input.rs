@@ -11,7 +11,7 @@ pub(super) const MAX_DISPLAY_NAME_CHARS: usize = 200;
 pub(super) const MAX_EVENT_FIELD_BYTES: usize = 512;
 
 /// Trims and lowercases an email and checks its shape.
-pub(super) fn normalize_email(email: &str) -> Result<String, UserError> {
+pub fn normalize_email(email: &str) -> Result<String, UserError> {
     let email = email.trim().to_lowercase();
     let valid = email.chars().count() <= MAX_EMAIL_CHARS
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -35,8 +35,9 @@ pub(super) fn check_password(password: &str) -> Result<(), UserError> {
     Ok(())
 }
 
-/// Trims a display name and checks its length and characters.
-pub(super) fn check_display_name(name: &str) -> Result<&str, UserError> {
+/// A display name, trimmed: at most `MAX_DISPLAY_NAME_CHARS` characters, no control
+/// characters (it may be empty).
+pub fn display_name(name: &str) -> Result<&str, UserError> {
     let name = name.trim();
     if name.chars().count() > MAX_DISPLAY_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(UserError::InvalidInput(format!(

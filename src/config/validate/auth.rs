@@ -109,4 +109,88 @@ pub(super) fn check_auth(p: &mut Vec<String>, a: &AuthConfig) {
     if l.max_failures_per_account == 0 || l.max_failures_per_ip == 0 || l.window.0.is_zero() {
         p.push("auth.login: limits and window must be greater than 0".into());
     }
+    check_registration(p, a);
+}
+
+/// `auth.registration` and `auth.passwords`.
+fn check_registration(p: &mut Vec<String>, a: &AuthConfig) {
+    let r = &a.registration;
+    if r.roles.is_empty() {
+        p.push("auth.registration.roles: list at least one role (shipped: [patient])".into());
+    }
+    for (i, role) in r.roles.iter().enumerate() {
+        if !crate::config::role::Role::ALL
+            .iter()
+            .any(|known| known.as_str() == role)
+        {
+            p.push(format!(
+                "auth.registration.roles[{i}]: unknown role {role:?} (patient, doctor, institution, admin)"
+            ));
+        } else if r.roles[..i].contains(role) {
+            p.push(format!(
+                "auth.registration.roles[{i}]: {role:?} is listed twice"
+            ));
+        }
+    }
+    if r.max_per_ip == 0 || r.window.0.is_zero() {
+        p.push("auth.registration: max_per_ip and window must be greater than 0".into());
+    }
+    let min = a.passwords.min_length;
+    if !(8..=256).contains(&min) {
+        p.push(format!(
+            "auth.passwords.min_length: {min} is outside 8..=256 (NIST SP 800-63B: at least 8; passwords may have up to 256 characters)"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match Config::from_yaml_str_with_env(yaml, |_| None) {
+            Ok(_) => vec![],
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn registration_and_password_defaults_are_the_shipped_policy() {
+        let c = Config::from_yaml_str_with_env("auth: {}\n", |_| None).expect("config");
+        let r = &c.auth.registration;
+        assert!(r.enabled);
+        assert_eq!(r.roles, ["patient"]);
+        assert_eq!((r.max_per_ip, r.window.0.as_secs()), (10, 3600));
+        assert_eq!(c.auth.passwords.min_length, 12);
+    }
+
+    #[test]
+    fn registration_roles_must_be_known_and_the_minimum_bounded() {
+        let p = problems(
+            "auth:\n  registration: {roles: [patient, nurse, patient], max_per_ip: 0}\n  passwords: {min_length: 6}\n",
+        );
+        let joined = p.join("\n");
+        for needle in [
+            "auth.registration.roles[1]: unknown role \"nurse\"",
+            "auth.registration.roles[2]: \"patient\" is listed twice",
+            "auth.registration: max_per_ip and window must be greater than 0",
+            "auth.passwords.min_length: 6 is outside 8..=256",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing in:\n{joined}");
+        }
+        let empty = problems("auth:\n  registration: {roles: []}\n").join("\n");
+        assert!(
+            empty.contains("auth.registration.roles: list at least one role"),
+            "{empty}"
+        );
+        assert!(problems("auth:\n  passwords: {min_length: 300}\n")
+            .join("\n")
+            .contains("auth.passwords.min_length: 300"));
+        assert!(problems(
+            "auth:\n  registration: {roles: [patient, doctor]}\n  passwords: {min_length: 8}\n"
+        )
+        .is_empty());
+        let unknown = problems("auth:\n  registration: {open: true}\n").join("\n");
+        assert!(unknown.contains("open"), "{unknown}");
+    }
 }
