@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use auth::{
-    AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, RoleConfig, RoleSessionsConfig,
-    SameSite, SecureMode, SessionsConfig, StoreFailure, VerifyKey,
+    AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, MfaConfig, RoleConfig,
+    RoleSessionsConfig, SameSite, SecureMode, SessionsConfig, StoreFailure, VerifyKey,
 };
 pub use route::{Defaults, FallbackConfig, RouteConfig};
 pub use server::{CompressionConfig, Limits, LogConfig, LogFormat, ServerConfig};

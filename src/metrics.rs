@@ -29,6 +29,9 @@ pub struct Metrics {
     pub fallbacks_total: IntCounterVec,
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub auth_decisions_total: IntCounterVec,
+    /// Second-factor checks, by outcome (`totp_ok`, `recovery_ok`, `wrong`, `replayed`,
+    /// `missing`, `enrolled`, `enrol_wrong`, `error`).
+    pub mfa_verifications_total: IntCounterVec,
     pub session_store_duration_seconds: HistogramVec,
     pub session_store_errors_total: IntCounter,
     pub rate_limited_total: IntCounterVec,
@@ -72,6 +75,10 @@ pub const AUTH_DECISIONS: &[(&str, &str)] = &[
     ("deny", "refresh_reuse"),
     ("deny", "account_disabled"),
     ("deny", "account_changed"),
+    ("deny", "mfa_required"),
+    ("deny", "invalid_otp"),
+    ("deny", "otp_replayed"),
+    ("deny", "mfa_enrollment_required"),
     ("deny", "store_unavailable"),
     ("redirect", "missing_token"),
     ("error", "store_unavailable"),
@@ -217,6 +224,12 @@ impl Metrics {
                 "Authentication decisions: allow, deny, redirect or error, by reason.",
                 &["result", "reason"],
             ),
+            mfa_verifications_total: counter(
+                &r,
+                "mfa_verifications_total",
+                "Second-factor (TOTP or recovery code) checks at sign-in and enrolment, by outcome.",
+                &["outcome"],
+            ),
             session_store_duration_seconds: {
                 let h = HistogramVec::new(
                     HistogramOpts::new(
@@ -361,6 +374,9 @@ impl Metrics {
         for (result, reason) in AUTH_DECISIONS {
             self.auth_decisions_total
                 .with_label_values(&[result, reason]);
+        }
+        for outcome in ["totp_ok", "recovery_ok", "wrong", "replayed", "missing"] {
+            self.mfa_verifications_total.with_label_values(&[outcome]);
         }
         for route in &snap.routes {
             let name = route.name.as_str();

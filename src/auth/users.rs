@@ -548,11 +548,13 @@ mod accounts;
 mod error;
 mod hashing;
 mod input;
+mod mfa;
 mod pool;
 pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
 pub use error::UserError;
 use hashing::{dummy_hash, hash_password, verify_password};
 use input::{check_password, clean, normalize_email, MAX_DISPLAY_NAME_CHARS};
+pub use mfa::StoredFactor;
 pub use pool::DEFAULT_SQLITE_FILE;
 use pool::{
     bounded, cannot_connect, sqlite_options, Embedded, Pool, ACQUIRE_TIMEOUT, CONNECT_TIMEOUT,

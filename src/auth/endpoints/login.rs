@@ -4,7 +4,7 @@
 use super::{bad_request, unavailable, user_json, Reply, Request};
 use crate::auth::sessions::{SessionError, TokenPair};
 use crate::auth::users::{EventKind, Role, User, UserError};
-use crate::auth::{cookies, guard, unix_now, users, Auth};
+use crate::auth::{guard, unix_now, users, Auth};
 use crate::errors::Reject;
 use crate::forms::safe_next;
 
@@ -110,13 +110,9 @@ impl Auth {
         let authenticated = self.users.authenticate(&email, password).await;
         span.end();
         match authenticated {
-            Ok(Some(user)) => {
-                let (acct, _) = self.counter_keys(&email, req);
-                if let Err(e) = self.sessions.store.delete(&[acct]).await {
-                    tracing::warn!(request_id = req.request_id, error = %e, "could not reset the failure counter");
-                }
-                Ok((user, began_ms))
-            }
+            // The account's failure counter is reset once the whole login (second factor
+            // included) succeeds: `reset_failures`.
+            Ok(Some(user)) => Ok((user, began_ms)),
             Ok(None) => {
                 self.event(EventKind::LoginFailed, None, Some(&email), req)
                     .await;
@@ -137,6 +133,15 @@ impl Auth {
                 tracing::error!(request_id = req.request_id, error = %e, "login failed");
                 Err(unavailable(req, "database_error"))
             }
+        }
+    }
+
+    /// A login succeeded (password and, where there is one, second factor): the account's
+    /// failure counter starts again.
+    pub(super) async fn reset_failures(&self, email: &str, req: &Request<'_>) {
+        let (acct, _) = self.counter_keys(email, req);
+        if let Err(e) = self.sessions.store.delete(&[acct]).await {
+            tracing::warn!(request_id = req.request_id, error = %e, "could not reset the failure counter");
         }
     }
 
@@ -185,28 +190,16 @@ impl Auth {
 
     pub(super) async fn web_login(&self, role: Role, req: &Request<'_>) -> Reply {
         // Forms (browsers) carry the double-submit CSRF token of the login page.
-        let is_form = req.header("content-type").is_some_and(|ct| {
-            ct.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-        if is_form {
-            let sent = req.fields().and_then(|f| {
-                f.get("csrf_token")
-                    .and_then(|v| v.as_str())
-                    .map(String::from)
-            });
-            let cookie = cookies::get(req.headers, cookies::CSRF_COOKIE);
-            if sent.is_none() || sent.as_deref() != cookie {
-                return if req.api_client {
-                    Reply::error(
-                        Reject::new(403, "csrf", "Cross-site request refused."),
-                        req.request_id,
-                        ("deny", "csrf"),
-                    )
-                } else {
-                    Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
-                };
-            }
+        if req.is_form() && !req.csrf_ok() {
+            return if req.api_client {
+                Reply::error(
+                    Reject::new(403, "csrf", "Cross-site request refused."),
+                    req.request_id,
+                    ("deny", "csrf"),
+                )
+            } else {
+                Reply::redirect("/login?error=forbidden", ("deny", "csrf"))
+            };
         }
         let next = req
             .fields()
@@ -240,6 +233,16 @@ impl Auth {
                 ("deny", "wrong_role"),
             );
         }
+        let mut outcome = None;
+        if req.api_client {
+            match self.second_factor(&user.0, req).await {
+                Ok(o) => outcome = o,
+                Err(r) => return r,
+            }
+        } else if let Some(r) = self.portal_second_step(&user, next.as_deref(), req).await {
+            return r;
+        }
+        self.reset_failures(&user.0.email, req).await;
         let pair = match self.start_session(&user, req).await {
             Ok(p) => p,
             Err(r) => return r,
@@ -255,6 +258,7 @@ impl Auth {
             Reply::redirect(&target, ("allow", "login"))
         };
         r.headers.extend(self.session_cookies(&pair, req.tls));
+        r.mfa = outcome;
         r
     }
 }

@@ -38,6 +38,11 @@ pub(super) const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "account changes end sessions",
         include_str!("../../../migrations/postgres/0002_account_changes_end_sessions.sql"),
     ),
+    (
+        3,
+        "mfa",
+        include_str!("../../../migrations/postgres/0003_mfa.sql"),
+    ),
 ];
 pub(super) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -49,6 +54,11 @@ pub(super) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "account changes end sessions",
         include_str!("../../../migrations/sqlite/0002_account_changes_end_sessions.sql"),
+    ),
+    (
+        3,
+        "mfa",
+        include_str!("../../../migrations/sqlite/0003_mfa.sql"),
     ),
 ];
 
