@@ -27,12 +27,22 @@ struct Site {
 
 impl Site {
     fn start(b: Backend, max_failures: u64, users: &[(Role, &str)]) -> Option<Site> {
+        Site::start_keyed(b, max_failures, users, KEY)
+    }
+
+    /// A gateway whose `auth.mfa.encryption_key` is `key` (the CLI always uses [`KEY`]).
+    fn start_keyed(
+        b: Backend,
+        max_failures: u64,
+        users: &[(Role, &str)],
+        key: &str,
+    ) -> Option<Site> {
         let (db, redis, dir) = b.urls()?;
         let users = seed_users(&db, "mfa.test", users);
         let up = FakeUpstream::start(Behavior::Echo);
         let templates = repo_file("templates");
         let rest = format!(
-            "upstreams:\n{}\nroutes:\n  - {{name: private, prefix: /private, upstream: app, auth: required}}\nweb:\n  templates: \"{}\"\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_account: {max_failures}, max_failures_per_ip: 1000, window: 15m}}\n  mfa: {{encryption_key: \"{KEY}\", required_roles: [doctor]}}\n",
+            "upstreams:\n{}\nroutes:\n  - {{name: private, prefix: /private, upstream: app, auth: required}}\nweb:\n  templates: \"{}\"\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_account: {max_failures}, max_failures_per_ip: 1000, window: 15m}}\n  mfa: {{encryption_key: \"{key}\", required_roles: [doctor]}}\n",
             upstream("app", &[up.url()], ""),
             templates.display(),
         );
@@ -529,7 +539,111 @@ fn reset_removes_the_factor_and_ends_sessions(b: Backend) {
     assert_eq!(site.login(&pat.email, None).status, 200);
 }
 
+fn two_logins_racing_with_one_code_do_not_both_win(b: Backend) {
+    let Some(site) = Site::start(b, 50, &[(Role::Patient, "Pat")]) else {
+        return;
+    };
+    let pat = &site.users[0];
+    let secret = site.enroll(&pat.email);
+    let code = totp::code(&secret, settled_step());
+    let port = site.port();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (email, code) = (pat.email.clone(), code.clone());
+            std::thread::spawn(move || {
+                let body = json!({"email": email, "password": PASSWORD, "otp": code});
+                post_json(port, "/api/v1/auth/login", &body, &[]).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = racers
+        .into_iter()
+        .map(|t| t.join().expect("racer"))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 401].contains(s)),
+        "{statuses:?}"
+    );
+}
+
+fn a_signed_in_user_enrols_on_the_page(b: Backend) {
+    let Some(site) = Site::start(b, 50, &[(Role::Patient, "Pat")]) else {
+        return;
+    };
+    let pat = &site.users[0];
+    // Not signed in: to the sign-in page.
+    let r = page(site.port(), "/account/mfa", "");
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login?next=/account/mfa"));
+    let token = login(site.port(), &pat.email);
+    let session = format!("{SESSION_COOKIE}={token}");
+    let html = page(site.port(), "/account/mfa", &session).text();
+    let b32: String = element(&html, "mfa-secret", "</code>")
+        .split_once('>')
+        .map_or("", |(_, rest)| rest)
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(b32.as_bytes())
+        .expect("base32");
+    // Pending: the password alone still signs in.
+    assert_eq!(site.login(&pat.email, None).status, 200);
+    let s = settled_step();
+    let r = form_post(
+        site.port(),
+        "/account/mfa",
+        &[("code", &totp::code(&secret, s))],
+        &session,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("mfa-recovery"));
+    // Enabled: the page says so, and the API asks for a code.
+    let html = page(site.port(), "/account/mfa", &session).text();
+    assert!(
+        !html.contains("mfa-secret") && html.contains("mfa-continue"),
+        "{html}"
+    );
+    assert_json_error(
+        &site.login(&pat.email, None),
+        401,
+        "mfa_required",
+        "enabled",
+    );
+    assert_eq!(
+        site.login(&pat.email, Some(&totp::code(&secret, s + 1)))
+            .status,
+        200
+    );
+}
+
+fn a_secret_under_another_key_is_refused_not_skipped(b: Backend) {
+    let other = "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMDE=";
+    let Some(site) = Site::start_keyed(b, 50, &[(Role::Patient, "Pat")], other) else {
+        return;
+    };
+    let pat = &site.users[0];
+    let secret = site.enroll(&pat.email);
+    let r = site.login(&pat.email, Some(&totp::code(&secret, settled_step())));
+    assert_json_error(&r, 503, "auth_unavailable", "undecryptable secret");
+    no_session_cookie(&r, "undecryptable secret");
+    assert_json_error(
+        &site.login(&pat.email, None),
+        401,
+        "mfa_required",
+        "still enrolled",
+    );
+}
+
 on_both_backends!(
+    two_logins_racing_with_one_code_do_not_both_win,
+    a_signed_in_user_enrols_on_the_page,
+    a_secret_under_another_key_is_refused_not_skipped,
     api_login_with_a_computed_code,
     wrong_codes_count_toward_the_lockout,
     enrolment_required_by_role,

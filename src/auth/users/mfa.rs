@@ -229,10 +229,16 @@ mod tests {
         let p = db.mfa_pending(u.id, "v1:a:b").await.expect("pending");
         assert!(!p.enabled());
         assert_eq!(db.mfa_pending(u.id, "v1:c:d").await.expect("again"), p);
-        assert!(!db.mfa_accept_step(u.id, 10).await.expect("db"), "not enabled");
+        assert!(
+            !db.mfa_accept_step(u.id, 10).await.expect("db"),
+            "not enabled"
+        );
         assert!(!db.mfa_confirm(u.id, "v1:c:d", 10).await.expect("db"));
         assert!(db.mfa_confirm(u.id, "v1:a:b", 10).await.expect("db"));
-        assert!(!db.mfa_confirm(u.id, "v1:a:b", 11).await.expect("db"), "once");
+        assert!(
+            !db.mfa_confirm(u.id, "v1:a:b", 11).await.expect("db"),
+            "once"
+        );
 
         // Steps only move forward.
         assert!(!db.mfa_accept_step(u.id, 10).await.expect("db"), "replay");
@@ -255,7 +261,10 @@ mod tests {
         assert_eq!(db.mfa_factor(u.id).await.expect("db"), None);
         assert_eq!(db.mfa_recovery_codes_left(u.id).await.expect("n"), 0);
         let events = db.events_of(u.id).await.expect("events");
-        assert_eq!(events.last().map(|e| e.kind.as_str()), Some("sessions_revoked"));
+        assert_eq!(
+            events.last().map(|e| e.kind.as_str()),
+            Some("sessions_revoked")
+        );
         drop(db);
         let _ = std::fs::remove_file(&path);
     }
