@@ -321,6 +321,16 @@ fn enrolment_required_by_role(b: Backend) {
     );
     no_session_cookie(&r, "doctor without a factor");
 
+    // The portal's login posted by an API client: the same refusal.
+    let r = post_json(
+        site.port(),
+        "/api/web/auth/doctor/login",
+        &json!({"email": bo.email, "password": PASSWORD}),
+        &[API_JSON],
+    );
+    assert_json_error(&r, 403, "mfa_enrollment_required", "portal login as JSON");
+    no_session_cookie(&r, "portal login as JSON");
+
     // Portal: to enrolment, with a pending login and no session.
     let r = form_post(
         site.port(),
