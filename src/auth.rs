@@ -3,8 +3,9 @@
 //! (a database or store URL change needs a restart).
 //!
 //! Submodules: `jwt` (tokens), `store` (Redis or in-process key-value), `sessions` (live
-//! sessions on top of both), `users` (sqlx), `cookies`, `guard` (route protection) and
-//! `endpoints` (login, validate, refresh, logout).
+//! sessions on top of both), `users` (sqlx), `cookies`, `guard` (route protection),
+//! `mfa` (the second factor) and `endpoints` (login, validate, refresh, logout, the second
+//! step and enrolment).
 //!
 //! Layer: above `config`, `errors`, `forms`, `metrics` (it counts its decisions) and
 //! `telemetry` (its store calls are spans of the request's trace); must not
@@ -14,6 +15,7 @@ pub mod cookies;
 pub mod endpoints;
 pub mod guard;
 pub mod jwt;
+pub mod mfa;
 pub mod revocation;
 pub mod sessions;
 pub mod store;
@@ -74,19 +76,22 @@ pub struct Auth {
     pub users: UserDb,
     pub sessions: Sessions,
     pub config: AuthConfig,
+    /// The second factor's key and rules (`auth.mfa`).
+    pub mfa: mfa::Mfa,
     _runtime: Arc<AuthRuntime>,
 }
 
 impl Auth {
     /// The cookies only the gateway reads (session, refresh, CSRF, flash): never forwarded
     /// to an upstream ([`cookies::strip`]).
-    pub fn own_cookies(&self) -> [&str; 4] {
+    pub fn own_cookies(&self) -> [&str; 5] {
         let c = &self.config.cookies;
         [
             &c.name,
             &c.refresh_name,
             cookies::CSRF_COOKIE,
             cookies::FLASH_COOKIE,
+            mfa::PENDING_COOKIE,
         ]
     }
 }
@@ -248,6 +253,7 @@ impl Auth {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Auth, ConfigError> {
         let jwt = build_jwt(cfg)?;
+        let mfa = mfa::Mfa::from_config(cfg)?;
         let runtime = Arc::new(
             AuthRuntime::new().map_err(|e| ConfigError::one(format!("auth: runtime: {e}")))?,
         );
@@ -309,6 +315,7 @@ impl Auth {
             users,
             sessions,
             config: cfg.clone(),
+            mfa,
             _runtime: runtime,
         })
     }

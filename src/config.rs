@@ -30,7 +30,7 @@ use std::path::Path;
 
 pub use audit::{AuditConfig, AuditMode};
 pub use auth::{
-    AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, PasswordsConfig,
+    AuthConfig, AuthMode, CookieConfig, JwtConfig, LoginConfig, MfaConfig, PasswordsConfig,
     RegistrationConfig, RoleConfig, RoleSessionsConfig, SameSite, SecureMode, SessionsConfig,
     StoreFailure, VerifyKey,
 };

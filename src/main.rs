@@ -116,6 +116,11 @@ enum UserAction {
         #[arg(long)]
         update: bool,
     },
+    /// A user's second factor (TOTP): enroll, recovery-codes, reset.
+    Mfa {
+        #[command(subcommand)]
+        action: gatehouse::auth::mfa::cli::MfaAction,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -398,6 +403,24 @@ fn user_command(config: &std::path::Path, action: UserAction) -> ExitCode {
                     Some(e) => Err(format!("{}; but the sessions of updated users could not be ended in Redis from here (the gateways end them as soon as they reach it): {e}", done.summary())),
                 }
             })
+        }
+        UserAction::Mfa { action } => {
+            use gatehouse::auth::mfa::cli::{self as mfa, MfaAction};
+            match action {
+                MfaAction::Reset { email } => {
+                    let change = AccountChange::ResetMfa;
+                    account_command(config, email, change, "second factor removed for")
+                }
+                MfaAction::Enroll { email } => match auth_config(config) {
+                    Ok(auth) => db_command(config, async move |db| {
+                        mfa::enroll(&db, &auth, &email).await
+                    }),
+                    Err(e) => fail(e),
+                },
+                MfaAction::RecoveryCodes { email } => db_command(config, async move |db| {
+                    mfa::recovery_codes(&db, &email).await
+                }),
+            }
         }
     }
 }

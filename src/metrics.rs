@@ -29,6 +29,9 @@ pub struct Metrics {
     pub fallbacks_total: IntCounterVec,
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub auth_decisions_total: IntCounterVec,
+    /// Second-factor checks, by outcome (`totp_ok`, `recovery_ok`, `wrong`, `replayed`,
+    /// `missing`, `enrolled`, `enrol_wrong`, `error`).
+    pub mfa_verifications_total: IntCounterVec,
     /// Self-registrations, by outcome (`auth::endpoints::register::OUTCOMES`).
     pub registrations_total: IntCounterVec,
     pub session_store_duration_seconds: HistogramVec,
@@ -83,6 +86,10 @@ pub const AUTH_DECISIONS: &[(&str, &str)] = &[
     ("deny", "refresh_reuse"),
     ("deny", "account_disabled"),
     ("deny", "account_changed"),
+    ("deny", "mfa_required"),
+    ("deny", "invalid_otp"),
+    ("deny", "otp_replayed"),
+    ("deny", "mfa_enrollment_required"),
     ("deny", "store_unavailable"),
     ("redirect", "missing_token"),
     ("error", "store_unavailable"),
@@ -246,6 +253,12 @@ impl Metrics {
                 &r,
                 "registrations_total",
                 "Self-registrations (POST /api/v1/auth/register, the /register form), by outcome.",
+                &["outcome"],
+            ),
+            mfa_verifications_total: counter(
+                &r,
+                "mfa_verifications_total",
+                "Second-factor (TOTP or recovery code) checks at sign-in and enrolment, by outcome.",
                 &["outcome"],
             ),
             session_store_duration_seconds: {
@@ -422,6 +435,9 @@ impl Metrics {
         }
         for outcome in REGISTRATION_OUTCOMES {
             self.registrations_total.with_label_values(&[outcome]);
+        }
+        for outcome in ["totp_ok", "recovery_ok", "wrong", "replayed", "missing"] {
+            self.mfa_verifications_total.with_label_values(&[outcome]);
         }
         for route in &snap.routes {
             let name = route.name.as_str();

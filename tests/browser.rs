@@ -251,3 +251,82 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
         assert!(size > 1000, "screenshot {} missing or empty", p.display());
     }
 }
+
+/// The second factor in Chromium (`tests/browser/mfa_flow.mjs`): a doctor, whose role must use
+/// one, is sent to enrolment after the password, scans (reads) the secret, confirms with a
+/// first code, sees the recovery codes and the dashboard; after logging out, the second step
+/// page refuses a wrong code and lets the next one in.
+#[test]
+fn doctor_enrols_a_second_factor_and_signs_in_with_a_code_in_chromium() {
+    const DOCTOR_EMAIL: &str = "luis.gomez@predicthealth.test";
+    let root = crate_dir();
+    let missing = missing_tools(&root);
+    if !missing.is_empty() {
+        let what = missing.join(", ");
+        if std::env::var_os("CI").is_some() {
+            panic!("browser test cannot run under CI: missing {what}");
+        }
+        eprintln!("skipping browser test: missing {what} (scripts/test.sh installs them)");
+        return;
+    }
+    let upstream = FakeUpstream::start(Behavior::Echo);
+    let database_url = temp_db_url("browser-mfa");
+    block_on(async {
+        let db = UserDb::connect(Some(&database_url)).await.expect("db");
+        db.migrate().await.expect("migrate");
+        db.add_user(DOCTOR_EMAIL, PASSWORD, Role::Doctor, "Luis Gómez")
+            .await
+            .expect("add doctor");
+    });
+    let yaml = format!(
+        "{}  mfa: {{encryption_key: \"YnJvd3Nlci10ZXN0cy1tZmEta2V5LTAxMjM0NTY3ODk=\", required_roles: [doctor]}}\n",
+        gateway_yaml(&upstream.url(), &database_url)
+    );
+    let gw = Gw::start(&yaml);
+    let artifacts = root.join("test-artifacts/browser/mfa");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).expect("create test-artifacts/browser/mfa");
+
+    let mut child = Command::new("node")
+        .arg(root.join("tests/browser/mfa_flow.mjs"))
+        .current_dir(&root)
+        .env("GATEHOUSE_URL", format!("http://127.0.0.1:{}", gw.port))
+        .env("DOCTOR_EMAIL", DOCTOR_EMAIL)
+        .env("DOCTOR_PASSWORD", PASSWORD)
+        .env("ARTIFACTS_DIR", &artifacts)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node tests/browser/mfa_flow.mjs");
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        collect(child.stdout.take().expect("stdout"), stdout.clone()),
+        collect(child.stderr.take().expect("stderr"), stderr.clone()),
+    ];
+    // The script may wait up to 5 s twice for a fresh time step.
+    let status = wait_bounded(&mut child, RUN_TIMEOUT + Duration::from_secs(30));
+    for r in readers {
+        let _ = r.join();
+    }
+    let out = stdout.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let err = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let report = format!(
+        "--- stdout ---\n{out}--- stderr ---\n{err}--- screenshots in {} ---",
+        artifacts.display()
+    );
+    match status {
+        None => panic!("the browser MFA test did not finish and was stopped\n{report}"),
+        Some(s) => assert!(s.success(), "the browser MFA test failed ({s})\n{report}"),
+    }
+    for shot in [
+        "mfa-01-enrol.png",
+        "mfa-03-second-step.png",
+        "mfa-04-dashboard.png",
+    ] {
+        let p = artifacts.join(shot);
+        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 1000, "screenshot {} missing or empty", p.display());
+    }
+}

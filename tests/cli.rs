@@ -25,12 +25,76 @@ fn version_prints_name_and_version() {
 
 #[test]
 fn check_accepts_the_default_config() {
+    // The embedded defaults (what scripts/run.sh runs): no Redis, no MFA key.
     let out = run_ok(
         Command::new(BIN)
             .args(["check", "-c"])
-            .arg(repo_file("gateway.yaml")),
+            .arg(repo_file("gateway.yaml"))
+            .env("REDIS_URL", "")
+            .env_remove("MFA_ENCRYPTION_KEY"),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 routes, 4 upstreams)"));
+    // Shared sessions: the shipped second-factor roles need the key every instance shares.
+    let check = |key: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "-c"])
+            .arg(repo_file("gateway.yaml"))
+            .env("REDIS_URL", "redis://127.0.0.1:1/0");
+        match key {
+            Some(k) => cmd.env("MFA_ENCRYPTION_KEY", k),
+            None => cmd.env_remove("MFA_ENCRYPTION_KEY"),
+        };
+        cmd.output().expect("gatehouse check")
+    };
+    let without = check(None);
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("auth.mfa.encryption_key"));
+    assert!(check(Some(MFA_KEY)).status.success());
+}
+
+/// An MFA_ENCRYPTION_KEY for the shipped config (32 bytes, base64).
+const MFA_KEY: &str = "Y2xpLXRlc3RzLW1mYS1rZXktMDEyMzQ1Njc4OWFiY2Q=";
+
+/// Signs `email` in on a gateway running the shipped config, whose doctors, institutions and
+/// admins need a second factor: enrols one with `gatehouse user mfa enroll` (the gateway runs
+/// with [`MFA_KEY`]) and sends the code computed from the printed secret.
+fn login_with_mfa(port: u16, db: &str, email: &str) -> String {
+    let config = repo_file("gateway.yaml");
+    let config = config.to_str().expect("path");
+    let out = run_cli(
+        &["-c", config, "user", "mfa", "enroll", "--email", email],
+        &[
+            ("DATABASE_URL", db),
+            ("REDIS_URL", ""),
+            ("MFA_ENCRYPTION_KEY", MFA_KEY),
+        ],
+        "",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "enroll: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b32 = text
+        .split(['?', '&', '\n'])
+        .find_map(|kv| kv.strip_prefix("secret="))
+        .expect("secret in the otpauth URI");
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(b32.as_bytes())
+        .expect("base32");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let code = gatehouse::auth::mfa::totp::code(&secret, gatehouse::auth::mfa::totp::step_of(now));
+    let body = serde_json::json!({"email": email, "password": PASSWORD, "otp": code});
+    let r = post_json(port, "/api/v1/auth/login", &body, &[]);
+    assert_eq!(r.status, 200, "login {email}: {}", r.text());
+    json(&r)["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string()
 }
 
 #[test]
@@ -127,8 +191,14 @@ fn start(args: &[&str], env: &[(&str, String)]) -> Process {
 fn run_is_the_default_and_dead_upstreams_answer_503() {
     let db = temp_db_url("cli");
     add_user_cli(&db, "root@example.test", "admin", PASSWORD);
-    let p = start(&[], &[("DATABASE_URL", db)]);
-    let token = login(p.port, "root@example.test");
+    let p = start(
+        &[],
+        &[
+            ("DATABASE_URL", db.clone()),
+            ("MFA_ENCRYPTION_KEY", MFA_KEY.into()),
+        ],
+    );
+    let token = login_with_mfa(p.port, &db, "root@example.test");
     let bearer = format!("Bearer {token}");
     for path in [
         "/api/v1/doctors",
@@ -158,10 +228,11 @@ fn service_url_variables_are_comma_separated_backend_lists() {
         &["run", "-c", "gateway.yaml"],
         &[
             ("DOCTOR_SERVICE_URL", format!("{}, {}", a.url(), b.url())),
-            ("DATABASE_URL", db),
+            ("DATABASE_URL", db.clone()),
+            ("MFA_ENCRYPTION_KEY", MFA_KEY.into()),
         ],
     );
-    let bearer = format!("Bearer {}", login(p.port, "doc@example.test"));
+    let bearer = format!("Bearer {}", login_with_mfa(p.port, &db, "doc@example.test"));
     for _ in 0..4 {
         let r = get(
             p.port,

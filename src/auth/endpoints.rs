@@ -2,7 +2,9 @@
 //! `POST /api/v1/auth/login`, `POST /api/web/auth/{patient|doctor|institution}/login`,
 //! `GET /api/v1/auth/validate`, `POST /api/v1/auth/refresh`, `POST /api/v1/auth/logout`
 //! (`?all=true`), and `GET /logout` for browsers; self-registration (`POST
-//! /api/v1/auth/register`, and `/register`: the page, rendered by the proxy, and its form).
+//! /api/v1/auth/register`, and `/register`: the page, rendered by the proxy, and its form);
+//! the portal's second login step (`GET /login/mfa`, `POST /api/web/auth/mfa`) and
+//! second-factor enrolment (`GET`/`POST /account/mfa`).
 //!
 //! Each handler takes plain request facts and returns a [`Reply`]; the proxy reads the body
 //! and writes the reply. Failures are recorded as auth events and counted by the caller.
@@ -20,6 +22,7 @@ use std::net::IpAddr;
 
 mod login;
 mod logout;
+mod mfa;
 mod refresh;
 pub mod register;
 
@@ -31,6 +34,19 @@ pub struct Reply {
     pub body: Bytes,
     /// Result and reason for `auth_decisions_total`.
     pub decision: (&'static str, &'static str),
+    /// A page for the proxy to render instead of `body` (the second-factor pages).
+    pub page: Option<Box<PageReply>>,
+    /// The outcome of a second-factor check, for `gatehouse_mfa_verifications_total`.
+    pub mfa: Option<&'static str>,
+}
+
+/// A page an endpoint answers with: rendered by the proxy with the site's templates, the
+/// shared context (CSRF token included) and `extra`.
+#[derive(Debug, Clone)]
+pub struct PageReply {
+    pub template: &'static str,
+    pub title: &'static str,
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Reply {
@@ -43,6 +59,8 @@ impl Reply {
             ],
             body: Bytes::from(v.to_string()),
             decision,
+            page: None,
+            mfa: None,
         }
     }
 
@@ -57,6 +75,8 @@ impl Reply {
             headers,
             body: r.body(request_id),
             decision,
+            page: None,
+            mfa: None,
         }
     }
 
@@ -69,6 +89,32 @@ impl Reply {
             ],
             body: Bytes::new(),
             decision,
+            page: None,
+            mfa: None,
+        }
+    }
+
+    fn page(
+        template: &'static str,
+        title: &'static str,
+        extra: serde_json::Value,
+        decision: (&'static str, &'static str),
+    ) -> Reply {
+        let extra = match extra {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        Reply {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "no-store".into())],
+            body: Bytes::new(),
+            decision,
+            page: Some(Box::new(PageReply {
+                template,
+                title,
+                extra,
+            })),
+            mfa: None,
         }
     }
 }
@@ -88,7 +134,16 @@ pub enum Endpoint {
     RegisterPage,
     /// `POST /register`: the page's form.
     RegisterForm,
+    /// `GET /login/mfa`: the portal's second step.
+    MfaPage,
+    /// `POST /api/web/auth/mfa`: the second step's code.
+    MfaVerify,
+    /// `GET /account/mfa`: enrolment (QR code).
+    MfaEnrolPage,
+    /// `POST /account/mfa`: enrolment confirmed with a first code.
+    MfaEnrol,
 }
+
 
 impl Endpoint {
     /// One of the registration endpoints (404 while `auth.registration.enabled` is off).
@@ -109,6 +164,13 @@ pub fn is_registration_path(path: &str) -> bool {
 /// Maps a normalised path to an endpoint; `Err(allow)` when the path is one but the
 /// method is not.
 pub fn route(method: &Method, path: &str) -> Option<Result<Endpoint, &'static str>> {
+    if path == "/account/mfa" {
+        return Some(match *method {
+            Method::GET | Method::HEAD => Ok(Endpoint::MfaEnrolPage),
+            Method::POST => Ok(Endpoint::MfaEnrol),
+            _ => Err("GET, HEAD, POST"),
+        });
+    }
     let (ep, allowed): (Endpoint, &[Method]) = match path {
         "/api/v1/auth/login" => (Endpoint::Login, &[Method::POST]),
         "/api/web/auth/patient/login" => (Endpoint::WebLogin(Role::Patient), &[Method::POST]),
@@ -120,6 +182,8 @@ pub fn route(method: &Method, path: &str) -> Option<Result<Endpoint, &'static st
         "/api/v1/auth/refresh" => (Endpoint::Refresh, &[Method::POST]),
         "/api/v1/auth/logout" => (Endpoint::Logout, &[Method::POST]),
         "/logout" => (Endpoint::LogoutPage, &[Method::GET, Method::HEAD]),
+        "/login/mfa" => (Endpoint::MfaPage, &[Method::GET, Method::HEAD]),
+        "/api/web/auth/mfa" => (Endpoint::MfaVerify, &[Method::POST]),
         "/api/v1/auth/register" => (Endpoint::Register, &[Method::POST]),
         "/register" if method == Method::POST => (Endpoint::RegisterForm, &[Method::POST]),
         "/register" => (
@@ -341,6 +405,8 @@ impl Auth {
                 | Endpoint::Validate
                 | Endpoint::Register
                 | Endpoint::RegisterForm
+                | Endpoint::MfaVerify
+                | Endpoint::MfaEnrol
         );
         if same_origin_only && super::guard::cross_site(req.headers, &self.config.trusted_origins.0)
         {
@@ -386,6 +452,11 @@ impl Auth {
                     Ok(u) => u,
                     Err(r) => return r,
                 };
+                let outcome = match self.second_factor(&user.0, req).await {
+                    Ok(o) => o,
+                    Err(r) => return r,
+                };
+                self.reset_failures(&user.0.email, req).await;
                 match self.start_session(&user, req).await {
                     Ok(pair) => {
                         let mut r = Reply::json(
@@ -394,6 +465,7 @@ impl Auth {
                             ("allow", "login"),
                         );
                         r.headers.extend(self.session_cookies(&pair, req.tls));
+                        r.mfa = outcome;
                         r
                     }
                     Err(r) => r,
@@ -428,6 +500,10 @@ impl Auth {
             },
             Endpoint::Refresh => self.refresh(req).await,
             Endpoint::Logout | Endpoint::LogoutPage => self.logout(ep, req).await,
+            Endpoint::MfaPage => self.mfa_page(req).await,
+            Endpoint::MfaVerify => self.mfa_verify(req).await,
+            Endpoint::MfaEnrolPage => self.mfa_enrol_page(req).await,
+            Endpoint::MfaEnrol => self.mfa_enrol(req).await,
         }
     }
 

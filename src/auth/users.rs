@@ -593,6 +593,7 @@ mod formats;
 mod hashing;
 pub mod import;
 mod input;
+mod mfa;
 mod policy;
 mod pool;
 pub use accounts::{AccountChange, Applied, AuditEvent, Revocation, Source};
@@ -600,6 +601,7 @@ pub use error::UserError;
 use hashing::{dummy_hash, hash_password, verify_password, Verified};
 use input::{check_password, clean};
 pub use input::{display_name, normalize_email};
+pub use mfa::StoredFactor;
 pub use policy::{PasswordPolicy, Weakness};
 /// The pool, for the access audit (`crate::audit::store`), whose tables live in this database.
 pub(crate) use pool::Pool as DbPool;

@@ -27,6 +27,7 @@ pub struct AuthConfig {
     pub trusted_origins: OneOrMany,
     /// Per-role settings (`patient`, `doctor`, `institution`, `admin`).
     pub roles: BTreeMap<String, RoleConfig>,
+    pub mfa: MfaConfig,
     pub registration: RegistrationConfig,
     pub passwords: PasswordsConfig,
 }
@@ -57,6 +58,7 @@ impl Default for AuthConfig {
             sessions: SessionsConfig::default(),
             cookies: CookieConfig::default(),
             login: LoginConfig::default(),
+            mfa: MfaConfig::default(),
             trusted_origins: OneOrMany::default(),
             roles: BTreeMap::new(),
             registration: RegistrationConfig::default(),
@@ -247,6 +249,62 @@ pub struct PasswordsConfig {
 impl Default for PasswordsConfig {
     fn default() -> Self {
         PasswordsConfig { min_length: 12 }
+    }
+}
+
+/// `auth.mfa:` — the second factor (TOTP, RFC 6238; README "Second factor").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaConfig {
+    /// 32 bytes as base64 or hex (`openssl rand -base64 32`) that encrypt TOTP secrets at
+    /// rest. Empty: a random key per process with the in-process store (development; factors
+    /// enrolled then stop working on restart), refused with a shared (Redis) store when
+    /// `required_roles` is set; the CLI cannot enrol without it.
+    pub encryption_key: String,
+    /// Roles that must use a second factor: such a user without one is sent to enrolment
+    /// after the password step and gets no session until it is done. Default none.
+    pub required_roles: Vec<String>,
+    /// The `issuer` of the `otpauth://` URI (what authenticator apps show). Default
+    /// `PredictHealth`.
+    pub issuer: String,
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        MfaConfig {
+            encryption_key: String::new(),
+            required_roles: Vec::new(),
+            issuer: "PredictHealth".into(),
+        }
+    }
+}
+
+impl MfaConfig {
+    /// The encryption key: `Ok(None)` when empty; 32 bytes given as standard base64 (with or
+    /// without padding) or as 64 hex digits.
+    pub fn key(&self) -> Result<Option<[u8; 32]>, String> {
+        use base64::Engine as _;
+        let text = self.encryption_key.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(text.as_bytes())
+                .ok()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+                .ok()
+        };
+        match bytes.map(<[u8; 32]>::try_from) {
+            Some(Ok(key)) => Ok(Some(key)),
+            // Never echo the value: it is a secret.
+            _ => {
+                Err("must be 32 bytes as base64 or 64 hex digits (openssl rand -base64 32)".into())
+            }
+        }
     }
 }
 

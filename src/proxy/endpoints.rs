@@ -63,6 +63,17 @@ impl Gateway {
             // The portals' forms post under /api/web/: the Accept header decides.
             ctx.api_client = !crate::edge::client::wants_html(&req.headers);
         }
+        let page_endpoint = matches!(
+            ep,
+            endpoints::Endpoint::MfaPage
+                | endpoints::Endpoint::MfaVerify
+                | endpoints::Endpoint::MfaEnrolPage
+                | endpoints::Endpoint::MfaEnrol
+        );
+        if page_endpoint {
+            // Pages and the forms they post: browsers' (errors as HTML pages).
+            ctx.api_client = false;
+        }
         let ereq = endpoints::Request {
             query: req.uri.query(),
             headers: &req.headers,
@@ -73,11 +84,86 @@ impl Gateway {
             request_id: &ctx.request_id,
             trace: ctx.trace.context(),
         };
-        let reply = self.auth.handle(ep, &ereq).await;
+        let mut reply = self.auth.handle(ep, &ereq).await;
         self.count_auth(reply.decision.0, reply.decision.1);
+        if let Some(outcome) = reply.mfa {
+            self.metrics
+                .mfa_verifications_total
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        if let Some(page) = reply.page.take() {
+            let answer = self.render_endpoint_page(session, ctx, *page, reply.headers);
+            self.send_answer(session, ctx, answer).await?;
+            return Ok(true);
+        }
+        if page_endpoint && reply.status >= 400 {
+            let r = crate::errors::Reject::new(reply.status, "error", "");
+            let mut answer = self.reject_answer(ctx, &r, None);
+            answer.headers.extend(
+                reply
+                    .headers
+                    .into_iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("retry-after")),
+            );
+            self.send_answer(session, ctx, answer).await?;
+            return Ok(true);
+        }
         let answer = Answer::json(reply.status, reply.headers, reply.body);
         self.send_answer(session, ctx, answer).await?;
         Ok(true)
+    }
+
+    /// Renders a page an auth endpoint answered with (the second-factor pages): the shared
+    /// context with the double-submit CSRF token (set when the browser has none), the
+    /// security headers of every page, and the endpoint's own headers (cookies).
+    fn render_endpoint_page(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        page: endpoints::PageReply,
+        extra_headers: Vec<(String, String)>,
+    ) -> Answer {
+        use crate::auth::cookies;
+        let req = session.req_header();
+        let mut headers = crate::pages::html_headers();
+        let csrf = match cookies::get(&req.headers, cookies::CSRF_COOKIE)
+            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            Some(v) => v.to_string(),
+            None => {
+                let v = format!("{:032x}", rand::random::<u128>());
+                let c = &self.auth.config.cookies;
+                headers.push((
+                    "Set-Cookie".into(),
+                    cookies::set(c, cookies::CSRF_COOKIE, &v, "/", 86_400, ctx.tls),
+                ));
+                v
+            }
+        };
+        headers.extend(
+            extra_headers
+                .into_iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("cache-control")),
+        );
+        let pages = &ctx.snapshot.pages;
+        let view = crate::pages::RequestView {
+            path: ctx.path.as_deref().unwrap_or("/"),
+            query: None,
+            request_id: &ctx.request_id,
+            user: None,
+            csrf_token: &csrf,
+            flash: Vec::new(),
+        };
+        let mjctx = pages.context(&view, page.title, page.extra);
+        match pages.render(page.template, &mjctx) {
+            Ok(html) => Answer::json(200, headers, Bytes::from(html)),
+            Err(e) => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, template = page.template, "page template failed");
+                let html = pages.render_error(500, &view);
+                Answer::json(500, headers, Bytes::from(html))
+            }
+        }
     }
 }
 

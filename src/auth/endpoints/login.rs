@@ -110,13 +110,9 @@ impl Auth {
         let authenticated = self.users.authenticate(&email, password).await;
         span.end();
         match authenticated {
-            Ok(Some(user)) => {
-                let (acct, _) = self.counter_keys(&email, req);
-                if let Err(e) = self.sessions.store.delete(&[acct]).await {
-                    tracing::warn!(request_id = req.request_id, error = %e, "could not reset the failure counter");
-                }
-                Ok((user, began_ms))
-            }
+            // The account's failure counter is reset once the whole login (second factor
+            // included) succeeds: `reset_failures`.
+            Ok(Some(user)) => Ok((user, began_ms)),
             Ok(None) => {
                 self.event(EventKind::LoginFailed, None, Some(&email), req)
                     .await;
@@ -137,6 +133,15 @@ impl Auth {
                 tracing::error!(request_id = req.request_id, error = %e, "login failed");
                 Err(unavailable(req, "database_error"))
             }
+        }
+    }
+
+    /// A login succeeded (password and, where there is one, second factor): the account's
+    /// failure counter starts again.
+    pub(super) async fn reset_failures(&self, email: &str, req: &Request<'_>) {
+        let (acct, _) = self.counter_keys(email, req);
+        if let Err(e) = self.sessions.store.delete(&[acct]).await {
+            tracing::warn!(request_id = req.request_id, error = %e, "could not reset the failure counter");
         }
     }
 
@@ -228,6 +233,16 @@ impl Auth {
                 ("deny", "wrong_role"),
             );
         }
+        let mut outcome = None;
+        if req.api_client {
+            match self.second_factor(&user.0, req).await {
+                Ok(o) => outcome = o,
+                Err(r) => return r,
+            }
+        } else if let Some(r) = self.portal_second_step(&user, next.as_deref(), req).await {
+            return r;
+        }
+        self.reset_failures(&user.0.email, req).await;
         let pair = match self.start_session(&user, req).await {
             Ok(p) => p,
             Err(r) => return r,
@@ -243,6 +258,7 @@ impl Auth {
             Reply::redirect(&target, ("allow", "login"))
         };
         r.headers.extend(self.session_cookies(&pair, req.tls));
+        r.mfa = outcome;
         r
     }
 }

@@ -44,6 +44,9 @@ pub enum AccountChange {
     Delete,
     /// Nothing changes but every session ends.
     RevokeSessions,
+    /// The second factor and recovery codes are removed (`user mfa reset`); recorded as
+    /// `sessions_revoked` with the revocation reason `mfa_reset`.
+    ResetMfa,
 }
 
 impl AccountChange {
@@ -53,7 +56,15 @@ impl AccountChange {
             AccountChange::SetPassword(_) => EventKind::PasswordChanged,
             AccountChange::SetRole(_) => EventKind::RoleChanged,
             AccountChange::Delete => EventKind::UserDeleted,
-            AccountChange::RevokeSessions => EventKind::SessionsRevoked,
+            AccountChange::RevokeSessions | AccountChange::ResetMfa => EventKind::SessionsRevoked,
+        }
+    }
+
+    /// The `reason` of its `session_revocations` row.
+    fn reason(&self) -> &'static str {
+        match self {
+            AccountChange::ResetMfa => "mfa_reset",
+            other => other.event().as_str(),
         }
     }
 }
@@ -90,6 +101,8 @@ const UPDATE_DISABLED: &str = "UPDATE users SET disabled = TRUE, updated_at = $1
 const UPDATE_PASSWORD: &str = "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3";
 const UPDATE_ROLE: &str = "UPDATE users SET role = $1, updated_at = $2 WHERE id = $3";
 const DELETE_USER: &str = "DELETE FROM users WHERE id = $1";
+const DELETE_FACTOR: &str = "DELETE FROM user_mfa WHERE user_id = $1";
+const DELETE_RECOVERY_CODES: &str = "DELETE FROM mfa_recovery_codes WHERE user_id = $1";
 pub(super) const INSERT_EVENT: &str =
     "INSERT INTO auth_events (at, user_id, email, kind, source, sessions_ended) \
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
@@ -116,6 +129,7 @@ impl UserDb {
             _ => None,
         };
         let kind = change.event().as_str();
+        let reason = change.reason();
         let (now, at_ms) = (unix_now(), unix_now_ms());
         let applied = with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -157,6 +171,11 @@ impl UserDb {
                         .await?;
                 }
                 AccountChange::RevokeSessions => {}
+                AccountChange::ResetMfa => {
+                    for sql in [DELETE_FACTOR, DELETE_RECOVERY_CODES] {
+                        sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+                    }
+                }
             }
             let event_id: i64 = sqlx::query_scalar(INSERT_EVENT)
                 .bind(now)
@@ -170,7 +189,7 @@ impl UserDb {
             sqlx::query(INSERT_REVOCATION)
                 .bind(user_id)
                 .bind(at_ms)
-                .bind(kind)
+                .bind(reason)
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?;
@@ -305,7 +324,7 @@ impl UserDb {
     }
 
     /// One integer from a query with one integer parameter.
-    async fn scalar(&self, sql: &'static str, arg: i64) -> Result<i64, UserError> {
+    pub(super) async fn scalar(&self, sql: &'static str, arg: i64) -> Result<i64, UserError> {
         with_pool!(self, |pool| {
             let v: i64 = sqlx::query_scalar(sql).bind(arg).fetch_one(pool).await?;
             Ok(v)
@@ -396,7 +415,7 @@ mod tests {
                 AccountChange::Delete => {
                     assert!(db.find_by_id(ana.id).await.expect("db").is_none());
                 }
-                AccountChange::RevokeSessions => {}
+                AccountChange::RevokeSessions | AccountChange::ResetMfa => {}
             }
         }
         let revs = db.revocations_after(0, 100).await.expect("revocations");

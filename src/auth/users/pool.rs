@@ -39,6 +39,11 @@ pub(super) const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0002_account_changes_end_sessions.sql"),
     ),
     (
+        3,
+        "mfa",
+        include_str!("../../../migrations/postgres/0003_mfa.sql"),
+    ),
+    (
         4,
         "access audit",
         include_str!("../../../migrations/postgres/0004_access_audit.sql"),
@@ -54,6 +59,11 @@ pub(super) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "account changes end sessions",
         include_str!("../../../migrations/sqlite/0002_account_changes_end_sessions.sql"),
+    ),
+    (
+        3,
+        "mfa",
+        include_str!("../../../migrations/sqlite/0003_mfa.sql"),
     ),
     (
         4,

@@ -110,6 +110,7 @@ pub(super) fn check_auth(p: &mut Vec<String>, a: &AuthConfig) {
         p.push("auth.login: limits and window must be greater than 0".into());
     }
     check_registration(p, a);
+    check_mfa(p, a);
 }
 
 /// `auth.registration` and `auth.passwords`.
@@ -140,6 +141,33 @@ fn check_registration(p: &mut Vec<String>, a: &AuthConfig) {
         p.push(format!(
             "auth.passwords.min_length: {min} is outside 8..=256 (NIST SP 800-63B: at least 8; passwords may have up to 256 characters)"
         ));
+    }
+}
+
+/// `auth.mfa:` — the key's form, and a key where several instances share sessions.
+fn check_mfa(p: &mut Vec<String>, a: &AuthConfig) {
+    let m = &a.mfa;
+    if let Err(e) = m.key() {
+        p.push(format!("auth.mfa.encryption_key: {e} (MFA_ENCRYPTION_KEY)"));
+    }
+    for role in &m.required_roles {
+        if !crate::config::role::Role::ALL
+            .iter()
+            .any(|known| known.as_str() == role)
+        {
+            p.push(format!(
+                "auth.mfa.required_roles: unknown role {role:?} (patient, doctor, institution, admin)"
+            ));
+        }
+    }
+    if m.encryption_key.trim().is_empty()
+        && !m.required_roles.is_empty()
+        && !a.redis_url.trim().is_empty()
+    {
+        p.push("auth.mfa.encryption_key: required when auth.mfa.required_roles is set and sessions are shared (auth.redis_url): every instance must read the same secrets (MFA_ENCRYPTION_KEY; openssl rand -base64 32)".into());
+    }
+    if m.issuer.trim().is_empty() || m.issuer.contains(':') || m.issuer.len() > 64 {
+        p.push("auth.mfa.issuer: must be 1 to 64 characters without ':'".into());
     }
 }
 
