@@ -144,7 +144,6 @@ pub enum Endpoint {
     MfaEnrol,
 }
 
-
 impl Endpoint {
     /// One of the registration endpoints (404 while `auth.registration.enabled` is off).
     pub fn registers(self) -> bool {

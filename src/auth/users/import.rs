@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::formats::Stored;
 use super::{
-    bounded, display_name, normalize_email, unix_now, unix_now_ms, Applied, EventKind, Pool,
-    Role, UserDb, UserError, INSERT_USER,
+    bounded, display_name, normalize_email, unix_now, unix_now_ms, Applied, EventKind, Pool, Role,
+    UserDb, UserError, INSERT_USER,
 };
 
 /// The only CSV header accepted.
