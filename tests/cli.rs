@@ -52,8 +52,7 @@ fn check_accepts_the_default_config() {
     assert!(check(Some(MFA_KEY)).status.success());
 }
 
-/// An MFA_ENCRYPTION_KEY for the shipped config (32 bytes, base64).
-const MFA_KEY: &str = "Y2xpLXRlc3RzLW1mYS1rZXktMDEyMzQ1Njc4OWFiY2Q=";
+use common::process::TEST_MFA_KEY as MFA_KEY;
 
 /// Signs `email` in on a gateway running the shipped config, whose doctors, institutions and
 /// admins need a second factor: enrols one with `gatehouse user mfa enroll` (the gateway runs

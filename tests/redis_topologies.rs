@@ -87,7 +87,11 @@ fn sessions_revocation_and_limits_are_shared(url: &str, tag: &str) {
     }
     let out = run_cli(
         &["user", "revoke-sessions", "--email", &users[1].email],
-        &[("DATABASE_URL", db.as_str())],
+        &[
+            ("DATABASE_URL", db.as_str()),
+            ("REDIS_URL", url),
+            ("MFA_ENCRYPTION_KEY", TEST_MFA_KEY),
+        ],
         "",
     );
     assert!(

@@ -19,7 +19,7 @@ fn repeated_checks_skip_redis_and_a_logout_through_a_is_refused_by_b_within_100m
         .remove(0)
         .email;
     let yaml = format!(
-        "upstreams:\n{}\nroutes:\n  - {{prefix: /api/v1/patients, upstream: patients, auth: required}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
+        "upstreams:\n{}\nroutes:\n  - {{prefix: /api/v1/patients, upstream: patients, auth: required}}\nauth:\n  database_url: \"{db}\"\n  redis_url: \"{redis}\"\n  jwt: {{secret: \"{SECRET}\"}}\n  login: {{max_failures_per_ip: 1000}}\n",
         upstream("patients", &[up.url()], "")
     );
     let a = Gw::start(&yaml);

@@ -138,6 +138,10 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     output_with_stdin(&mut cmd, stdin)
 }
 
+/// An `MFA_ENCRYPTION_KEY` (32 bytes, base64): the shipped config requires one wherever
+/// `REDIS_URL` is set, as it is under the test command.
+pub const TEST_MFA_KEY: &str = "Y2xpLXRlc3RzLW1mYS1rZXktMDEyMzQ1Njc4OWFiY2Q=";
+
 /// Adds a user with `gatehouse user add`, as an operator would (password on stdin).
 pub fn add_user_cli(database_url: &str, email: &str, role: &str, password: &str) {
     let out = run_cli(
@@ -151,7 +155,10 @@ pub fn add_user_cli(database_url: &str, email: &str, role: &str, password: &str)
             "--name",
             "Test User",
         ],
-        &[("DATABASE_URL", database_url)],
+        &[
+            ("DATABASE_URL", database_url),
+            ("MFA_ENCRYPTION_KEY", TEST_MFA_KEY),
+        ],
         &format!("{password}\n"),
     );
     assert!(
