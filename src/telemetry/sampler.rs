@@ -97,7 +97,7 @@ impl Sampler {
 /// A sampler name or argument that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SamplerError {
-    #[error("unknown sampler {0:?} (one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)")]
+    #[error("unknown sampler {0:?} (one of {names})", names = crate::config::telemetry::SAMPLERS.join(", "))]
     Unknown(String),
     #[error("{0:?} is not a ratio from 0 to 1")]
     Ratio(String),
@@ -128,7 +128,10 @@ mod tests {
         for name in crate::config::telemetry::SAMPLERS {
             assert!(Sampler::from_name(name, Some(0.5)).is_ok(), "{name}");
         }
-        assert!(Sampler::from_name("parentbased_sometimes", None).is_err());
+        let err = Sampler::from_name("parentbased_sometimes", None).unwrap_err();
+        for name in crate::config::telemetry::SAMPLERS {
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     use super::*;

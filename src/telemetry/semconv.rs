@@ -168,9 +168,6 @@ impl Span {
         backend: SocketAddr,
         attempt: u32,
     ) -> Span {
-        if self.span_context().is_none() {
-            return Span::none();
-        }
         let m = method_name(method);
         attempt_span(
             self.child(m, SpanKind::Client),
@@ -223,13 +220,7 @@ impl Span {
     /// Mark a failure with [`Span::set_error`].
     #[inline]
     pub fn db(&self, system: &'static str, operation: &'static str) -> Span {
-        if self.span_context().is_none() {
-            return Span::none();
-        }
-        let mut s = self.child(operation, SpanKind::Client);
-        s.set_static(DB_SYSTEM, system);
-        s.set_static(DB_OPERATION_NAME, operation);
-        s
+        db_span(self.child(operation, SpanKind::Client), system, operation)
     }
 }
 
@@ -237,13 +228,7 @@ impl TraceContext {
     /// [`Span::db`] under the span of this context (a store call made in another module).
     #[inline]
     pub fn db(&self, system: &'static str, operation: &'static str) -> Span {
-        if self.span_context().is_none() {
-            return Span::none();
-        }
-        let mut s = self.child(operation, SpanKind::Client);
-        s.set_static(DB_SYSTEM, system);
-        s.set_static(DB_OPERATION_NAME, operation);
-        s
+        db_span(self.child(operation, SpanKind::Client), system, operation)
     }
 
     /// [`Span::attempt`] under the span of this context (from another task or module).
@@ -255,9 +240,6 @@ impl TraceContext {
         backend: SocketAddr,
         attempt: u32,
     ) -> Span {
-        if self.span_context().is_none() {
-            return Span::none();
-        }
         let m = method_name(method);
         attempt_span(
             self.child(m, SpanKind::Client),
@@ -267,6 +249,15 @@ impl TraceContext {
             attempt,
         )
     }
+}
+
+/// The attributes of a store or database call span (`child` is none when tracing is off).
+fn db_span(mut s: Span, system: &'static str, operation: &'static str) -> Span {
+    if s.is_recording() {
+        s.set_static(DB_SYSTEM, system);
+        s.set_static(DB_OPERATION_NAME, operation);
+    }
+    s
 }
 
 fn attempt_span(
