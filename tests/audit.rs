@@ -4,8 +4,9 @@
 //! without `audit` do not; `audit verify` passes, then names a changed row and a deleted one;
 //! a purge (the command's, and the writer's own) keeps the chain verifiable; an audit
 //! database outage answers 503 on `audit: required` routes while `audit: true` ones keep
-//! serving and count what they drop; two gateways on one database extend one chain; route
-//! modes reload.
+//! serving and count what they drop (the table made unwritable on both databases, and our own
+//! PostgreSQL stopped and started again); two gateways on one database extend one chain;
+//! route modes reload.
 
 mod common;
 use common::*;
@@ -524,4 +525,60 @@ fn route_audit_modes_reload_and_the_audit_block_needs_a_restart(b: Backend) {
         .reload(site.gw.config_for(&bigger_queue))
         .expect("reload");
     assert!(restart.contains(&"audit"), "{restart:?}");
+}
+
+/// The audit database itself goes away (our own PostgreSQL, stopped and started again):
+/// `audit: required` answers 503 while it is down, `audit: true` keeps serving, and both come
+/// back without a restart, the chain intact.
+#[test]
+fn a_stopped_postgres_fails_required_routes_closed_and_they_recover() {
+    let Some(mut pg) = OwnPostgres::start() else {
+        return;
+    };
+    let db = pg.url();
+    let doctor = seed_users(&db, "audit-pg.test", &[(Role::Doctor, "Doc")]).remove(0);
+    let up = FakeUpstream::start(Behavior::Echo);
+    let gw = Gw::start(&format!(
+        "upstreams:\n{}\nroutes:\n  - {{name: records, prefix: /api/v1/records, upstream: app, auth: required, audit: true}}\n  - {{name: vital, prefix: /api/v1/vital, upstream: app, auth: required, audit: required}}\naudit: {{flush_interval: 20ms}}\nauth:\n  database_url: \"{db}\"\n  jwt: {{secret: \"{SECRET}\"}}\n",
+        upstream("app", &[up.url()], ""),
+    ));
+    let port = gw.port;
+    let token = login(port, &doctor.email);
+    assert_eq!(with_bearer(port, "/api/v1/vital/1", &token).status, 200);
+
+    pg.stop_immediately();
+    let mut last = None;
+    let refused = wait_until(Duration::from_secs(15), || {
+        let r = with_bearer(port, "/api/v1/records/1", &token);
+        assert_eq!(r.status, 200, "audit: true keeps serving: {}", r.text());
+        let r = get_ok(
+            port,
+            "/api/v1/vital/1",
+            &[("Authorization", &bearer(&token)), API_JSON],
+        );
+        let done = r.status == 503;
+        last = Some(r);
+        done
+    });
+    let r = last.expect("an answer");
+    assert!(refused, "audit: required still served: {}", r.text());
+    assert_json_error(&r, 503, "audit_unavailable", "audit: required");
+
+    assert!(pg.start_server(), "PostgreSQL restarts");
+    eventually(
+        Duration::from_secs(20),
+        "audit: required serving again",
+        || with_bearer(port, "/api/v1/vital/2", &token).status == 200,
+    );
+    let verify = run_cli(
+        &["-c", "/nonexistent/gateway.yaml", "audit", "verify"],
+        &[("DATABASE_URL", db.as_str())],
+        "",
+    );
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    drop(gw);
 }
