@@ -25,18 +25,14 @@
 //! the `RateLimit-*` and `Retry-After` headers.
 
 use std::borrow::Cow;
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::ClientLike;
 use fred::prelude::Options;
-use fred::types::{ClusterHash, CustomCommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -514,6 +510,8 @@ mod tests {
     use crate::auth::store::{RedisStore, SessionStore, DEFAULT_OP_TIMEOUT};
     use fred::interfaces::KeysInterface;
     use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
     const SEC: fn(u64) -> Duration = Duration::from_secs;

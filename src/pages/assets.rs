@@ -22,9 +22,8 @@
 
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// Largest file accepted at load (8 MiB).
 pub const MAX_FILE_SIZE: u64 = 8 * 1024 * 1024;
@@ -408,7 +407,9 @@ use load::*;
 mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue, Method};
+    use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     /// A fresh folder under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

@@ -1,7 +1,12 @@
 //! Key material: HS256 secrets and PEM keys (`Debug` never prints them), the signing and
 //! verification keys built from them, and what is wrong with a key.
 
-use super::*;
+use std::fmt;
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+
+use super::{Alg, JwtError, MIN_SECRET_LEN};
 
 /// One key, optionally named by a `kid`.
 #[derive(Debug, Clone)]

@@ -1,7 +1,16 @@
 //! The in-process backend: GCRA state per key in sharded maps, with bounded size and idle
 //! eviction (one instance, or `backend: local` on purpose).
 
-use super::*;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{gcra, Clock, Decision, Params, FULL_SWEEP_GAP, SHARDS, SWEEP_INTERVAL, SWEEP_MIN_LEN};
 
 pub(super) struct Shard {
     pub(super) tats: HashMap<String, Instant>,

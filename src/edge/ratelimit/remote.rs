@@ -1,7 +1,15 @@
 //! The Redis backend: GCRA in one Lua script per check, so every gateway instance shares the
 //! limit.
 
-use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::prelude::Options;
+use fred::types::{ClusterHash, CustomCommand};
+
+use super::{Decision, Params, GUARD_MARGIN, REDIS_TIMEOUT};
 
 /// GCRA in microseconds on Redis' clock. ARGV: interval, capacity. Returns
 /// `{allowed, remaining, reset, retry_after}` (µs). Numbers are formatted with `%.0f`: Lua's

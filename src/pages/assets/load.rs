@@ -2,7 +2,17 @@
 //! folder, limits), precompressed siblings checked, gzip and brotli computed, ETags, content
 //! types and cache lifetimes. Runs at start and on reload, never per request.
 
-use super::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::{
+    valid_key, Asset, AssetError, Coding, Limits, Representation, CACHE_DEFAULT, CACHE_IMMUTABLE,
+    MIN_COMPRESS_SIZE,
+};
 
 /// A file as read from disk, before siblings are attached.
 pub(super) struct RawFile {
