@@ -587,6 +587,22 @@ impl UserDb {
     }
 }
 
+/// A migrated SQLite database in a fresh temporary file, for unit tests; the file's path
+/// (the caller removes it).
+#[cfg(test)]
+pub(crate) async fn temp_sqlite(tag: &str) -> (UserDb, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "gatehouse-{tag}-{}-{}.db",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let db = UserDb::connect(Some(&format!("sqlite://{}", path.display())))
+        .await
+        .expect("sqlite");
+    db.migrate().await.expect("migrate");
+    (db, path)
+}
+
 mod accounts;
 mod error;
 mod formats;

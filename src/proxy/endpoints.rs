@@ -74,16 +74,7 @@ impl Gateway {
             // Pages and the forms they post: browsers' (errors as HTML pages).
             ctx.api_client = false;
         }
-        let ereq = endpoints::Request {
-            query: req.uri.query(),
-            headers: &req.headers,
-            body,
-            client_ip: ctx.client_ip,
-            tls: ctx.tls,
-            api_client: ctx.api_client,
-            request_id: &ctx.request_id,
-            trace: ctx.trace.context(),
-        };
+        let ereq = auth_request(req, ctx, body);
         let mut reply = self.auth.handle(ep, &ereq).await;
         self.count_auth(reply.decision.0, reply.decision.1);
         if let Some(outcome) = reply.mfa {
@@ -168,6 +159,24 @@ impl Gateway {
 }
 
 /// Reads a small request body whole (auth endpoints); `None` when it is over `limit`.
+/// What the auth endpoints know of a request: every lane and endpoint builds it here.
+pub(super) fn auth_request<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a Ctx,
+    body: Bytes,
+) -> endpoints::Request<'a> {
+    endpoints::Request {
+        query: req.uri.query(),
+        headers: &req.headers,
+        body,
+        client_ip: ctx.client_ip,
+        tls: ctx.tls,
+        api_client: ctx.api_client,
+        request_id: &ctx.request_id,
+        trace: ctx.trace.context(),
+    }
+}
+
 async fn read_small_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {

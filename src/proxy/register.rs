@@ -11,7 +11,7 @@ use super::web::PageExtra;
 use super::{Ctx, Gateway};
 use crate::answer::Answer;
 use crate::auth::endpoints::register::{self, FormError, FormOutcome};
-use crate::auth::endpoints::{self, Endpoint};
+use crate::auth::endpoints::Endpoint;
 use crate::auth::users::PasswordPolicy;
 use crate::config::AuthMode;
 use crate::errors::Reject;
@@ -43,16 +43,7 @@ impl Gateway {
         }
         let outcome = {
             let req = session.req_header();
-            let ereq = endpoints::Request {
-                query: req.uri.query(),
-                headers: &req.headers,
-                body,
-                client_ip: ctx.client_ip,
-                tls: ctx.tls,
-                api_client: ctx.api_client,
-                request_id: &ctx.request_id,
-                trace: ctx.trace.context(),
-            };
+            let ereq = super::endpoints::auth_request(req, ctx, body);
             match self.auth.refuse_early(ep, &ereq) {
                 Some(r) => FormOutcome::Reply(r),
                 None if ep == Endpoint::RegisterForm && !has_page => {

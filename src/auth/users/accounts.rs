@@ -340,16 +340,7 @@ mod tests {
     const PASSWORD: &str = "correct horse battery staple";
 
     async fn sqlite() -> (UserDb, std::path::PathBuf) {
-        let path = std::env::temp_dir().join(format!(
-            "gatehouse-accounts-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let db = UserDb::connect(Some(&format!("sqlite://{}", path.display())))
-            .await
-            .expect("sqlite");
-        db.migrate().await.expect("migrate");
-        (db, path)
+        super::super::temp_sqlite("accounts").await
     }
 
     async fn events(db: &UserDb) -> Vec<(String, Option<String>, Option<i64>)> {

@@ -444,16 +444,7 @@ mod tests {
     const BCRYPT: &str = "$2b$05$uzOW5902hR5XaR5emq91DOU259wc3WPJddUqF8XC5P3MN3yubZR/O";
 
     async fn sqlite() -> (UserDb, std::path::PathBuf) {
-        let path = std::env::temp_dir().join(format!(
-            "gatehouse-import-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let db = UserDb::connect(Some(&format!("sqlite://{}", path.display())))
-            .await
-            .expect("sqlite");
-        db.migrate().await.expect("migrate");
-        (db, path)
+        super::super::temp_sqlite("import").await
     }
 
     const OLD_PASSWORD: &str = "flask-era password 1";

@@ -206,15 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn steps_and_recovery_codes_are_accepted_once_and_reset_removes_them() {
-        let path = std::env::temp_dir().join(format!(
-            "gatehouse-mfa-{}-{}.db",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let db = UserDb::connect(Some(&format!("sqlite://{}", path.display())))
-            .await
-            .expect("sqlite");
-        db.migrate().await.expect("migrate");
+        let (db, path) = super::super::temp_sqlite("mfa").await;
         let u = db
             .add_user("mia@example.org", "correct horse battery", Role::Doctor, "")
             .await
