@@ -209,7 +209,10 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 step "gatehouse check -c gateway.yaml"
 cargo build --quiet --bin gatehouse
-"$CARGO_TARGET_DIR/debug/gatehouse" check -c gateway.yaml
+# As a newcomer runs it (embedded defaults: no Redis), and as a scaled-out deployment does
+# (a shared Redis, which needs the second factor's key on every instance).
+env -u REDIS_URL -u MFA_ENCRYPTION_KEY "$CARGO_TARGET_DIR/debug/gatehouse" check -c gateway.yaml
+MFA_ENCRYPTION_KEY="$(openssl rand -base64 32)" "$CARGO_TARGET_DIR/debug/gatehouse" check -c gateway.yaml
 
 step "scripts/run.sh on a fresh machine: cmake hidden, GATEHOUSE_SETUP_DRY_RUN=1"
 bash scripts/check_run_sh.sh
