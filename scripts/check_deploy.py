@@ -612,12 +612,14 @@ def check_with_binary(binary):
             DATABASE_URL=f"sqlite://{tmp}/users.db",
             REDIS_URL="",
             JWT_SECRET_KEY="",
+            # The pid file and upgrade socket out of the way.
+            GATEHOUSE_PID_FILE=f"{tmp}/gh.pid",
+            GATEHOUSE_UPGRADE_SOCK=f"{tmp}/gh.sock",
         )
         env["HOME"] = tmp
         cfg = Path(tmp) / "hc.yaml"
-        # The default gateway.yaml, with the pid file and upgrade socket out of the way.
+        # The default gateway.yaml.
         base = (ROOT / "gateway.yaml").read_text(encoding="utf-8")
-        base = base.replace("server:\n", f"server:\n  pid_file: {tmp}/gh.pid\n  upgrade_sock: {tmp}/gh.sock\n", 1)
         base = base.replace("grace_period: 5s", "grace_period: 0s")
         base = base.replace("templates: templates", f"templates: {ROOT}/templates")
         base = base.replace("assets: assets", f"assets: {ROOT}/assets")
@@ -635,7 +637,8 @@ def check_with_binary(binary):
                         break
                     time.sleep(0.2)
             if not ok:
-                problem("deploy/docker/healthcheck.sh", "never reported a running gateway healthy")
+                err = proc.stderr.read().decode(errors="replace")[-800:] if proc.poll() is not None else ""
+                problem("deploy/docker/healthcheck.sh", f"never reported a running gateway healthy {err}".strip())
             else:
                 print("  healthcheck.sh: healthy against a running gateway")
         finally:
