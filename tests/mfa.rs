@@ -142,17 +142,6 @@ fn no_session_cookie(r: &Response, what: &str) {
     );
 }
 
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 const CSRF: &str = "0123456789abcdef0123456789abcdef";
 
 /// A browser form post with the double-submit CSRF token and `cookies` (`name=value; …`).

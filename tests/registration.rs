@@ -83,17 +83,6 @@ fn new_email() -> String {
     format!("reg-{}@registration.test", unique())
 }
 
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A browser's post of the registration form: the page's CSRF token as a field and a
 /// cookie (`None`: no token at all), from the gateway's own origin unless `extra` says
 /// otherwise.

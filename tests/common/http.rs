@@ -166,3 +166,16 @@ pub fn gunzip(data: &[u8]) -> Vec<u8> {
         .expect("gunzip");
     out
 }
+
+/// A form field value, percent-encoded as `application/x-www-form-urlencoded` wants it
+/// (unreserved characters as they are, every other byte `%XX`).
+pub fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
