@@ -114,6 +114,29 @@ fn append_old_rows(db: &str) {
     });
 }
 
+/// Polls until `audit: required` (`/api/v1/vital`) answers 503 `audit_unavailable` within
+/// `limit`, asserting on every round that `audit: true` (`/api/v1/records`) still serves; the
+/// refusal.
+fn required_refused(port: u16, token: &str, limit: Duration) -> Response {
+    let mut refused = None;
+    let found = wait_until(limit, || {
+        let r = with_bearer(port, "/api/v1/records/1", token);
+        assert_eq!(r.status, 200, "audit: true keeps serving: {}", r.text());
+        let r = get_ok(
+            port,
+            "/api/v1/vital/1",
+            &[("Authorization", &bearer(token)), API_JSON],
+        );
+        let done = r.status == 503;
+        refused = Some(r);
+        done
+    });
+    let r = refused.expect("an answer");
+    assert!(found, "audit: required still served: {}", r.text());
+    assert_json_error(&r, 503, "audit_unavailable", "audit: required");
+    r
+}
+
 impl Site {
     fn start(b: Backend) -> Option<Site> {
         Site::start_with(b, "retention: 10y", |_| {})
@@ -386,22 +409,7 @@ fn an_audit_outage_answers_503_on_required_routes_only(b: Backend) {
         &site.db,
         "ALTER TABLE access_audit RENAME TO access_audit_away",
     );
-    let mut refused = None;
-    let found = wait_until(Duration::from_secs(10), || {
-        let r = with_bearer(port, "/api/v1/records/1", &token);
-        assert_eq!(r.status, 200, "audit: true keeps serving: {}", r.text());
-        let r = get_ok(
-            port,
-            "/api/v1/vital/1",
-            &[("Authorization", &bearer(&token)), API_JSON],
-        );
-        let done = r.status == 503;
-        refused = Some(r);
-        done
-    });
-    let r = refused.expect("an answer");
-    assert!(found, "audit: required still served: {}", r.text());
-    assert_json_error(&r, 503, "audit_unavailable", "audit: required");
+    let r = required_refused(port, &token, Duration::from_secs(10));
     assert!(r.header("retry-after").is_some());
     eventually(POLL, "rows dropped and counted", || dropped() > 0.0);
     assert_eq!(
@@ -547,22 +555,7 @@ fn a_stopped_postgres_fails_required_routes_closed_and_they_recover() {
     assert_eq!(with_bearer(port, "/api/v1/vital/1", &token).status, 200);
 
     pg.stop_immediately();
-    let mut last = None;
-    let refused = wait_until(Duration::from_secs(15), || {
-        let r = with_bearer(port, "/api/v1/records/1", &token);
-        assert_eq!(r.status, 200, "audit: true keeps serving: {}", r.text());
-        let r = get_ok(
-            port,
-            "/api/v1/vital/1",
-            &[("Authorization", &bearer(&token)), API_JSON],
-        );
-        let done = r.status == 503;
-        last = Some(r);
-        done
-    });
-    let r = last.expect("an answer");
-    assert!(refused, "audit: required still served: {}", r.text());
-    assert_json_error(&r, 503, "audit_unavailable", "audit: required");
+    required_refused(port, &token, Duration::from_secs(15));
 
     assert!(pg.start_server(), "PostgreSQL restarts");
     eventually(
