@@ -437,7 +437,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn problems(yaml: &str) -> Vec<String> {
+    /// Every problem `yaml` has (none when it loads); also for the submodules' tests.
+    pub(super) fn problems(yaml: &str) -> Vec<String> {
         match Config::from_yaml_str_with_env(yaml, |_| None) {
             Ok(_) => vec![],
             Err(e) => e.problems,

@@ -175,12 +175,7 @@ fn check_mfa(p: &mut Vec<String>, a: &AuthConfig) {
 mod tests {
     use crate::config::Config;
 
-    fn problems(yaml: &str) -> Vec<String> {
-        match Config::from_yaml_str_with_env(yaml, |_| None) {
-            Ok(_) => vec![],
-            Err(e) => e.problems,
-        }
-    }
+    use crate::config::validate::tests::problems;
 
     #[test]
     fn registration_and_password_defaults_are_the_shipped_policy() {
