@@ -124,6 +124,54 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     None
 }
 
+/// Runs `tests/browser/SCRIPT` with node, these environment variables and `ARTIFACTS_DIR`,
+/// within `limit`; fails with its output when it fails or overruns.
+fn run_flow(root: &Path, script: &str, env: &[(&str, &str)], artifacts: &Path, limit: Duration) {
+    let started = Instant::now();
+    let mut cmd = Command::new("node");
+    cmd.arg(root.join("tests/browser").join(script))
+        .current_dir(root)
+        .env("ARTIFACTS_DIR", artifacts)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start node tests/browser/{script}: {e}"));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        collect(child.stdout.take().expect("stdout"), stdout.clone()),
+        collect(child.stderr.take().expect("stderr"), stderr.clone()),
+    ];
+    let status = wait_bounded(&mut child, limit);
+    for r in readers {
+        let _ = r.join();
+    }
+    let elapsed = started.elapsed();
+    let out = stdout.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let err = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let report = format!(
+        "--- stdout ---\n{out}--- stderr ---\n{err}--- screenshots in {} ---",
+        artifacts.display()
+    );
+    match status {
+        None => panic!(
+            "{script} did not finish within {} s and was stopped\n{report}",
+            limit.as_secs()
+        ),
+        Some(s) => assert!(
+            s.success(),
+            "{script} failed ({s}) after {:.1} s\n{report}",
+            elapsed.as_secs_f64()
+        ),
+    }
+    eprintln!("{script} passed in {:.1} s", elapsed.as_secs_f64());
+}
+
 #[test]
 fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
     let root = crate_dir();
@@ -167,55 +215,21 @@ fn patient_logs_in_sees_dashboard_and_logs_out_in_chromium() {
     std::fs::create_dir_all(&artifacts).expect("create test-artifacts/browser");
 
     let new_email = format!("nueva-{}@predicthealth.test", unique());
-    let started = Instant::now();
-    let mut child = Command::new("node")
-        .arg(root.join("tests/browser/login_flow.mjs"))
-        .current_dir(&root)
-        .env("GATEHOUSE_URL", &base)
-        .env("PATIENT_EMAIL", PATIENT_EMAIL)
-        .env("PATIENT_PASSWORD", PASSWORD)
-        .env("PATIENT_NAME", PATIENT_NAME)
-        .env("EXPECT_TEXT", EXPECT_TEXT)
-        .env("NEW_EMAIL", &new_email)
-        .env("NEW_NAME", NEW_NAME)
-        .env("NEW_PASSWORD", NEW_PASSWORD)
-        .env("ARTIFACTS_DIR", &artifacts)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node tests/browser/login_flow.mjs");
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let readers = [
-        collect(child.stdout.take().expect("stdout"), stdout.clone()),
-        collect(child.stderr.take().expect("stderr"), stderr.clone()),
-    ];
-    let status = wait_bounded(&mut child, RUN_TIMEOUT);
-    for r in readers {
-        let _ = r.join();
-    }
-    let elapsed = started.elapsed();
-    let out = stdout.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let err = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let report = format!(
-        "--- stdout ---\n{out}--- stderr ---\n{err}--- screenshots in {} ---",
-        artifacts.display()
-    );
-    match status {
-        None => panic!(
-            "the browser test did not finish within {} s and was stopped\n{report}",
-            RUN_TIMEOUT.as_secs()
-        ),
-        Some(s) => assert!(
-            s.success(),
-            "the browser test failed ({s}) after {:.1} s\n{report}",
-            elapsed.as_secs_f64()
-        ),
-    }
-    eprintln!(
-        "browser login flow passed in {:.1} s",
-        elapsed.as_secs_f64()
+    run_flow(
+        &root,
+        "login_flow.mjs",
+        &[
+            ("GATEHOUSE_URL", base.as_str()),
+            ("PATIENT_EMAIL", PATIENT_EMAIL),
+            ("PATIENT_PASSWORD", PASSWORD),
+            ("PATIENT_NAME", PATIENT_NAME),
+            ("EXPECT_TEXT", EXPECT_TEXT),
+            ("NEW_EMAIL", new_email.as_str()),
+            ("NEW_NAME", NEW_NAME),
+            ("NEW_PASSWORD", NEW_PASSWORD),
+        ],
+        &artifacts,
+        RUN_TIMEOUT,
     );
 
     // The dashboard's data came from the fake upstream, asked on the patient's behalf.
@@ -287,39 +301,21 @@ fn doctor_enrols_a_second_factor_and_signs_in_with_a_code_in_chromium() {
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).expect("create test-artifacts/browser/mfa");
 
-    let mut child = Command::new("node")
-        .arg(root.join("tests/browser/mfa_flow.mjs"))
-        .current_dir(&root)
-        .env("GATEHOUSE_URL", format!("http://127.0.0.1:{}", gw.port))
-        .env("DOCTOR_EMAIL", DOCTOR_EMAIL)
-        .env("DOCTOR_PASSWORD", PASSWORD)
-        .env("ARTIFACTS_DIR", &artifacts)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start node tests/browser/mfa_flow.mjs");
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let readers = [
-        collect(child.stdout.take().expect("stdout"), stdout.clone()),
-        collect(child.stderr.take().expect("stderr"), stderr.clone()),
-    ];
     // The script may wait up to 5 s twice for a fresh time step.
-    let status = wait_bounded(&mut child, RUN_TIMEOUT + Duration::from_secs(30));
-    for r in readers {
-        let _ = r.join();
-    }
-    let out = stdout.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let err = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let report = format!(
-        "--- stdout ---\n{out}--- stderr ---\n{err}--- screenshots in {} ---",
-        artifacts.display()
+    run_flow(
+        &root,
+        "mfa_flow.mjs",
+        &[
+            (
+                "GATEHOUSE_URL",
+                format!("http://127.0.0.1:{}", gw.port).as_str(),
+            ),
+            ("DOCTOR_EMAIL", DOCTOR_EMAIL),
+            ("DOCTOR_PASSWORD", PASSWORD),
+        ],
+        &artifacts,
+        RUN_TIMEOUT + Duration::from_secs(30),
     );
-    match status {
-        None => panic!("the browser MFA test did not finish and was stopped\n{report}"),
-        Some(s) => assert!(s.success(), "the browser MFA test failed ({s})\n{report}"),
-    }
     for shot in [
         "mfa-01-enrol.png",
         "mfa-03-second-step.png",
