@@ -489,6 +489,52 @@ fn portal_second_step(b: Backend) {
     assert!(set_cookie(&r, SESSION_COOKIE).is_none());
 }
 
+/// An account disabled after its password step gets no session from a right code: the
+/// pending login is checked against the account again at the second step.
+fn disabled_between_the_steps_gets_no_session(b: Backend) {
+    let Some(site) = Site::start(b, 50, &[(Role::Patient, "Pat")]) else {
+        return;
+    };
+    let pat = &site.users[0];
+    let secret = site.enroll(&pat.email);
+    let r = form_post(
+        site.port(),
+        "/api/web/auth/patient/login",
+        &[("email", &pat.email), ("password", PASSWORD)],
+        "",
+    );
+    assert_eq!(r.header("location"), Some("/login/mfa"), "{}", r.text());
+    let pending = jar_entry(&r, "predicthealth_mfa");
+
+    let out = run_cli(
+        &["user", "disable", "--email", &pat.email],
+        &[
+            ("DATABASE_URL", &site.db),
+            ("REDIS_URL", &site.redis),
+            ("MFA_ENCRYPTION_KEY", KEY),
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = form_post(
+        site.port(),
+        "/api/web/auth/mfa",
+        &[("code", &totp::code(&secret, settled_step()))],
+        &pending,
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_none(),
+        "a disabled account got a session: {:?}",
+        r.header_all("set-cookie")
+    );
+}
+
 fn recovery_code_works_once(b: Backend) {
     let Some(site) = Site::start(b, 50, &[(Role::Patient, "Pat")]) else {
         return;
@@ -647,6 +693,7 @@ on_both_backends!(
     wrong_codes_count_toward_the_lockout,
     enrolment_required_by_role,
     portal_second_step,
+    disabled_between_the_steps_gets_no_session,
     recovery_code_works_once,
     reset_removes_the_factor_and_ends_sessions,
 );
