@@ -103,8 +103,6 @@ pub struct Ctx {
     client_slot: Option<IpAddr>,
     /// The route caches, but this request may not use the cache (credentials).
     cache_bypass: bool,
-    /// The client prefers br, which the gateway encodes itself (see `edge::brotli_body`).
-    br: bool,
     /// Boxed: the encoder state is ~5.6 KiB, and `Ctx` lives inside Pingora's per-request
     /// future, which is moved (copied whole) as it is built; inline it made every request
     /// copy it (issue 8: ~3 % of the plain proxy's CPU was that copy).
@@ -137,7 +135,6 @@ impl Ctx {
             holds_slot: false,
             client_slot: None,
             cache_bypass: false,
-            br: false,
             br_stream: None,
             api_client: true,
         }
@@ -163,8 +160,7 @@ impl ProxyHttp for Gateway {
         Ctx::new(self.state.load_full())
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        Self::choose_compression(session, ctx);
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         // `close` on any Connection line ends the connection after this answer (Pingora reads
         // only the first line).
         if !session.is_http2() && forwarding::connection_close(&session.req_header().headers) {

@@ -863,7 +863,7 @@ struct CompressionSite {
     small: String,
     pre_gzipped: Vec<u8>,
     _ups: Vec<FakeUpstream>,
-    _tiny: TinyUpstream,
+    _tiny: Vec<TinyUpstream>,
     gw: Gw,
 }
 
@@ -877,6 +877,11 @@ impl CompressionSite {
             FakeUpstream::responding(200, &[("Content-Type", "application/json")], &small);
         let png =
             FakeUpstream::responding(200, &[("Content-Type", "image/png")], &"P".repeat(4096));
+        let octets = FakeUpstream::responding(
+            200,
+            &[("Content-Type", "application/octet-stream")],
+            &"O".repeat(4096),
+        );
         let pre_gzipped = gzip(json.as_bytes());
         let payload = pre_gzipped.clone();
         let tiny = TinyUpstream::start(Arc::new(move |s: &mut TcpStream, _: &str, _| {
@@ -886,28 +891,45 @@ impl CompressionSite {
             );
             let _ = s.write_all(&[head.as_bytes(), &payload].concat());
         }));
+        // The same JSON with no Content-Length: chunked, its size unknown at the head.
+        let chunked_json = json.clone();
+        let chunked = TinyUpstream::start(Arc::new(move |s: &mut TcpStream, _: &str, _| {
+            let body = chunked_json.as_bytes();
+            let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+            for part in body.chunks(1000) {
+                out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                out.extend_from_slice(part);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            let _ = s.write_all(&out);
+        }));
         let gw = Gw::start_with_server(
             server_extra,
             &format!(
-                "upstreams:\n{}\n{}\n{}\n{}\nroutes:
+                "upstreams:\n{}\n{}\n{}\n{}\n{}\n{}\nroutes:
   - {{name: json, prefix: /json, upstream: big}}
   - {{name: small, prefix: /small, upstream: tiny_json}}
   - {{name: png, prefix: /png, upstream: png}}
   - {{name: raw, prefix: /raw, upstream: big, compression: false}}
   - {{name: pregz, prefix: /pregz, upstream: pregz}}
+  - {{name: octets, prefix: /octets, upstream: octets}}
+  - {{name: chunked, prefix: /chunked, upstream: chunked}}
 ",
                 upstream("big", &[big.url()], ""),
                 upstream("tiny_json", &[tiny_json.url()], ""),
                 upstream("png", &[png.url()], ""),
                 upstream("pregz", &[tiny.url()], ""),
+                upstream("octets", &[octets.url()], ""),
+                upstream("chunked", &[chunked.url()], ""),
             ),
         );
         CompressionSite {
             json,
             small,
             pre_gzipped,
-            _ups: vec![big, tiny_json, png],
-            _tiny: tiny,
+            _ups: vec![big, tiny_json, png, octets],
+            _tiny: vec![tiny, chunked],
             gw,
         }
     }
@@ -1007,6 +1029,55 @@ fn non_compressible_content_types_are_not_compressed() {
     let s = CompressionSite::start("");
     let r = s.fetch("/png/x", "gzip");
     assert_identity(&r, "P".repeat(4096).as_bytes(), "image/png");
+}
+
+/// One list of compressible types for every coding: gzip (Pingora's module) does not take
+/// binary types that br (the gateway's) refuses.
+#[test]
+fn binary_types_are_not_compressed_by_any_coding() {
+    let s = CompressionSite::start("");
+    for ae in ["gzip", "zstd", "br", "gzip, deflate, br"] {
+        let r = s.fetch("/octets/x", ae);
+        assert_identity(
+            &r,
+            "O".repeat(4096).as_bytes(),
+            &format!("octet-stream, {ae}"),
+        );
+    }
+}
+
+/// An answer too small to compress is decided from the answer: sent as it is, and with no
+/// `Vary: Accept-Encoding`, since no client would get another coding.
+#[test]
+fn small_answers_do_not_vary_on_accept_encoding() {
+    let s = CompressionSite::start("");
+    for ae in ["gzip, deflate, br", ""] {
+        let r = s.fetch("/small/x", ae);
+        assert_identity(&r, s.small.as_bytes(), "a 100-byte body");
+        assert!(
+            !header_tokens(&r.headers, "vary").contains(&"accept-encoding".to_string()),
+            "{ae:?}: {:?}",
+            r.headers
+        );
+    }
+    // A large one varies even for a client that accepts no coding.
+    let r = s.fetch("/json/x", "");
+    assert_identity(&r, s.json.as_bytes(), "no Accept-Encoding");
+    assert!(header_tokens(&r.headers, "vary").contains(&"accept-encoding".to_string()));
+}
+
+/// An answer whose size is unknown at its head (chunked) is compressed as a large one is.
+#[test]
+fn chunked_answer_of_unknown_size_is_compressed() {
+    let s = CompressionSite::start("");
+    let r = s.fetch("/chunked/x", "gzip");
+    assert_eq!(
+        r.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(gunzip(&r.body), s.json.as_bytes());
 }
 
 #[test]

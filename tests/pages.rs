@@ -927,6 +927,49 @@ fn stylesheet_is_gzipped_when_asked_and_decompresses_to_the_file() {
     assert_eq!(gunzip(&r.body), plain.body);
 }
 
+/// The gateway's own answers (a rendered page) take the same coding decision as proxied ones:
+/// gzip for a client that accepts it, decided from the page (HTML, larger than
+/// `compression.min_size`), and `Vary: Accept-Encoding` on the identity answer too.
+#[test]
+fn rendered_page_is_gzipped_for_a_gzip_client_and_varies_on_accept_encoding() {
+    let site = Site::with_sources(&dead_backend(), &dead_backend(), &[]);
+    let plain = site.gw.get_with("/docs", &[BROWSER]);
+    assert_eq!(plain.status, 200);
+    assert!(
+        plain.header("content-encoding").is_none(),
+        "{:?}",
+        plain.headers
+    );
+    assert!(plain.body.len() > 1024, "the docs page is below min_size");
+    let varies = |r: &Response| {
+        r.header("vary")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+    };
+    assert!(
+        varies(&plain),
+        "identity page without Vary: {:?}",
+        plain.headers
+    );
+    let r = site.gw.get_with(
+        "/docs",
+        &[BROWSER, ("Accept-Encoding", "gzip, deflate, br")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        r.headers
+    );
+    assert!(varies(&r), "gzip page without Vary: {:?}", r.headers);
+    // The same page, but for its request id.
+    let id = |r: &Response| r.header("x-request-id").expect("request id").to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&gunzip(&r.body)).replace(&id(&r), &id(&plain)),
+        plain.text()
+    );
+}
+
 #[test]
 fn stylesheet_is_brotli_encoded_when_asked_and_decompresses_to_the_file() {
     let site = Site::with_sources(&dead_backend(), &dead_backend(), &[]);

@@ -54,7 +54,7 @@ impl Gateway {
         if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
             resp.insert_header("strict-transport-security", h.header_value())?;
         }
-        if !body.is_empty() && Self::wants_br(session, ctx, &resp, Some(body.len() as u64)) {
+        if Self::choose_coding(session, ctx, &mut resp, Some(body.len() as u64))? == Coding::Br {
             body = bytes::Bytes::from(crate::edge::brotli_body::compress_all(&body));
             Self::br_headers(&mut resp)?;
             resp.insert_header("content-length", body.len().to_string())?;
@@ -65,7 +65,6 @@ impl Gateway {
         {
             session.set_keepalive(None);
         }
-        Self::maybe_skip_compression(session, ctx, Some(body.len() as u64));
         let head_only = session.req_header().method == Method::HEAD || body.is_empty();
         session
             .write_response_header(Box::new(resp), head_only)
@@ -100,8 +99,60 @@ impl Gateway {
         self.send_answer(session, ctx, answer).await
     }
 
-    /// Whether this answer gets the gateway's own br encoding.
-    pub(super) fn wants_br(
+    /// The answer's content coding, decided once, from the answer first: compression on, the
+    /// route not opted out, not a WebSocket or a `HEAD`, a status with a body, not already
+    /// encoded, at least `compression.min_size` when its length is known, and a compressible
+    /// type (`edge::brotli_body::compressible`, the one list for every coding). Only an answer
+    /// that passes has the client's `Accept-Encoding` read: br is the gateway's own encoder;
+    /// gzip and zstd are Pingora's compression module, switched on here for this answer alone
+    /// (it stays off, and parses nothing, for every other request). A compressible answer the
+    /// client takes as it is still says `Vary: Accept-Encoding`.
+    pub(super) fn choose_coding(
+        session: &mut Session,
+        ctx: &Ctx,
+        resp: &mut ResponseHeader,
+        len: Option<u64>,
+    ) -> Result<Coding> {
+        if !Self::compressible_answer(session, ctx, resp, len) {
+            return Ok(Coding::Identity);
+        }
+        let accept = session
+            .req_header()
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if crate::edge::brotli_body::prefers_br(accept) {
+            return Ok(Coding::Br);
+        }
+        if !accept.is_empty() {
+            let level = ctx.snapshot.config.server.compression.level;
+            let (modules, req) = (
+                &mut session.downstream_modules_ctx,
+                session.downstream_session.req_header(),
+            );
+            if let Some(m) = modules
+                .get_mut::<ResponseCompression>()
+                .filter(|m| m.is_header_phase())
+            {
+                m.adjust_level(level);
+                // Pingora 0.9.1's brotli stream is never finished: br is ours.
+                m.adjust_algorithm_level(
+                    pingora::protocols::http::compression::Algorithm::Brotli,
+                    0,
+                );
+                // Reads Accept-Encoding; its response filter, which runs after this one,
+                // compresses (and says Vary) when the client accepts gzip or zstd.
+                m.request_filter(req);
+                return Ok(Coding::Module);
+            }
+        }
+        append_vary_accept_encoding(resp)?;
+        Ok(Coding::Identity)
+    }
+
+    /// The answer-side half of [`Self::choose_coding`]: whether this answer is worth encoding.
+    fn compressible_answer(
         session: &Session,
         ctx: &Ctx,
         resp: &ResponseHeader,
@@ -109,14 +160,13 @@ impl Gateway {
     ) -> bool {
         let c = ctx.snapshot.config.server.compression;
         let status = resp.status.as_u16();
-        ctx.br
-            && c.enabled
+        c.enabled
             && ctx.route.as_ref().is_none_or(|r| r.compression)
             && !ctx.websocket
             && session.req_header().method != Method::HEAD
             && !(status < 200 || status == 204 || status == 304)
             && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
-            && len.is_none_or(|n| n >= c.min_size.0)
+            && len.is_none_or(|n| n > 0 && n >= c.min_size.0)
             && resp
                 .headers
                 .get(http::header::CONTENT_TYPE)
@@ -129,7 +179,7 @@ impl Gateway {
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.remove_header(&http::header::ACCEPT_RANGES);
         resp.insert_header(http::header::CONTENT_ENCODING, "br")?;
-        resp.append_header(http::header::VARY, "Accept-Encoding")?;
+        append_vary_accept_encoding(resp)?;
         let etag = resp
             .headers
             .get(http::header::ETAG)
@@ -140,48 +190,29 @@ impl Gateway {
         }
         Ok(())
     }
+}
 
-    /// Turns compression off for this answer when it is small or its route opts out.
-    pub(super) fn maybe_skip_compression(session: &mut Session, ctx: &Ctx, len: Option<u64>) {
-        let c = ctx.snapshot.config.server.compression;
-        let small = len.is_some_and(|n| n < c.min_size.0);
-        let opted_out = ctx.route.as_ref().is_some_and(|r| !r.compression);
-        if c.enabled && (small || opted_out) {
-            if let Some(m) = session
-                .downstream_modules_ctx
-                .get_mut::<ResponseCompression>()
-            {
-                m.adjust_level(0);
-            }
-        }
-    }
+/// How an answer goes to the client ([`Gateway::choose_coding`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coding {
+    /// As it is.
+    Identity,
+    /// br, encoded by the gateway (`edge::brotli_body`).
+    Br,
+    /// gzip or zstd, as Pingora's compression module negotiates it.
+    Module,
+}
 
-    /// Switches compression on before the modules read `Accept-Encoding` (small answers and
-    /// routes that opt out switch it off again at response time); br is the gateway's own.
-    pub(super) fn choose_compression(session: &mut Session, ctx: &mut Ctx) {
-        let c = ctx.snapshot.config.server.compression;
-        if !c.enabled {
-            return;
-        }
-        let accept = session
-            .req_header()
-            .headers
-            .get(http::header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        ctx.br = crate::edge::brotli_body::prefers_br(accept);
-        if !ctx.br {
-            if let Some(m) = session
-                .downstream_modules_ctx
-                .get_mut::<ResponseCompression>()
-            {
-                m.adjust_level(c.level);
-                // Pingora 0.9.1's brotli stream is never finished: br is ours.
-                m.adjust_algorithm_level(
-                    pingora::protocols::http::compression::Algorithm::Brotli,
-                    0,
-                );
-            }
-        }
+/// `Vary: Accept-Encoding`, unless the answer already varies on it (or on everything).
+fn append_vary_accept_encoding(resp: &mut ResponseHeader) -> Result<()> {
+    let varies = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
+    });
+    if !varies {
+        resp.append_header(http::header::VARY, "Accept-Encoding")?;
     }
+    Ok(())
 }

@@ -47,16 +47,20 @@ impl Gateway {
             &route.prefix,
             route.strip_prefix,
             route.rewrite_prefix.as_deref(),
-        )
-        .into_owned();
+        );
         if let Some(q) = session.req_header().uri.query() {
-            target.push('?');
-            target.push_str(q);
+            let t = target.to_mut();
+            t.push('?');
+            t.push_str(q);
         }
-        let uri = target
-            .parse::<http::Uri>()
-            .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
-        up.set_uri(uri);
+        // The usual request already names exactly this target (origin-form, nothing
+        // rewritten or normalised): its bytes go upstream as they are, without a new URI.
+        if target.as_bytes() != up.raw_path() {
+            let uri = target
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
+            up.set_uri(uri);
+        }
 
         // One pass over what the client sent (usually a handful of headers) instead of a
         // lookup per hop-by-hop and identity name; identity headers come only from the gateway.
@@ -229,8 +233,7 @@ impl Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        Self::maybe_skip_compression(session, ctx, len);
-        if Self::wants_br(session, ctx, resp, len) {
+        if Self::choose_coding(session, ctx, resp, len)? == super::answer::Coding::Br {
             Self::br_headers(resp)?;
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
             ctx.br_stream = Some(Box::default());
