@@ -96,7 +96,7 @@ EOF
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 HEADER=()
 if [ "${AUTH:-0}" = 1 ]; then
-  echo 'callgrind password 42' | DATABASE_URL="sqlite://$WORK/gh/users.db" \
+  echo 'valgrind counts instructions 42' | DATABASE_URL="sqlite://$WORK/gh/users.db" \
     "$BIN" user add --email cg@example.com --role patient --name Callgrind >/dev/null
 fi
 
@@ -110,7 +110,7 @@ for _ in $(seq 1 300); do
 done
 if [ "${AUTH:-0}" = 1 ]; then
   TOKEN=$(curl -s --max-time 20 -X POST -H 'Content-Type: application/json' \
-    -d '{"email":"cg@example.com","password":"callgrind password 42"}' \
+    -d '{"email":"cg@example.com","password":"valgrind counts instructions 42"}' \
     "http://127.0.0.1:$GH_PORT/api/v1/auth/login" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   HEADER=(-H "Authorization: Bearer $TOKEN")
