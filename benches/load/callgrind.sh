@@ -11,7 +11,8 @@
 # prints user-space instructions per request and the functions that cost most (self, then
 # inclusive, per request). Everything started is stopped on exit.
 #
-# Usage: benches/load/callgrind.sh [PATH]   (PATH: /plain/x; /auth/x with a token: AUTH=1;
+# Usage: benches/load/callgrind.sh [PATH]   (PATH: /plain/x; /json, a 1.2 KiB JSON answer;
+# /auth/x with a token: AUTH=1;
 # RC=1 adds a browser's headers: Accept-Encoding, Accept, Accept-Language, User-Agent, a cookie)
 # Knobs: GATEHOUSE_BIN (default: the release binary under CARGO_TARGET_DIR), RUN_SECONDS (10),
 # WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in).
@@ -62,7 +63,12 @@ http {
   client_body_temp_path $WORK/up/tmp/cb; proxy_temp_path $WORK/up/tmp/p;
   fastcgi_temp_path $WORK/up/tmp/f; uwsgi_temp_path $WORK/up/tmp/u; scgi_temp_path $WORK/up/tmp/s;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP_PORT; location / { default_type text/plain; return 200 "ok\n"; } }
+  server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type text/plain; return 200 "ok\n"; }
+    # The 1.2 KiB JSON of the harness's rc_json scenario (compressed by gatehouse for RC=1).
+    location /json { default_type application/json; return 200 '{"patient_id":42,"appointments":[{"id":1000,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-10T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1001,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-11T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1002,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-12T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1003,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-13T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1004,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-14T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"},{"id":1005,"patient_id":42,"doctor":{"id":7,"name":"Dra. Lucia Fernandez","specialty":"Cardiologia"},"starts_at":"2026-12-15T09:30:00Z","status":"confirmed","notes":"Control de presion arterial"}]}'; }
+  }
 }
 EOF
 nginx -p "$WORK/up" -e "$WORK/up/error.log" -c "$WORK/up/nginx.conf" &
@@ -92,6 +98,7 @@ upstreams:
 routes:
   - {name: plain, prefix: /plain, upstream: backend}
   - {name: auth, prefix: /auth, upstream: backend, auth: required}
+  - {name: json, prefix: /json, upstream: backend}
 EOF
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 HEADER=()
