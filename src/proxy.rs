@@ -203,21 +203,15 @@ impl ProxyHttp for Gateway {
                     ctx.trace.set_route(&r.prefix);
                 }
                 ctx.route = route;
-                Box::pin(self.reject(session, ctx, reject)).await
+                self.reject(session, ctx, reject).await
             }
-            // The branches other than the proxy's are boxed: inline, their futures (a page's
-            // data sources and render, sign-in's database and store calls) would size this
-            // one, which is copied whole into its box on every request (8.5 KB per request
-            // was `memcpy` here before, under callgrind).
             Plan::Answer(answer) => {
-                Box::pin(self.send_answer(session, ctx, answer)).await?;
+                self.send_answer(session, ctx, answer).await?;
                 Ok(true)
             }
-            Plan::Health { detailed } => Box::pin(self.health(session, ctx, detailed)).await,
-            Plan::AuthEndpoint(ep) => Box::pin(self.auth_endpoint(session, ctx, ep)).await,
-            Plan::Page { page, as_json } => {
-                Box::pin(self.serve_page(session, ctx, page, as_json)).await
-            }
+            Plan::Health { detailed } => self.health(session, ctx, detailed).await,
+            Plan::AuthEndpoint(ep) => self.auth_endpoint(session, ctx, ep).await,
+            Plan::Page { page, as_json } => self.serve_page(session, ctx, page, as_json).await,
             Plan::Proxy(route) => self.admit(session, ctx, route).await,
         }
     }
