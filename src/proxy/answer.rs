@@ -24,7 +24,10 @@ impl Gateway {
             headers,
             mut body,
         } = answer;
-        let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+        // No case-preserving second map: the gateway's own names are its own to spell (the
+        // standard ones go out Title-Case, the rest lower-case), and every insert below would
+        // otherwise go into two maps.
+        let mut resp = ResponseHeader::build_no_case(status, Some(3 + headers.len()))?;
         let has_length = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
