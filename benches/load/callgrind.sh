@@ -15,7 +15,11 @@
 # /auth/x with a token: AUTH=1;
 # RC=1 adds a browser's headers: Accept-Encoding, Accept, Accept-Language, User-Agent, a cookie)
 # Knobs: GATEHOUSE_BIN (default: the release binary under CARGO_TARGET_DIR), RUN_SECONDS (10),
-# WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in).
+# WARM (3), TOP (30), KEEP (a directory to keep the callgrind output in), MEMCPY (1: instead
+# of callgrind, run gatehouse with benches/load/memcpy_probe.c preloaded and list the copies of
+# over 900 bytes that a new connection making 3 keep-alive requests causes, with their callers
+# (a copy seen 3 times is per request, once per connection otherwise): callgrind counts a
+# `rep movsb` copy per byte, so its memcpy figure overstates what large copies cost).
 # Needs valgrind, nginx-light, wrk, redis-server (installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -107,8 +111,13 @@ if [ "${AUTH:-0}" = 1 ]; then
     "$BIN" user add --email cg@example.com --role patient --name Callgrind >/dev/null
 fi
 
-valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" --dump-instr=no \
-  "$BIN" run -c "$WORK/gh/gateway.yaml" >"$WORK/gh/out.log" 2>&1 &
+if [ "${MEMCPY:-0}" = 1 ]; then
+  gcc -O2 -shared -fPIC -o "$WORK/memcpy_probe.so" "$REPO/benches/load/memcpy_probe.c" -ldl
+  LD_PRELOAD="$WORK/memcpy_probe.so" "$BIN" run -c "$WORK/gh/gateway.yaml" >"$WORK/gh/out.log" 2>&1 &
+else
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" --dump-instr=no \
+    "$BIN" run -c "$WORK/gh/gateway.yaml" >"$WORK/gh/out.log" 2>&1 &
+fi
 VG=$!
 PIDS+=("$VG")
 for _ in $(seq 1 300); do
@@ -131,6 +140,23 @@ if [ "${RC:-0}" = 1 ]; then
     -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
     -H "Cookie: theme=dark; _ga=GA1.2.1234567890.1733500000"
   )
+fi
+if [ "${MEMCPY:-0}" = 1 ]; then
+  U="http://127.0.0.1:$GH_PORT$URL_PATH"
+  # Two requests first (first-use allocations), then a new connection with three requests:
+  # a copy seen 3 times is made per request, the others per connection (task spawn and end).
+  curl -s -o /dev/null -o /dev/null "${HEADER[@]}" "$U" "$U"
+  sleep 0.5
+  START=$(wc -l <"$WORK/gh/out.log")
+  curl -s -o /dev/null -o /dev/null -o /dev/null "${HEADER[@]}" "$U" "$U" "$U"
+  sleep 0.5
+  echo "gatehouse $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $URL_PATH: copies over 900 bytes, one connection, 3 requests (count, bytes, caller)"
+  tail -n +$((START + 1)) "$WORK/gh/out.log" | awk '/^MEMCPY/ {print $2, $3, $4}' | sort | uniq -c |
+    sort -k2,2nr | while read -r n size obj off; do
+      where=$(addr2line -f -C -e "$obj" "$(printf '0x%x' $((off - 1)))" 2>/dev/null | head -1)
+      printf '%3d × %6d B  %s\n' "$n" "$size" "${where:0:160}"
+    done
+  exit 0
 fi
 wrk -t1 -c10 -d"${WARM}s" "${HEADER[@]}" "http://127.0.0.1:$GH_PORT$URL_PATH" >/dev/null
 callgrind_control -z "$VG" >/dev/null
