@@ -877,6 +877,14 @@ impl CompressionSite {
             FakeUpstream::responding(200, &[("Content-Type", "application/json")], &small);
         let png =
             FakeUpstream::responding(200, &[("Content-Type", "image/png")], &"P".repeat(4096));
+        let partial = FakeUpstream::responding(
+            206,
+            &[
+                ("Content-Type", "application/json"),
+                ("Content-Range", "bytes 0-4095/9000"),
+            ],
+            &"J".repeat(4096),
+        );
         let octets = FakeUpstream::responding(
             200,
             &[("Content-Type", "application/octet-stream")],
@@ -907,13 +915,14 @@ impl CompressionSite {
         let gw = Gw::start_with_server(
             server_extra,
             &format!(
-                "upstreams:\n{}\n{}\n{}\n{}\n{}\n{}\nroutes:
+                "upstreams:\n{}\n{}\n{}\n{}\n{}\n{}\n{}\nroutes:
   - {{name: json, prefix: /json, upstream: big}}
   - {{name: small, prefix: /small, upstream: tiny_json}}
   - {{name: png, prefix: /png, upstream: png}}
   - {{name: raw, prefix: /raw, upstream: big, compression: false}}
   - {{name: pregz, prefix: /pregz, upstream: pregz}}
   - {{name: octets, prefix: /octets, upstream: octets}}
+  - {{name: partial, prefix: /partial, upstream: partial}}
   - {{name: chunked, prefix: /chunked, upstream: chunked}}
 ",
                 upstream("big", &[big.url()], ""),
@@ -921,6 +930,7 @@ impl CompressionSite {
                 upstream("png", &[png.url()], ""),
                 upstream("pregz", &[tiny.url()], ""),
                 upstream("octets", &[octets.url()], ""),
+                upstream("partial", &[partial.url()], ""),
                 upstream("chunked", &[chunked.url()], ""),
             ),
         );
@@ -928,7 +938,7 @@ impl CompressionSite {
             json,
             small,
             pre_gzipped,
-            _ups: vec![big, tiny_json, png, octets],
+            _ups: vec![big, tiny_json, png, octets, partial],
             _tiny: vec![tiny, chunked],
             gw,
         }
@@ -1043,6 +1053,22 @@ fn binary_types_are_not_compressed_by_any_coding() {
             "O".repeat(4096).as_bytes(),
             &format!("octet-stream, {ae}"),
         );
+    }
+}
+
+/// A 206 carries a range of the identity body (its `Content-Range` counts identity bytes):
+/// no coding may touch it, whatever the client accepts.
+#[test]
+fn partial_content_is_never_encoded() {
+    let s = CompressionSite::start("");
+    for ae in ["gzip", "zstd", "br", "gzip, deflate, br"] {
+        let r = s.gw.get_with(
+            "/partial/x",
+            &[("Accept-Encoding", ae), ("Range", "bytes=0-4095")],
+        );
+        assert_eq!(r.status, 206, "{ae}: {}", r.text());
+        assert_identity(&r, "J".repeat(4096).as_bytes(), &format!("206, {ae}"));
+        assert_eq!(r.header("content-range"), Some("bytes 0-4095/9000"), "{ae}");
     }
 }
 

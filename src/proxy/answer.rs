@@ -103,8 +103,8 @@ impl Gateway {
     }
 
     /// The answer's content coding, decided once, from the answer first: compression on, the
-    /// route not opted out, not a WebSocket or a `HEAD`, a status with a body, not already
-    /// encoded, at least `compression.min_size` when its length is known, and a compressible
+    /// route not opted out, not a WebSocket or a `HEAD`, a status with a whole body (not 206 or
+    /// a `Content-Range`), not already encoded, at least `compression.min_size` when its length is known, and a compressible
     /// type (`edge::brotli_body::compressible`, the one list for every coding). Only an answer
     /// that passes has the client's `Accept-Encoding` read: br is the gateway's own encoder;
     /// gzip and zstd are Pingora's compression module, switched on here for this answer alone
@@ -167,7 +167,9 @@ impl Gateway {
             && ctx.route.as_ref().is_none_or(|r| r.compression)
             && !ctx.websocket
             && session.req_header().method != Method::HEAD
-            && !(status < 200 || status == 204 || status == 304)
+            && !(status < 200 || status == 204 || status == 206 || status == 304)
+            // A range of the identity body: encoding it would make its offsets lie.
+            && !resp.headers.contains_key(http::header::CONTENT_RANGE)
             && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
             && len.is_none_or(|n| n > 0 && n >= c.min_size.0)
             && resp
