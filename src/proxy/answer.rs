@@ -116,29 +116,31 @@ impl Gateway {
         resp: &mut ResponseHeader,
         len: Option<u64>,
     ) -> Result<Coding> {
-        if !Self::compressible_answer(session, ctx, resp, len) {
-            return Ok(Coding::Identity);
-        }
+        let compressible = Self::compressible_answer(session, ctx, resp, len);
         let accept = session
             .req_header()
             .headers
             .get(http::header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if crate::edge::brotli_body::prefers_br(accept) {
-            return Ok(Coding::Br);
-        }
-        if !accept.is_empty() {
-            let level = ctx.snapshot.config.server.compression.level;
-            let (modules, req) = (
-                &mut session.downstream_modules_ctx,
-                session.downstream_session.req_header(),
-            );
-            if let Some(m) = modules
-                .get_mut::<ResponseCompression>()
-                .filter(|m| m.is_header_phase())
-            {
-                m.adjust_level(level);
+        let mut coding = match (compressible, accept) {
+            (false, _) => Coding::Identity,
+            (true, a) if crate::edge::brotli_body::prefers_br(a) => Coding::Br,
+            (true, "") => Coding::Identity,
+            (true, _) => Coding::Module,
+        };
+        // The module follows this answer's decision, also when an earlier head of the same
+        // request (a proxied answer that failed before it was written) switched it on.
+        let (modules, req) = (
+            &mut session.downstream_modules_ctx,
+            session.downstream_session.req_header(),
+        );
+        match modules
+            .get_mut::<ResponseCompression>()
+            .filter(|m| m.is_header_phase())
+        {
+            Some(m) if coding == Coding::Module => {
+                m.adjust_level(ctx.snapshot.config.server.compression.level);
                 // Pingora 0.9.1's brotli stream is never finished: br is ours.
                 m.adjust_algorithm_level(
                     pingora::protocols::http::compression::Algorithm::Brotli,
@@ -147,11 +149,15 @@ impl Gateway {
                 // Reads Accept-Encoding; its response filter, which runs after this one,
                 // compresses (and says Vary) when the client accepts gzip or zstd.
                 m.request_filter(req);
-                return Ok(Coding::Module);
             }
+            Some(m) if m.is_enabled() => m.adjust_level(0),
+            None if coding == Coding::Module => coding = Coding::Identity,
+            _ => {}
         }
-        append_vary_accept_encoding(resp)?;
-        Ok(Coding::Identity)
+        if compressible && coding == Coding::Identity {
+            append_vary_accept_encoding(resp)?;
+        }
+        Ok(coding)
     }
 
     /// The answer-side half of [`Self::choose_coding`]: whether this answer is worth encoding.
