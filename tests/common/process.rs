@@ -138,13 +138,25 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     output_with_stdin(&mut cmd, stdin)
 }
 
+/// [`run_cli`], failing the test (with the command's stderr) unless it exited successfully.
+pub fn run_cli_ok(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let out = run_cli(args, env, stdin);
+    assert!(
+        out.status.success(),
+        "gatehouse {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// An `MFA_ENCRYPTION_KEY` (32 bytes, base64): the shipped config requires one wherever
 /// `REDIS_URL` is set, as it is under the test command.
 pub const TEST_MFA_KEY: &str = "Y2xpLXRlc3RzLW1mYS1rZXktMDEyMzQ1Njc4OWFiY2Q=";
 
 /// Adds a user with `gatehouse user add`, as an operator would (password on stdin).
 pub fn add_user_cli(database_url: &str, email: &str, role: &str, password: &str) {
-    let out = run_cli(
+    run_cli_ok(
         &[
             "user",
             "add",
@@ -160,10 +172,5 @@ pub fn add_user_cli(database_url: &str, email: &str, role: &str, password: &str)
             ("MFA_ENCRYPTION_KEY", TEST_MFA_KEY),
         ],
         &format!("{password}\n"),
-    );
-    assert!(
-        out.status.success(),
-        "user add failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
