@@ -205,6 +205,12 @@ impl Frame {
         let b = self.payload.get(at..at + 4)?;
         Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+
+    /// A GOAWAY's last stream id: the highest stream the server took.
+    fn last_stream_id(&self) -> Option<u32> {
+        let b = (self.kind == GOAWAY).then_some(self.payload.get(0..4)?)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff)
+    }
 }
 
 /// A client that speaks HTTP/2 frame by frame.
@@ -474,10 +480,16 @@ fn rapid_reset_ends_the_connection_and_spares_the_upstream() {
         let goaway = raw.until(|f| f.kind == GOAWAY).await;
         let goaway = goaway.expect("GOAWAY for rapid reset");
         assert_eq!(goaway.error_code(), Some(ENHANCE_YOUR_CALM), "{goaway:?}");
-        assert!(!open, "10,000 reset streams were taken on one connection");
-        // Cancelled requests do not reach the upstream by the thousand.
         let reached = up.requests().len();
-        eprintln!("rapid reset: writes accepted to the end: {open}; GOAWAY: {goaway:?}; upstream saw {reached}; streams opened {}", id / 2);
+        let last = goaway.last_stream_id();
+        eprintln!("rapid reset: writes accepted to the end: {open}; GOAWAY: {goaway:?} (last stream {last:?}); upstream saw {reached}; streams sent {}", id / 2);
+        // The server stopped taking streams long before the 10,000th (its last stream id
+        // says which it took). Whether the client's writes fail is not asserted: with large
+        // loopback socket buffers (tcp_rmem up to 32 MiB on some machines) all 10,000 can be
+        // written before the close is seen.
+        let last = last.expect("a last stream id");
+        assert!(last < 2_000, "streams up to {last} were taken on one connection");
+        // Cancelled requests do not reach the upstream by the thousand.
         assert!(reached < 50, "{reached} cancelled requests reached the upstream");
         let mut c = g.h2_client().await.expect("h2 connection");
         assert_eq!(h2_get(&mut c, "/health", &[]).await.expect("after"), 200);
