@@ -890,6 +890,16 @@ impl CompressionSite {
             &[("Content-Type", "application/octet-stream")],
             &"O".repeat(4096),
         );
+        let vary_star = FakeUpstream::responding(
+            200,
+            &[("Content-Type", "application/json"), ("Vary", "*")],
+            &json,
+        );
+        let vary_origin = FakeUpstream::responding(
+            200,
+            &[("Content-Type", "application/json"), ("Vary", "Origin")],
+            &json,
+        );
         let pre_gzipped = gzip(json.as_bytes());
         let payload = pre_gzipped.clone();
         let tiny = TinyUpstream::start(Arc::new(move |s: &mut TcpStream, _: &str, _| {
@@ -915,7 +925,7 @@ impl CompressionSite {
         let gw = Gw::start_with_server(
             server_extra,
             &format!(
-                "upstreams:\n{}\n{}\n{}\n{}\n{}\n{}\n{}\nroutes:
+                "upstreams:\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\nroutes:
   - {{name: json, prefix: /json, upstream: big}}
   - {{name: small, prefix: /small, upstream: tiny_json}}
   - {{name: png, prefix: /png, upstream: png}}
@@ -924,6 +934,8 @@ impl CompressionSite {
   - {{name: octets, prefix: /octets, upstream: octets}}
   - {{name: partial, prefix: /partial, upstream: partial}}
   - {{name: chunked, prefix: /chunked, upstream: chunked}}
+  - {{name: varystar, prefix: /varystar, upstream: varystar}}
+  - {{name: varyorigin, prefix: /varyorigin, upstream: varyorigin}}
 ",
                 upstream("big", &[big.url()], ""),
                 upstream("tiny_json", &[tiny_json.url()], ""),
@@ -932,13 +944,15 @@ impl CompressionSite {
                 upstream("octets", &[octets.url()], ""),
                 upstream("partial", &[partial.url()], ""),
                 upstream("chunked", &[chunked.url()], ""),
+                upstream("varystar", &[vary_star.url()], ""),
+                upstream("varyorigin", &[vary_origin.url()], ""),
             ),
         );
         CompressionSite {
             json,
             small,
             pre_gzipped,
-            _ups: vec![big, tiny_json, png, octets, partial],
+            _ups: vec![big, tiny_json, png, octets, partial, vary_star, vary_origin],
             _tiny: vec![tiny, chunked],
             gw,
         }
@@ -1090,6 +1104,31 @@ fn small_answers_do_not_vary_on_accept_encoding() {
     let r = s.fetch("/json/x", "");
     assert_identity(&r, s.json.as_bytes(), "no Accept-Encoding");
     assert!(header_tokens(&r.headers, "vary").contains(&"accept-encoding".to_string()));
+}
+
+/// The upstream's `Vary` is kept: `*` (varies on everything) stays `*` alone, a named field
+/// gets `Accept-Encoding` beside it, once, compressed or not.
+#[test]
+fn an_upstream_vary_is_kept_and_accept_encoding_added_once() {
+    let s = CompressionSite::start("");
+    for ae in ["gzip", "br", ""] {
+        let r = s.fetch("/varystar/x", ae);
+        assert_eq!(
+            header_tokens(&r.headers, "vary"),
+            ["*"],
+            "{ae:?}: {:?}",
+            r.headers
+        );
+        let r = s.fetch("/varyorigin/x", ae);
+        assert_eq!(
+            header_tokens(&r.headers, "vary"),
+            ["origin", "accept-encoding"],
+            "{ae:?}: {:?}",
+            r.headers
+        );
+    }
+    let r = s.fetch("/varystar/x", "gzip");
+    assert_eq!(gunzip(&r.body), s.json.as_bytes());
 }
 
 /// An answer whose size is unknown at its head (chunked) is compressed as a large one is.
