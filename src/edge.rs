@@ -8,6 +8,7 @@
 
 pub mod brotli_body;
 pub mod client;
+pub mod coding;
 pub mod cors;
 pub mod forwarding;
 pub mod header_rules;

@@ -1131,6 +1131,36 @@ fn an_upstream_vary_is_kept_and_accept_encoding_added_once() {
     assert_eq!(gunzip(&r.body), s.json.as_bytes());
 }
 
+/// q-values are honoured: `q=0` says "not this coding", and Pingora's module (which takes the
+/// first coding listed, whatever its q) is allowed only the coding chosen.
+#[test]
+fn a_coding_refused_with_q_zero_is_never_used() {
+    let s = CompressionSite::start("");
+    let r = s.fetch("/json/x", "gzip;q=0");
+    assert_identity(&r, s.json.as_bytes(), "gzip;q=0");
+    let r = s.fetch("/json/x", "zstd;q=0, gzip");
+    assert_eq!(
+        one(&r.headers, "content-encoding"),
+        "gzip",
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(gunzip(&r.body), s.json.as_bytes());
+    let r = s.fetch("/json/x", "gzip;q=0, zstd");
+    assert_eq!(
+        one(&r.headers, "content-encoding"),
+        "zstd",
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.body.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        "not a zstd frame"
+    );
+    let r = s.fetch("/json/x", "br;q=0, gzip;q=0");
+    assert_identity(&r, s.json.as_bytes(), "br;q=0, gzip;q=0");
+}
+
 /// An answer whose size is unknown at its head (chunked) is compressed as a large one is.
 #[test]
 fn chunked_answer_of_unknown_size_is_compressed() {

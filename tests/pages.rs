@@ -925,6 +925,14 @@ fn stylesheet_is_gzipped_when_asked_and_decompresses_to_the_file() {
     );
     assert_ne!(r.body, plain.body, "labelled gzip but not compressed");
     assert_eq!(gunzip(&r.body), plain.body);
+    // Encoded whole by the gateway: it keeps a length (and leaves in one send).
+    let len = r.body.len().to_string();
+    assert_eq!(
+        r.header("content-length"),
+        Some(len.as_str()),
+        "{:?}",
+        r.headers
+    );
 }
 
 /// The gateway's own answers (a rendered page) take the same coding decision as proxied ones:
@@ -962,6 +970,13 @@ fn rendered_page_is_gzipped_for_a_gzip_client_and_varies_on_accept_encoding() {
         r.headers
     );
     assert!(varies(&r), "gzip page without Vary: {:?}", r.headers);
+    let len = r.body.len().to_string();
+    assert_eq!(
+        r.header("content-length"),
+        Some(len.as_str()),
+        "{:?}",
+        r.headers
+    );
     // The same page, but for its request id.
     let id = |r: &Response| r.header("x-request-id").expect("request id").to_string();
     assert_eq!(

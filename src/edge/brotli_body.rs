@@ -1,7 +1,8 @@
 //! Brotli for dynamic answers. Pingora 0.9.1's brotli encoder flushes but never finishes its
 //! stream (strict decoders reject it), so the gateway encodes br itself: whole bodies it
 //! writes (pages, errors) at once, proxied bodies chunk by chunk, finishing the stream at the
-//! end. gzip and zstd stay with Pingora's compression module.
+//! end. gzip and zstd of proxied answers stay with Pingora's compression module; which coding
+//! a client gets is decided in `edge::coding`.
 
 use bytes::Bytes;
 use std::io::Write;
@@ -10,26 +11,6 @@ use std::sync::Mutex;
 /// Window bits and a mid quality: good ratio at a CPU cost close to gzip 6.
 const LGWIN: u32 = 22;
 const QUALITY: u32 = 5;
-
-/// The client's preferred encoding is br: the highest `q`, ties going to the first listed.
-pub fn prefers_br(accept_encoding: &str) -> bool {
-    let mut best: Option<(f32, &str)> = None;
-    for part in accept_encoding.split(',') {
-        let mut it = part.split(';');
-        let coding = it.next().unwrap_or("").trim();
-        let q = it
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .and_then(|v| v.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        if q <= 0.0 || !matches!(coding, "br" | "gzip" | "zstd" | "deflate" | "x-gzip") {
-            continue;
-        }
-        if best.is_none_or(|(bq, _)| q > bq) {
-            best = Some((q, coding));
-        }
-    }
-    best.is_some_and(|(_, c)| c == "br")
-}
 
 /// Text-like types worth compressing (never images, archives or already-encoded data).
 pub fn compressible(content_type: &str) -> bool {
@@ -132,17 +113,6 @@ mod tests {
     fn whole_bodies_round_trip() {
         let text = b"<html>hola</html>".repeat(100);
         assert_eq!(decode(&compress_all(&text)), text);
-    }
-
-    #[test]
-    fn br_is_chosen_only_when_the_client_prefers_it() {
-        assert!(prefers_br("br"));
-        assert!(prefers_br("br, gzip"));
-        assert!(prefers_br("gzip;q=0.5, br"));
-        assert!(!prefers_br("gzip, deflate, br"));
-        assert!(!prefers_br("br;q=0, gzip"));
-        assert!(!prefers_br("identity"));
-        assert!(!prefers_br(""));
     }
 
     #[test]

@@ -309,67 +309,25 @@ fn etag_list_matches(value: &str, etag: &str) -> bool {
 }
 
 /// Picks the coding to send: the highest q among those with a variant, br winning ties with
-/// gzip; identity when nothing better is acceptable (even if the client refused identity —
-/// RFC 9110 §12.5.3 allows sending it rather than failing).
+/// gzip; identity when nothing better is acceptable. The negotiation is the gateway's one
+/// (`edge::coding::preferred`), with the variants this asset has.
 fn negotiate(req: &http::HeaderMap, has_gzip: bool, has_br: bool) -> Coding {
-    if !has_gzip && !has_br {
-        return Coding::Identity;
-    }
-    let (mut gzip, mut br, mut star) = (None, None, None);
-    for value in req.get_all(http::header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let mut q = Some(1000);
-            for param in parts {
-                if let Some((k, v)) = param.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("q") {
-                        q = parse_qvalue(v.trim());
-                    }
-                }
-            }
-            let Some(q) = q else { continue };
-            match coding.as_str() {
-                "gzip" | "x-gzip" => gzip = Some(q),
-                "br" => br = Some(q),
-                "*" => star = Some(q),
-                _ => {}
-            }
-        }
-    }
-    let gzip = if has_gzip {
-        gzip.or(star).unwrap_or(0)
-    } else {
-        0
+    use crate::edge::coding::{preferred, Preferred, Ties};
+    let offered: &[Preferred] = match (has_br, has_gzip) {
+        (true, true) => &[Preferred::Br, Preferred::Gzip],
+        (true, false) => &[Preferred::Br],
+        (false, true) => &[Preferred::Gzip],
+        (false, false) => return Coding::Identity,
     };
-    let br = if has_br { br.or(star).unwrap_or(0) } else { 0 };
-    if br > 0 && br >= gzip {
-        Coding::Br
-    } else if gzip > 0 {
-        Coding::Gzip
-    } else {
-        Coding::Identity
+    let values = req
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes());
+    match preferred(values, offered, Ties::Offered) {
+        Some(Preferred::Br) => Coding::Br,
+        Some(Preferred::Gzip) => Coding::Gzip,
+        Some(Preferred::Zstd) | None => Coding::Identity,
     }
-}
-
-/// A qvalue (`0`, `0.5`, `1.000`) in thousandths; `None` when malformed.
-fn parse_qvalue(v: &str) -> Option<u16> {
-    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let whole = match int {
-        "0" => 0,
-        "1" => 1000,
-        _ => return None,
-    };
-    let mut thousandths = 0u16;
-    for (i, b) in frac.bytes().enumerate() {
-        thousandths += u16::from(b - b'0') * [100, 10, 1][i];
-    }
-    let q = whole + thousandths;
-    (q <= 1000).then_some(q)
 }
 
 /// Decodes every `%XX` once; `None` on a bad escape or when the result is not UTF-8.
@@ -986,15 +944,7 @@ mod tests {
     }
 
     #[test]
-    fn qvalues_and_etag_lists_parse_strictly() {
-        assert_eq!(parse_qvalue("1"), Some(1000));
-        assert_eq!(parse_qvalue("1.000"), Some(1000));
-        assert_eq!(parse_qvalue("0.5"), Some(500));
-        assert_eq!(parse_qvalue("0.05"), Some(50));
-        assert_eq!(parse_qvalue("0"), Some(0));
-        assert_eq!(parse_qvalue("1.5"), None);
-        assert_eq!(parse_qvalue("0.1234"), None);
-        assert_eq!(parse_qvalue("abc"), None);
+    fn etag_lists_parse_strictly() {
         assert!(etag_list_matches("\"a\",W/\"b\" , \"c\"", "\"b\""));
         assert!(etag_list_matches("\"a,b\", \"c\"", "\"c\""));
         assert!(!etag_list_matches("\"a,b\"", "\"b\""));

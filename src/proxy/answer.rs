@@ -57,9 +57,22 @@ impl Gateway {
         if let (true, Some(h)) = (ctx.tls_conn, ctx.snapshot.config.server.tls.hsts.as_ref()) {
             resp.insert_header("strict-transport-security", h.header_value())?;
         }
-        if Self::choose_coding(session, ctx, &mut resp, Some(body.len() as u64))? == Coding::Br {
-            body = bytes::Bytes::from(crate::edge::brotli_body::compress_all(&body));
-            Self::br_headers(&mut resp)?;
+        // A whole answer keeps a length when encoded: it leaves in one send.
+        let encoded =
+            match Self::choose_coding(session, ctx, &mut resp, Some(body.len() as u64), true)? {
+                Coding::Br => Some(("br", crate::edge::brotli_body::compress_all(&body))),
+                Coding::Gzip => Some((
+                    "gzip",
+                    crate::edge::coding::gzip_all(
+                        &body,
+                        ctx.snapshot.config.server.compression.level,
+                    ),
+                )),
+                Coding::Identity | Coding::Module => None,
+            };
+        if let Some((name, encoded)) = encoded {
+            body = bytes::Bytes::from(encoded);
+            Self::encoded_headers(&mut resp, name)?;
             resp.insert_header("content-length", body.len().to_string())?;
         }
         ctx.status = status;
@@ -104,51 +117,65 @@ impl Gateway {
 
     /// The answer's content coding, decided once, from the answer first: compression on, the
     /// route not opted out, not a WebSocket or a `HEAD`, a status with a whole body (not 206 or
-    /// a `Content-Range`), not already encoded, at least `compression.min_size` when its length is known, and a compressible
-    /// type (`edge::brotli_body::compressible`, the one list for every coding). Only an answer
-    /// that passes has the client's `Accept-Encoding` read: br is the gateway's own encoder;
-    /// gzip and zstd are Pingora's compression module, switched on here for this answer alone
-    /// (it stays off, and parses nothing, for every other request). A compressible answer the
-    /// client takes as it is still says `Vary: Accept-Encoding`.
+    /// a `Content-Range`), not already encoded, at least `compression.min_size` when its length
+    /// is known, and a compressible type (`edge::brotli_body::compressible`, the one list for
+    /// every coding). Only an answer that passes has the client's `Accept-Encoding` read
+    /// (`edge::coding::preferred`, the one negotiation: q-values and `*` honoured, `q=0` is a
+    /// no, ties to the coding the client lists first): br is the gateway's own
+    /// encoder; gzip of a `whole` answer (one the gateway writes itself, its body in hand) too;
+    /// gzip of a proxied answer and zstd are Pingora's compression module, switched on here for
+    /// this answer alone and allowed only the chosen coding (it stays off, and parses nothing,
+    /// for every other request). A compressible answer the client takes as it is still says
+    /// `Vary: Accept-Encoding`.
     pub(super) fn choose_coding(
         session: &mut Session,
         ctx: &Ctx,
         resp: &mut ResponseHeader,
         len: Option<u64>,
+        whole: bool,
     ) -> Result<Coding> {
+        use crate::edge::coding::{Preferred, Ties};
+        use pingora::protocols::http::compression::Algorithm;
+        const OFFERED: [Preferred; 3] = [Preferred::Br, Preferred::Gzip, Preferred::Zstd];
         let compressible = Self::compressible_answer(session, ctx, resp, len);
-        let accept = session
-            .req_header()
-            .headers
-            .get(http::header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mut coding = match (compressible, accept) {
-            (false, _) => Coding::Identity,
-            (true, a) if crate::edge::brotli_body::prefers_br(a) => Coding::Br,
-            (true, "") => Coding::Identity,
-            (true, _) => Coding::Module,
+        let preferred = compressible
+            .then(|| {
+                let values = session
+                    .req_header()
+                    .headers
+                    .get_all(http::header::ACCEPT_ENCODING)
+                    .iter()
+                    .map(|v| v.as_bytes());
+                crate::edge::coding::preferred(values, &OFFERED, Ties::ClientOrder)
+            })
+            .flatten();
+        let mut coding = match preferred {
+            None => Coding::Identity,
+            Some(Preferred::Br) => Coding::Br,
+            Some(Preferred::Gzip) if whole => Coding::Gzip,
+            Some(Preferred::Gzip | Preferred::Zstd) => Coding::Module,
         };
         // The module follows this answer's decision, also when an earlier head of the same
         // request (a proxied answer that failed before it was written) switched it on.
-        let (modules, req) = (
-            &mut session.downstream_modules_ctx,
-            session.downstream_session.req_header(),
-        );
+        let modules = &mut session.downstream_modules_ctx;
         match modules
             .get_mut::<ResponseCompression>()
             .filter(|m| m.is_header_phase())
         {
             Some(m) if coding == Coding::Module => {
-                m.adjust_level(ctx.snapshot.config.server.compression.level);
-                // Pingora 0.9.1's brotli stream is never finished: br is ours.
-                m.adjust_algorithm_level(
-                    pingora::protocols::http::compression::Algorithm::Brotli,
-                    0,
-                );
-                // Reads Accept-Encoding; its response filter, which runs after this one,
-                // compresses (and says Vary) when the client accepts gzip or zstd.
-                m.request_filter(req);
+                // Only the chosen coding: the module itself would take the first one the client
+                // lists, whatever its q (and its brotli stream is never finished: br is ours).
+                // It is shown an `Accept-Encoding` naming the chosen coding alone, and every
+                // other coding's level is 0.
+                let (chosen, only) = if preferred == Some(Preferred::Zstd) {
+                    (Algorithm::Zstd, &*ZSTD_ONLY)
+                } else {
+                    (Algorithm::Gzip, &*GZIP_ONLY)
+                };
+                m.adjust_level(0);
+                m.adjust_algorithm_level(chosen, ctx.snapshot.config.server.compression.level);
+                // Its response filter, which runs after this one, compresses (and says Vary).
+                m.request_filter(only);
             }
             Some(m) if m.is_enabled() => m.adjust_level(0),
             None if coding == Coding::Module => coding = Coding::Identity,
@@ -185,11 +212,12 @@ impl Gateway {
                 .is_some_and(crate::edge::brotli_body::compressible)
     }
 
-    /// Marks a response header as br-encoded.
-    pub(super) fn br_headers(resp: &mut ResponseHeader) -> Result<()> {
+    /// Marks a response header as encoded with `coding` by the gateway (its length is the
+    /// writer's to set, when it knows it).
+    pub(super) fn encoded_headers(resp: &mut ResponseHeader, coding: &'static str) -> Result<()> {
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.remove_header(&http::header::ACCEPT_RANGES);
-        resp.insert_header(http::header::CONTENT_ENCODING, "br")?;
+        resp.insert_header(http::header::CONTENT_ENCODING, coding)?;
         append_vary_accept_encoding(resp)?;
         let etag = resp
             .headers
@@ -203,6 +231,21 @@ impl Gateway {
     }
 }
 
+/// What Pingora's compression module is shown of a request whose answer it encodes: the
+/// coding [`Gateway::choose_coding`] chose, alone.
+static GZIP_ONLY: std::sync::LazyLock<pingora::http::RequestHeader> =
+    std::sync::LazyLock::new(|| accepting("gzip"));
+static ZSTD_ONLY: std::sync::LazyLock<pingora::http::RequestHeader> =
+    std::sync::LazyLock::new(|| accepting("zstd"));
+
+fn accepting(coding: &'static str) -> pingora::http::RequestHeader {
+    let mut req = pingora::http::RequestHeader::build_no_case("GET", b"/", Some(1))
+        .expect("a fixed request head");
+    req.insert_header(http::header::ACCEPT_ENCODING, coding)
+        .expect("a fixed header");
+    req
+}
+
 /// How an answer goes to the client ([`Gateway::choose_coding`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Coding {
@@ -210,6 +253,8 @@ pub(super) enum Coding {
     Identity,
     /// br, encoded by the gateway (`edge::brotli_body`).
     Br,
+    /// gzip of a whole answer the gateway writes, encoded by the gateway (`edge::coding`).
+    Gzip,
     /// gzip or zstd, as Pingora's compression module negotiates it.
     Module,
 }

@@ -233,8 +233,8 @@ impl Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if Self::choose_coding(session, ctx, resp, len)? == super::answer::Coding::Br {
-            Self::br_headers(resp)?;
+        if Self::choose_coding(session, ctx, resp, len, false)? == super::answer::Coding::Br {
+            Self::encoded_headers(resp, "br")?;
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
             ctx.br_stream = Some(Box::default());
         }
