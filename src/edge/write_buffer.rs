@@ -8,8 +8,9 @@
 //! (+1 syscall and ~12 % CPU per request, benches/results/2026-12-06).
 //!
 //! [`LazyWriteBuf`] sits on top of the client stream (whose own write buffer is then 0): it
-//! coalesces writes like `BufWriter` (small writes are copied, a flush or a write that does
-//! not fit sends them), allocates its buffer on the first small write after a flush, and
+//! coalesces writes like `BufWriter` (small writes are copied, a flush sends them, and a write
+//! that does not fit goes out with them in one vectored send — a head and a body larger than
+//! the buffer leave together), allocates its buffer on the first small write after a flush, and
 //! gives it back on every flush. Pingora flushes at the end of each answer (and after each
 //! streamed chunk, which costs a send anyway), so an idle connection holds no buffer; the
 //! price is one small allocation per answer.
@@ -68,6 +69,42 @@ impl LazyWriteBuf {
         Poll::Ready(Ok(()))
     }
 
+    /// Sends what is buffered and then `data` in one vectored write (a head and a body that
+    /// does not fit beside it leave in one send, not two), as far as the socket takes them.
+    /// Ready with how many bytes of `data` went: 0 when only buffered bytes did (the buffer
+    /// is then empty, or the call was Pending).
+    fn poll_send_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        while self.written < self.buf.len() {
+            let pending = &self.buf[self.written..];
+            let mut slices = [IoSlice::new(&[]); 8];
+            slices[0] = IoSlice::new(pending);
+            let k = 1 + data.len().min(slices.len() - 1);
+            slices[1..k].copy_from_slice(&data[..k - 1]);
+            match Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..k]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    )))
+                }
+                Poll::Ready(Ok(n)) if n < pending.len() => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    let used = n - pending.len();
+                    self.buf.clear();
+                    self.written = 0;
+                    return Poll::Ready(Ok(used));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+
     fn room(&self) -> usize {
         self.cap - self.buf.len()
     }
@@ -93,7 +130,10 @@ impl AsyncWrite for LazyWriteBuf {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if data.len() > this.room() {
-            std::task::ready!(this.poll_flush_buf(cx))?;
+            let used = std::task::ready!(this.poll_send_with(cx, &[IoSlice::new(data)]))?;
+            if used > 0 {
+                return Poll::Ready(Ok(used));
+            }
         }
         if data.len() >= this.cap {
             return Pin::new(&mut this.inner).poll_write(cx, data);
@@ -112,7 +152,10 @@ impl AsyncWrite for LazyWriteBuf {
             .iter()
             .fold(0usize, |acc, b| acc.saturating_add(b.len()));
         if total > this.room() {
-            std::task::ready!(this.poll_flush_buf(cx))?;
+            let used = std::task::ready!(this.poll_send_with(cx, bufs))?;
+            if used > 0 {
+                return Poll::Ready(Ok(used));
+            }
         }
         if total >= this.cap {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
@@ -255,6 +298,21 @@ mod tests {
             self.sends.lock().unwrap().push(data[..n].to_vec());
             Poll::Ready(Ok(n))
         }
+        /// One send for all the slices (as `writev` on a socket), up to `max_per_call`.
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            all.truncate(self.max_per_call.unwrap_or(usize::MAX));
+            let n = all.len();
+            self.sends.lock().unwrap().push(all);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
@@ -333,19 +391,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_that_do_not_fit_go_out_in_order() {
+    async fn a_write_that_does_not_fit_leaves_with_the_buffered_bytes_in_one_send() {
         let (mut s, log) = sends(16, None);
         s.write_all(b"head").await.unwrap();
         let big = vec![b'x'; 40];
         s.write_all(&big).await.unwrap();
         s.write_all(b"tail").await.unwrap();
         s.flush().await.unwrap();
-        let log = log.lock().unwrap();
         assert_eq!(
-            *log,
-            vec![b"head".to_vec(), big.clone(), b"tail".to_vec()],
-            "buffered bytes are sent before a large write passes through"
+            *log.lock().unwrap(),
+            vec![[&b"head"[..], &big].concat(), b"tail".to_vec()],
+            "the head and a large body in one send, in order"
         );
+        // The same for a vectored write (a chunk: size line, data, CRLF) behind a head.
+        let (mut s, log) = sends(16, None);
+        s.write_all(b"head").await.unwrap();
+        let parts = [
+            IoSlice::new(b"28\r\n"),
+            IoSlice::new(&big),
+            IoSlice::new(b"\r\n"),
+        ];
+        let sent = s.write_vectored(&parts).await.unwrap();
+        assert_eq!(sent, 46, "one call takes the whole chunk");
+        s.flush().await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![[&b"head28\r\n"[..], &big, b"\r\n"].concat()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_part_of_a_coalesced_send_loses_nothing() {
+        for max in [1, 3, 4, 5, 30, 43] {
+            let (mut s, log) = sends(16, Some(max));
+            s.write_all(b"head").await.unwrap();
+            let big: Vec<u8> = (0..40u8).collect();
+            s.write_all(&big).await.unwrap();
+            s.write_all(b"tail").await.unwrap();
+            s.flush().await.unwrap();
+            let got: Vec<u8> = log.lock().unwrap().concat();
+            assert_eq!(got, [&b"head"[..], &big, b"tail"].concat(), "max {max}");
+        }
     }
 
     #[tokio::test]
