@@ -905,6 +905,17 @@ fn head_of_stylesheet_has_length_but_no_body() {
     assert_eq!(next.body, full.body);
 }
 
+/// An answer the gateway encoded whole keeps its length (and so leaves in one send).
+fn assert_whole_length(r: &Response) {
+    let len = r.body.len().to_string();
+    assert_eq!(
+        r.header("content-length"),
+        Some(len.as_str()),
+        "{:?}",
+        r.headers
+    );
+}
+
 #[test]
 fn stylesheet_is_gzipped_when_asked_and_decompresses_to_the_file() {
     let site = Site::with_sources(&dead_backend(), &dead_backend(), &[]);
@@ -925,14 +936,7 @@ fn stylesheet_is_gzipped_when_asked_and_decompresses_to_the_file() {
     );
     assert_ne!(r.body, plain.body, "labelled gzip but not compressed");
     assert_eq!(gunzip(&r.body), plain.body);
-    // Encoded whole by the gateway: it keeps a length (and leaves in one send).
-    let len = r.body.len().to_string();
-    assert_eq!(
-        r.header("content-length"),
-        Some(len.as_str()),
-        "{:?}",
-        r.headers
-    );
+    assert_whole_length(&r);
 }
 
 /// The gateway's own answers (a rendered page) take the same coding decision as proxied ones:
@@ -970,13 +974,7 @@ fn rendered_page_is_gzipped_for_a_gzip_client_and_varies_on_accept_encoding() {
         r.headers
     );
     assert!(varies(&r), "gzip page without Vary: {:?}", r.headers);
-    let len = r.body.len().to_string();
-    assert_eq!(
-        r.header("content-length"),
-        Some(len.as_str()),
-        "{:?}",
-        r.headers
-    );
+    assert_whole_length(&r);
     // The same page, but for its request id.
     let id = |r: &Response| r.header("x-request-id").expect("request id").to_string();
     assert_eq!(
