@@ -46,8 +46,58 @@ pub fn safe_next(next: &str) -> bool {
         && next.len() <= 2048
 }
 
+/// The CSRF token as a page carries it: a fresh random pad and the token XOR that pad, in hex
+/// (64 digits for the 32-digit cookie token). Every rendered page shows different bytes, so a
+/// compressed page's size says nothing about the token to someone who can add text to the page
+/// and watch the sizes (BREACH); [`csrf_unmask`] recovers the token from a posted form. A token
+/// that is not hex is returned as it is (an empty one, for pages without a form).
+pub fn csrf_mask(token: &str) -> String {
+    let Ok(bytes) = hex::decode(token) else {
+        return token.to_string();
+    };
+    if bytes.is_empty() {
+        return String::new();
+    }
+    let pad: Vec<u8> = (0..bytes.len()).map(|_| rand::random::<u8>()).collect();
+    let masked: Vec<u8> = bytes.iter().zip(&pad).map(|(b, p)| b ^ p).collect();
+    format!("{}{}", hex::encode(pad), hex::encode(masked))
+}
+
+/// The token a [`csrf_mask`]ed form field carries; `None` when `sent` is not a masked token.
+pub fn csrf_unmask(sent: &str) -> Option<String> {
+    if sent.is_empty() || !sent.len().is_multiple_of(4) {
+        return None;
+    }
+    let bytes = hex::decode(sent).ok()?;
+    let (pad, masked) = bytes.split_at(bytes.len() / 2);
+    Some(hex::encode(
+        pad.iter()
+            .zip(masked)
+            .map(|(p, m)| p ^ m)
+            .collect::<Vec<u8>>(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_masked_csrf_token_differs_on_every_page_and_unmasks_to_the_cookie() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let (a, b) = (super::csrf_mask(token), super::csrf_mask(token));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b, "the same bytes on two pages");
+        assert!(!a.contains(token) && !b.contains(token));
+        assert_eq!(super::csrf_unmask(&a).as_deref(), Some(token));
+        assert_eq!(super::csrf_unmask(&b).as_deref(), Some(token));
+        assert_eq!(super::csrf_mask(""), "");
+        assert_eq!(super::csrf_mask("not hex"), "not hex");
+        for bad in ["", "abc", "zz", token, &a[..63], "g".repeat(64).as_str()] {
+            assert_ne!(super::csrf_unmask(bad).as_deref(), Some(token), "{bad:?}");
+        }
+        assert_eq!(super::csrf_unmask("abc"), None);
+        assert_eq!(super::csrf_unmask(&"g".repeat(64)), None);
+    }
+
     use super::*;
 
     #[test]

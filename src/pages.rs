@@ -276,7 +276,12 @@ impl Pages {
             "page".into(),
             minijinja::context! { path => req.path, title => title },
         );
-        ctx.insert("csrf_token".into(), MjValue::from(req.csrf_token));
+        // Masked afresh for every page (`forms::csrf_mask`): the token's bytes never repeat
+        // in a compressed page.
+        ctx.insert(
+            "csrf_token".into(),
+            MjValue::from(crate::forms::csrf_mask(req.csrf_token)),
+        );
         ctx.insert("flash".into(), MjValue::from(Serde(&req.flash)));
         ctx.insert("portal".into(), MjValue::from(portal));
         ctx.insert("next".into(), MjValue::from(next));

@@ -1226,6 +1226,33 @@ fn sign_in_from_another_sites_page_is_refused_and_sets_nothing(b: Backend) {
     let r = portal(&[("Origin", "http://localhost")]);
     assert_eq!(r.status, 303, "{}", r.text());
     assert!(set_cookie(&r, SESSION_COOKIE).is_some());
+    // The token as the pages carry it (masked afresh each time) is taken; a masked token of
+    // another cookie is not.
+    let post_token = |token: &str| {
+        let body = format!("{form}&csrf_token={token}");
+        let h = [
+            ("Accept", "text/html"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", jar.as_str()),
+            ("Origin", "http://localhost"),
+        ];
+        request(site.port(), "POST", PATIENT_PORTAL, &h, body.as_bytes()).expect("portal")
+    };
+    let r = post_token(&gatehouse::forms::csrf_mask(csrf));
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_some(),
+        "masked token refused"
+    );
+    let r = post_token(&gatehouse::forms::csrf_mask(
+        "fedcba9876543210fedcba9876543210",
+    ));
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/login?error=forbidden"));
+    assert!(
+        set_cookie(&r, SESSION_COOKIE).is_none(),
+        "another cookie's token taken"
+    );
 
     // Refresh sets cookies too: refused cross-site, and the refresh token is not spent.
     let v = site.login(u);

@@ -322,7 +322,7 @@ fn docs_page_lists_every_route_with_its_prefix_upstream_and_auth_mode() {
 }
 
 #[test]
-fn doctor_login_form_posts_to_doctor_portal_with_csrf_token_equal_to_cookie() {
+fn doctor_login_form_posts_to_doctor_portal_with_the_cookie_s_csrf_token_masked() {
     let site = Site::with_sources(&dead_backend(), &dead_backend(), &[]);
     let r = site.gw.get_with("/login?portal=doctor", &[BROWSER]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -345,10 +345,29 @@ fn doctor_login_form_posts_to_doctor_portal_with_csrf_token_equal_to_cookie() {
         )
     });
     assert!(!token.is_empty(), "empty csrf_token");
+    let cookie = cookie_value(line).to_string();
+    // Masked: the page never shows the cookie's bytes (a compressed page's size must not
+    // tell them, BREACH), and every page shows other bytes for the same cookie.
+    assert!(!html.contains(&cookie), "the bare token is on the page");
     assert_eq!(
-        token,
-        cookie_value(line),
-        "hidden csrf_token differs from the cookie"
+        gatehouse::forms::csrf_unmask(token).as_deref(),
+        Some(cookie.as_str()),
+        "hidden csrf_token does not unmask to the cookie"
+    );
+    let again = site.gw.get_with(
+        "/login?portal=doctor",
+        &[BROWSER, ("Cookie", &format!("{CSRF_COOKIE}={cookie}"))],
+    );
+    let html2 = again.text();
+    let token2 = input_value(&html2, "csrf_token");
+    assert!(
+        set_cookie(&again, CSRF_COOKIE).is_none(),
+        "a new cookie for a valid one"
+    );
+    assert_ne!(token2, token, "the same masked bytes on two pages");
+    assert_eq!(
+        gatehouse::forms::csrf_unmask(token2).as_deref(),
+        Some(cookie.as_str())
     );
 }
 

@@ -579,11 +579,14 @@ fn the_page_renders_in_spanish_and_its_form_registers(b: Backend) {
         "{form}"
     );
     assert!(!form.contains("id=\"role\""), "one role: no choice offered");
-    // The double-submit token: the same value in the field and the cookie.
-    let token = csrf_field(&html);
+    // The double-submit token: the cookie's value, masked in the field (as every page masks
+    // it afresh: `forms::csrf_mask`).
+    let field = csrf_field(&html);
     let cookie = set_cookie(&page, "predicthealth_csrf").expect("CSRF cookie");
-    assert_eq!(cookie_value(cookie), token);
+    let token = cookie_value(cookie).to_string();
     assert_eq!(token.len(), 32);
+    assert_eq!(field.len(), 64);
+    assert_eq!(gatehouse::forms::csrf_unmask(&field), Some(token.clone()));
     // The login page links to it.
     let login = get_ok(site.port(), "/login", &[BROWSER]);
     assert!(

@@ -238,16 +238,22 @@ impl Request<'_> {
     }
 
     /// The form's double-submit CSRF token (`csrf_token`) is the one of the CSRF cookie
-    /// that our pages set: the form came from our page.
+    /// that our pages set: the form came from our page. Pages carry it masked
+    /// (`forms::csrf_mask`); the bare token is taken too.
     fn form_token_matches(&self) -> bool {
         let sent = self.fields().and_then(|f| {
             f.get("csrf_token")
                 .and_then(|v| v.as_str())
                 .map(String::from)
         });
-        let cookie = cookies::get(self.headers, cookies::CSRF_COOKIE);
-        sent.as_deref()
-            .is_some_and(|s| !s.is_empty() && Some(s) == cookie)
+        let Some(cookie) = cookies::get(self.headers, cookies::CSRF_COOKIE) else {
+            return false;
+        };
+        sent.as_deref().is_some_and(|s| {
+            !s.is_empty()
+                && (s.eq_ignore_ascii_case(cookie)
+                    || crate::forms::csrf_unmask(s).is_some_and(|t| t.eq_ignore_ascii_case(cookie)))
+        })
     }
 
     fn ip(&self) -> Option<String> {

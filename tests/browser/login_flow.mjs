@@ -166,7 +166,7 @@ async function run() {
   const action = await page.locator("#login-form").getAttribute("action");
   check(action === "/api/web/auth/patient/login", `login form posts to ${action}, not the patient portal`);
   const csrf = await page.locator("#login-form input[name=csrf_token]").inputValue();
-  check(/^[0-9a-f]{32}$/.test(csrf), `login form has no CSRF token (got ${JSON.stringify(csrf)})`);
+  check(/^[0-9a-f]{64}$/.test(csrf), `login form has no masked CSRF token (got ${JSON.stringify(csrf)})`);
 
   begin("fill in the credentials");
   await page.locator("#email").fill(EMAIL);
@@ -247,7 +247,7 @@ async function run() {
   await form.waitFor({ state: "visible" });
   check((await form.getAttribute("action")) === "/register", "the registration form does not post to /register");
   const regCsrf = await page.locator("#register-form input[name=csrf_token]").inputValue();
-  check(/^[0-9a-f]{32}$/.test(regCsrf), `registration form has no CSRF token (got ${JSON.stringify(regCsrf)})`);
+  check(/^[0-9a-f]{64}$/.test(regCsrf), `registration form has no masked CSRF token (got ${JSON.stringify(regCsrf)})`);
   const heading = (await page.locator("#register-title").textContent()) || "";
   check(heading.includes("Crear una cuenta"), `registration page heading ${JSON.stringify(heading.trim())}`);
 
