@@ -51,22 +51,7 @@ impl LazyWriteBuf {
 
     /// Sends what is buffered.
     fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.buf.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "failed to write the buffered data",
-                    )))
-                }
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.buf.clear();
-        self.written = 0;
-        Poll::Ready(Ok(()))
+        self.poll_send_with(cx, &[]).map_ok(|_| ())
     }
 
     /// Sends what is buffered and then `data` in one vectored write (a head and a body that
@@ -102,6 +87,8 @@ impl LazyWriteBuf {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        self.buf.clear();
+        self.written = 0;
         Poll::Ready(Ok(0))
     }
 
