@@ -80,25 +80,25 @@ pub fn csrf_unmask(sent: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_masked_csrf_token_differs_on_every_page_and_unmasks_to_the_cookie() {
         let token = "0123456789abcdef0123456789abcdef";
-        let (a, b) = (super::csrf_mask(token), super::csrf_mask(token));
+        let (a, b) = (csrf_mask(token), csrf_mask(token));
         assert_eq!(a.len(), 64);
         assert_ne!(a, b, "the same bytes on two pages");
         assert!(!a.contains(token) && !b.contains(token));
-        assert_eq!(super::csrf_unmask(&a).as_deref(), Some(token));
-        assert_eq!(super::csrf_unmask(&b).as_deref(), Some(token));
-        assert_eq!(super::csrf_mask(""), "");
-        assert_eq!(super::csrf_mask("not hex"), "not hex");
+        assert_eq!(csrf_unmask(&a).as_deref(), Some(token));
+        assert_eq!(csrf_unmask(&b).as_deref(), Some(token));
+        assert_eq!(csrf_mask(""), "");
+        assert_eq!(csrf_mask("not hex"), "not hex");
         for bad in ["", "abc", "zz", token, &a[..63], "g".repeat(64).as_str()] {
-            assert_ne!(super::csrf_unmask(bad).as_deref(), Some(token), "{bad:?}");
+            assert_ne!(csrf_unmask(bad).as_deref(), Some(token), "{bad:?}");
         }
-        assert_eq!(super::csrf_unmask("abc"), None);
-        assert_eq!(super::csrf_unmask(&"g".repeat(64)), None);
+        assert_eq!(csrf_unmask("abc"), None);
+        assert_eq!(csrf_unmask(&"g".repeat(64)), None);
     }
-
-    use super::*;
 
     #[test]
     fn query_params_are_decoded() {

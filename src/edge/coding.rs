@@ -14,9 +14,9 @@ use std::io::Write;
 /// A coding the gateway can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preferred {
-    Br,
-    Gzip,
-    Zstd,
+    Br = 0,
+    Gzip = 1,
+    Zstd = 2,
 }
 
 /// Which of two codings the client rates alike wins.
@@ -40,7 +40,9 @@ pub fn preferred<'a>(
     offered: &[Preferred],
     ties: Ties,
 ) -> Option<Preferred> {
-    // (q in thousandths, position in the client's list) of br, gzip, zstd and `*`.
+    // (q in thousandths, position in the client's list) of br, gzip, zstd (indexed by
+    // `Preferred as usize`) and `*` (STAR).
+    const STAR: usize = 3;
     let mut seen: [Option<(u16, usize)>; 4] = [None; 4];
     let mut position = 0usize;
     for value in values {
@@ -52,13 +54,13 @@ pub fn preferred<'a>(
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or("").trim();
             let slot = if name.eq_ignore_ascii_case("br") {
-                0
+                Preferred::Br as usize
             } else if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
-                1
+                Preferred::Gzip as usize
             } else if name.eq_ignore_ascii_case("zstd") {
-                2
+                Preferred::Zstd as usize
             } else if name == "*" {
-                3
+                STAR
             } else {
                 continue;
             };
@@ -77,12 +79,7 @@ pub fn preferred<'a>(
     }
     let mut best: Option<(u16, usize, usize, Preferred)> = None;
     for (rank, &coding) in offered.iter().enumerate() {
-        let slot = match coding {
-            Preferred::Br => 0,
-            Preferred::Gzip => 1,
-            Preferred::Zstd => 2,
-        };
-        let Some((q, pos)) = seen[slot].or(seen[3]) else {
+        let Some((q, pos)) = seen[coding as usize].or(seen[STAR]) else {
             continue;
         };
         if q == 0 {

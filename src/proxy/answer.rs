@@ -255,7 +255,8 @@ pub(super) enum Coding {
     Br,
     /// gzip of a whole answer the gateway writes, encoded by the gateway (`edge::coding`).
     Gzip,
-    /// gzip or zstd, as Pingora's compression module negotiates it.
+    /// gzip or zstd, as chosen here, encoded by Pingora's compression module (shown only
+    /// that coding).
     Module,
 }
 
